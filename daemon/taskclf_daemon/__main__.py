@@ -1,0 +1,3 @@
+from taskclf_daemon.cli import main
+
+raise SystemExit(main())
