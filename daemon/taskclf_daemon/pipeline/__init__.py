@@ -1,0 +1,1 @@
+"""The pure inference pipeline: synchronous, deterministic, free of I/O (artifact loaders aside)."""

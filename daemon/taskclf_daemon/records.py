@@ -1,0 +1,30 @@
+"""Values that cross layers: a validated input window and a source reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where an input record came from (a Kafka position, or a file line for replay)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class FeatureWindow:
+    """One validated taskclf ``FeatureRow``.
+
+    ``values`` holds every schema field with validated Python values (absent optional fields
+    filled with taskclf's defaults); ``ts_us`` is ``bucket_start_ts`` in epoch microseconds (UTC).
+    """
+
+    user_id: str
+    ts_us: int
+    schema_version: str
+    values: dict[str, Any]
+    source: SourceRef | None = None

@@ -1,0 +1,51 @@
+"""Timestamps as integer epoch microseconds (UTC): exact arithmetic, cheap to store."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_US = dt.timedelta(microseconds=1)
+# epoch values above this are taken as milliseconds (year 5138 in seconds)
+_MS_CUTOFF = 1e11
+
+
+def parse_ts_us(value: object) -> int:
+    """Parse an ISO-8601 string (any offset; naive = UTC) or epoch seconds into epoch microseconds.
+
+    :raises ValueError: with a message saying what is wrong
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"expected an ISO-8601 string or epoch seconds, got {type(value).__name__}")
+    if isinstance(value, (int, float)):
+        x = float(value)
+        if x != x or x in (float("inf"), float("-inf")):
+            raise ValueError("epoch timestamp is not finite")
+        if abs(x) > _MS_CUTOFF:
+            x /= 1000.0
+        if isinstance(value, int) and abs(value) <= _MS_CUTOFF:
+            return value * 1_000_000
+        return round(x * 1_000_000)
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 string or epoch seconds, got {type(value).__name__}")
+    s = value.strip()
+    try:
+        ts = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 timestamp: {value[:40]!r}") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.timezone.utc)
+    return (ts - _EPOCH) // _US
+
+
+def format_ts_us(us: int) -> str:
+    """Format epoch microseconds as ``YYYY-MM-DDTHH:MM:SSZ`` (``.ffffff`` only when non-zero)."""
+    ts = _EPOCH + dt.timedelta(microseconds=us)
+    out = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    if ts.microsecond:
+        out += f".{ts.microsecond:06d}"
+    return out + "Z"
+
+
+def utc_date(us: int) -> dt.date:
+    return (_EPOCH + dt.timedelta(microseconds=us)).date()
