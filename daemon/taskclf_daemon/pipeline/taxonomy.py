@@ -24,6 +24,8 @@ Deliberate differences from taskclf
   ``"Other"`` buckets that collapse into one dict key).
 * A section written as an empty YAML key (``advanced:`` with everything commented out) means "all
   defaults" instead of a validation error.
+* A colour must match ``#RRGGBB`` entirely (``re.fullmatch``; taskclf's ``$`` also lets a trailing
+  newline through), and ``version`` must be a string or a number (taskclf would ``str()`` a list).
 """
 
 from __future__ import annotations
@@ -216,8 +218,9 @@ class Taxonomy:
 
         Returns ``(labels, mapped_probs)``, one entry per row. A rejected row gets
         ``reject_label`` and ``{reject_label: 1.0}``; any other row gets the highest-scoring
-        bucket (ties: earliest bucket) and ``{bucket: round(score, 6)}`` in bucket order, which
-        sums to 1 within 1e-6 for finite, non-degenerate input. Inputs are not modified.
+        bucket (ties: earliest bucket) and ``{bucket: round(score, 6)}`` in bucket order. For
+        finite input with a positive sum the values sum to 1 within ``5e-7 * n_buckets`` (rounding
+        error only); an all-zero row stays all zeros. Inputs are not modified.
         """
         p = np.asarray(probs)
         if p.ndim != 2 or p.shape[1] != N_LABELS:

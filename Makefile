@@ -1,0 +1,29 @@
+# The two commands of the README:
+#   make demo   - install and run the daemon on an embedded broker with a demo model and synthetic traffic
+#   make test   - install and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= --disable-pip-version-check -q
+
+.PHONY: install test demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/taskclf-daemon demo $(DEMO_ARGS)
+
+bench: install
+	$(PY) scripts/bench_replay.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,68 @@
+"""Load everything the pipeline needs, once, with the single precedence rule of policy.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from taskclf_daemon.errors import ConfigError
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
+from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.model import ModelBundle
+from taskclf_daemon.pipeline.policy import ResolvedInference, check_policy_against_model, resolve_inference
+
+
+def build_pipeline(
+    *,
+    model_dir: str | Path | None = None,
+    calibrator_store: str | Path | None = None,
+    policy: str | Path | None = None,
+    taxonomy: str | Path | None = None,
+    smooth_window: int = 3,
+    reject_threshold: Any = None,
+    reject_threshold_set: bool = False,
+    idle_gap_seconds: float = 300.0,
+) -> tuple[InferencePipeline, dict[str, Any]]:
+    """Resolve (flag > policy > default), load and cross-check the artifacts.
+
+    :return: the pipeline and a description of the effective inference settings (for the
+        start-up log line)
+    :raises ArtifactError: any unusable file, naming it, the field and the fix
+    """
+    if smooth_window < 1:
+        raise ConfigError("smooth_window", f"must be >= 1, got {smooth_window}", "use 1 (off), 3 (taskclf default) or 5")
+    kwargs: dict[str, Any] = {"model_dir": model_dir, "calibrator_store": calibrator_store, "policy_path": policy}
+    if reject_threshold_set:
+        if reject_threshold is not None and not 0.0 <= float(reject_threshold) <= 1.0:
+            raise ConfigError("reject_threshold", f"must be in [0, 1], got {reject_threshold}", "use e.g. 0.55, or 'none' to disable rejection")
+        kwargs["reject_threshold"] = reject_threshold
+    resolved: ResolvedInference = resolve_inference(**kwargs)
+    bundle = ModelBundle.load(resolved.model_dir)
+    if resolved.policy is not None:
+        check_policy_against_model(resolved.policy, bundle.schema_hash, bundle.metadata.get("label_set", []))
+    store = CalibratorStore.load(resolved.calibrator_store) if resolved.calibrator_store else None
+    tax = None
+    if taxonomy is not None:
+        from taskclf_daemon.pipeline.taxonomy import load_taxonomy
+
+        tax = load_taxonomy(taxonomy)
+    cfg = PipelineConfig(
+        smooth_window=smooth_window,
+        reject_threshold=resolved.reject_threshold,
+        per_user_thresholds=resolved.per_user_thresholds,
+        idle_gap_seconds=idle_gap_seconds,
+    )
+    pipe = InferencePipeline(bundle, store, cfg, tax)
+    desc = resolved.describe()
+    desc.update(
+        model_bundle_id=bundle.bundle_id,
+        schema_version=bundle.schema.version,
+        schema_hash=bundle.schema_hash,
+        calibration_method=store.method if store else "none",
+        calibrator_store_id=store.store_id if store else None,
+        per_user_calibrators=len(store.user_calibrators) if store else 0,
+        taxonomy=str(taxonomy) if taxonomy else None,
+        smooth_window=smooth_window,
+        smoothing_mode="trailing (taskclf online)",
+    )
+    return pipe, desc

@@ -1,0 +1,184 @@
+"""Command line: each sub-command parses its flags, calls one function and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from taskclf_daemon import __version__
+from taskclf_daemon.errors import TaskclfDaemonError
+
+
+def _threshold(s: str) -> float | None:
+    if s.lower() in ("none", "off", "null"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r} (use e.g. 0.55 or 'none')") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is outside [0, 1]")
+    return v
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_inference_flags(p: argparse.ArgumentParser, defaults_from_config: bool = False) -> None:
+    p.add_argument("--model-dir", help="taskclf model bundle directory (models/<run_id>)")
+    p.add_argument("--calibrator-store", help="taskclf CalibratorStore directory")
+    p.add_argument("--policy", help="taskclf inference_policy.json (paths relative to its TASKCLF_HOME)")
+    p.add_argument("--taxonomy", help="taskclf taxonomy YAML (maps core labels to your buckets)")
+    p.add_argument("--smooth-window", type=_positive_int, default=None if defaults_from_config else 3, help="rolling-majority window (default 3, taskclf's)")
+    p.add_argument("--reject-threshold", type=_threshold, default=argparse.SUPPRESS, help="global reject threshold in [0,1] or 'none' (default: policy's, else 0.55)")
+
+
+class _Progress:
+    """One self-overwriting stderr line per stage (plain lines when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        final = done >= total
+        if stage == self.stage and not final and now - self.last < (0.2 if self.tty else 2.0):
+            return
+        self.stage, self.last = stage, now
+        pct = 100.0 * done / total if total else 100.0
+        msg = f"{stage}: {done}/{total} ({pct:5.1f}%)"
+        if self.tty:
+            sys.stderr.write("\r" + msg + ("\n" if final else ""))
+        else:
+            sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from taskclf_daemon.artifacts import build_pipeline
+    from taskclf_daemon.offline.replay import open_input, open_output, replay
+
+    pipe, desc = build_pipeline(
+        model_dir=a.model_dir,
+        calibrator_store=a.calibrator_store,
+        policy=a.policy,
+        taxonomy=a.taxonomy,
+        smooth_window=a.smooth_window,
+        reject_threshold=getattr(a, "reject_threshold", None),
+        reject_threshold_set=hasattr(a, "reject_threshold"),
+    )
+    print("replay: settings " + json.dumps(desc, sort_keys=True), file=sys.stderr)
+
+    def on_bad(lineno: int, exc: Any) -> None:
+        print(f"{a.input}:{lineno}: {exc.reason}: {exc.detail}", file=sys.stderr)
+
+    src = open_input(a.input)
+    dst = open_output(a.output)
+    try:
+        summary = replay(pipe, src, dst, batch_size=a.batch_size, on_bad=on_bad)
+    finally:
+        if a.input != "-":
+            src.close()
+        if a.output != "-":
+            dst.close()
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline import synthetic, train
+
+    if a.synthetic:
+        rows = synthetic.generate_labelled(seed=a.seed, n_users=a.users, days=a.days, schema_version=a.schema)
+    else:
+        rows = train.load_rows(a.data)
+    bundle = train.train_bundle(rows, Path(a.out), schema_version=a.schema, seed=a.seed, num_boost_round=a.rounds, progress=_Progress())
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    print(f"train: wrote {bundle} (macro_f1={metrics['macro_f1']}, weighted_f1={metrics['weighted_f1']}, rows={len(rows)})", file=sys.stderr)
+    print(str(bundle))
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline import calibrate, synthetic, train
+
+    if a.synthetic:
+        rows = synthetic.generate_labelled(seed=a.seed, n_users=a.users, days=a.days, schema_version=_bundle_schema(a.model_dir))
+    else:
+        rows = train.load_rows(a.data)
+    store = calibrate.calibrate_store(Path(a.model_dir), rows, method=a.method, out_dir=Path(a.out), progress=_Progress())
+    print(f"calibrate: wrote {a.out} (method={store.method}, per-user calibrators={len(store.user_calibrators)})", file=sys.stderr)
+    return 0
+
+
+def _bundle_schema(model_dir: str) -> str:
+    from taskclf_daemon.pipeline.model import ModelBundle
+
+    return ModelBundle.load(model_dir).schema.version
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="taskclf-daemon", description="Streaming online inference for taskclf task-type models.")
+    ap.add_argument("--version", action="version", version=f"taskclf-daemon {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("replay", help="run the daemon's pipeline over a JSONL file of FeatureRows")
+    add_inference_flags(p)
+    p.add_argument("--input", required=True, help="JSONL input ('-' = stdin; .gz accepted)")
+    p.add_argument("--output", required=True, help="JSONL output ('-' = stdout; .gz written compressed)")
+    p.add_argument("--batch-size", type=_positive_int, default=512, help="micro-batch size (does not change results)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("train", help="train a taskclf model bundle (LightGBM) from labelled FeatureRows")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="labelled FeatureRows: JSONL(.gz) or Parquet with a 'label' column")
+    src.add_argument("--synthetic", action="store_true", help="use the built-in synthetic persona generator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=_positive_int, default=8, help="synthetic users (with --synthetic)")
+    p.add_argument("--days", type=_positive_int, default=6, help="synthetic days (with --synthetic)")
+    p.add_argument("--schema", choices=["v1", "v2", "v3"], default="v1", help="feature schema version")
+    p.add_argument("--rounds", type=_positive_int, default=100, help="boosting rounds (taskclf: 100)")
+    p.add_argument("--out", required=True, help="models directory; the bundle goes to OUT/<run_id>/")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="fit a per-user CalibratorStore for a bundle")
+    p.add_argument("--model-dir", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="labelled FeatureRows (JSONL(.gz) or Parquet) held out from training")
+    src.add_argument("--synthetic", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=_positive_int, default=8)
+    p.add_argument("--days", type=_positive_int, default=6)
+    p.add_argument("--method", choices=["temperature", "isotonic"], default="temperature")
+    p.add_argument("--out", required=True, help="store directory to write")
+    p.set_defaults(func=cmd_calibrate)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        return int(a.func(a) or 0)
+    except TaskclfDaemonError as exc:
+        print(f"taskclf-daemon {a.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
