@@ -124,6 +124,51 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+RUN_FLAGS = (
+    "bootstrap_servers", "input_topic", "output_topic", "dlq_topic", "group_id", "group_instance_id",
+    "model_dir", "calibrator_store", "policy", "taxonomy", "smooth_window", "reject_threshold", "http_port",
+    "log_level", "log_format",
+)
+
+
+def run_settings(a: argparse.Namespace) -> Any:
+    from taskclf_daemon.config import load_settings
+
+    flags = {k: getattr(a, k, None) for k in RUN_FLAGS}
+    return load_settings(a.config, flags=flags)
+
+
+def build_daemon(settings: Any, metrics: Any = None) -> Any:
+    """Load artifacts per the settings and construct the daemon (not started)."""
+    from taskclf_daemon.artifacts import build_pipeline
+    from taskclf_daemon.daemon import Daemon
+
+    thr = settings.reject_threshold
+    pipe, desc = build_pipeline(
+        model_dir=settings.model_dir,
+        calibrator_store=settings.calibrator_store,
+        policy=settings.policy,
+        taxonomy=settings.taxonomy,
+        smooth_window=settings.smooth_window,
+        reject_threshold=None if thr == "policy" else thr,
+        reject_threshold_set=thr != "policy",
+        idle_gap_seconds=settings.idle_gap_seconds,
+    )
+    return Daemon(settings, pipe, desc, metrics)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from taskclf_daemon.daemon import serve
+    from taskclf_daemon.log import configure_logging
+
+    settings = run_settings(a)
+    configure_logging(settings.log_level, settings.log_format)
+    daemon = build_daemon(settings)
+    return asyncio.run(serve(daemon))
+
+
 def _bundle_schema(model_dir: str) -> str:
     from taskclf_daemon.pipeline.model import ModelBundle
 
@@ -141,6 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSONL output ('-' = stdout; .gz written compressed)")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="micro-batch size (does not change results)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("run", help="run the streaming daemon (Kafka in, predictions out)")
+    p.add_argument("--config", help="TOML config file (see config/taskclf-daemon.toml)")
+    p.add_argument("--bootstrap-servers")
+    p.add_argument("--input-topic")
+    p.add_argument("--output-topic")
+    p.add_argument("--dlq-topic")
+    p.add_argument("--group-id")
+    p.add_argument("--group-instance-id", help="static membership id")
+    p.add_argument("--model-dir")
+    p.add_argument("--calibrator-store")
+    p.add_argument("--policy")
+    p.add_argument("--taxonomy")
+    p.add_argument("--smooth-window", type=_positive_int)
+    p.add_argument("--reject-threshold", help="number in [0,1], 'none' or 'policy'")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "console"])
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train a taskclf model bundle (LightGBM) from labelled FeatureRows")
     src = p.add_mutually_exclusive_group(required=True)

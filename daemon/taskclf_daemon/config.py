@@ -1,0 +1,253 @@
+"""Daemon configuration: one table of keys, four sources.
+
+Precedence: **command-line flag > environment variable > TOML file > default**.
+
+* TOML: keys grouped in sections (``[kafka]``, ``[model]``, ``[processing]``, ``[http]``,
+  ``[log]``); the section is only for reading -- every key name is unique.
+* Environment: ``TASKCLF_<KEY>`` in upper case, e.g. ``TASKCLF_BOOTSTRAP_SERVERS``.
+* An unknown key, a wrong type or an out-of-range value fails fast with a
+  :class:`~taskclf_daemon.errors.ConfigError` naming the key, where it came from and the fix.
+
+``config/taskclf-daemon.toml`` documents every key; :data:`KEYS` is the single source of truth and
+a test checks that the file and this table agree.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from taskclf_daemon.errors import ConfigError
+
+ENV_PREFIX = "TASKCLF_"
+SECRET_KEYS = frozenset({"sasl_password", "ssl_password"})
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    type: str  # str | int | float | bool | threshold | optstr
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+    choices: tuple[str, ...] | None = None
+
+
+def _min(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be in [{lo}, {hi}]"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port in [0, 65535] (0 = disabled)"
+
+
+KEYS: dict[str, Key] = {
+    # --- kafka
+    "bootstrap_servers": Key("kafka", "str", "127.0.0.1:9092", "comma-separated host:port list of the Kafka brokers"),
+    "input_topic": Key("kafka", "str", "taskclf.features", "topic of FeatureRow windows (key = user_id)"),
+    "output_topic": Key("kafka", "str", "taskclf.predictions", "topic of WindowPrediction records (key = user_id)"),
+    "dlq_topic": Key("kafka", "str", "taskclf.features.dlq", "dead-letter topic for refused records"),
+    "group_id": Key("kafka", "str", "taskclf-daemon", "consumer group id (instances sharing it split the partitions)"),
+    "group_instance_id": Key("kafka", "optstr", None, "static membership id (avoids rebalances on rolling restarts); empty = dynamic"),
+    "client_id": Key("kafka", "str", "taskclf-daemon", "Kafka client id"),
+    "auto_offset_reset": Key("kafka", "str", "earliest", "where a new group starts reading", choices=("earliest", "latest")),
+    "security_protocol": Key("kafka", "str", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
+    "sasl_mechanism": Key("kafka", "str", "PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+    "sasl_username": Key("kafka", "optstr", None, "SASL user name"),
+    "sasl_password": Key("kafka", "optstr", None, "SASL password (masked in logs)"),
+    "ssl_cafile": Key("kafka", "optstr", None, "CA bundle for SSL"),
+    "ssl_certfile": Key("kafka", "optstr", None, "client certificate for SSL"),
+    "ssl_keyfile": Key("kafka", "optstr", None, "client key for SSL"),
+    "ssl_password": Key("kafka", "optstr", None, "password of the client key (masked in logs)"),
+    "create_topics": Key("kafka", "bool", True, "create missing input/output/DLQ topics at start"),
+    "topic_partitions": Key("kafka", "int", 4, "partitions of topics the daemon creates", _min(1)),
+    "topic_replication": Key("kafka", "int", 1, "replication factor of topics the daemon creates", _min(1)),
+    "fetch_max_wait_ms": Key("kafka", "int", 50, "longest a fetch waits for data (lower = less latency)", _min(0)),
+    "session_timeout_ms": Key("kafka", "int", 30000, "consumer group session timeout", _min(1000)),
+    "max_poll_interval_ms": Key("kafka", "int", 300000, "max time between polls before the group evicts us", _min(1000)),
+    "linger_ms": Key("kafka", "int", 5, "producer linger (batching of outputs)", _min(0)),
+    "request_timeout_ms": Key("kafka", "int", 40000, "producer/consumer request timeout", _min(1000)),
+    # --- model
+    "model_dir": Key("model", "optstr", None, "taskclf model bundle directory (models/<run_id>); or use policy"),
+    "calibrator_store": Key("model", "optstr", None, "taskclf CalibratorStore directory (default: the policy's, else none)"),
+    "policy": Key("model", "optstr", None, "taskclf inference_policy.json"),
+    "taxonomy": Key("model", "optstr", None, "taskclf taxonomy YAML"),
+    "smooth_window": Key("model", "int", 3, "rolling-majority smoothing window (taskclf default 3)", _min(1)),
+    "reject_threshold": Key("model", "threshold", "policy", "global reject threshold in [0,1], 'none' to disable, 'policy' = the policy's (else 0.55)"),
+    "idle_gap_seconds": Key("model", "float", 300.0, "gap that starts a new session (taskclf: 300)", _min(0.0)),
+    # --- processing
+    "max_batch_records": Key("processing", "int", 1000, "most records per micro-batch (one model call)", _min(1)),
+    "max_in_flight_records": Key("processing", "int", 20000, "outputs awaiting broker acks before partitions are paused", _min(1)),
+    "commit_interval_ms": Key("processing", "int", 500, "how often acknowledged offsets are committed", _min(10)),
+    "max_record_bytes": Key("processing", "int", 1048576, "larger input records are dead-lettered as oversize", _min(64)),
+    "max_invalid_ratio": Key("processing", "float", 0.5, "stop with an error when the share of invalid records in the last invalid_window records exceeds this (1.0 = never)", _range(0.0, 1.0)),
+    "invalid_window": Key("processing", "int", 1000, "records over which max_invalid_ratio is measured", _min(10)),
+    "shutdown_timeout_s": Key("processing", "float", 30.0, "bound on draining at SIGTERM", _min(0.1)),
+    # --- http
+    "http_host": Key("http", "str", "0.0.0.0", "address of the /metrics /healthz /readyz server"),
+    "http_port": Key("http", "int", 8080, "port of the HTTP server (0 = disabled)", _port),
+    "health_poll_timeout_s": Key("http", "float", 30.0, "/healthz fails when the poll loop has not turned for this long", _min(1.0)),
+    # --- log
+    "log_level": Key("log", "str", "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")),
+    "log_format": Key("log", "str", "json", "json or console", choices=("json", "console")),
+}
+
+
+def _convert(key: str, spec: Key, raw: Any, source: str) -> Any:
+    t = spec.type
+    try:
+        if t == "threshold":
+            if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "off", "null")):
+                v: Any = None
+            elif isinstance(raw, str) and raw.strip().lower() == "policy":
+                v = "policy"
+            else:
+                if isinstance(raw, bool):
+                    raise ValueError
+                v = float(raw)
+                if not 0.0 <= v <= 1.0:
+                    raise ConfigError(key, f"{v} is outside [0, 1]", "use a probability such as 0.55, 'none' or 'policy'", source)
+        elif t == "bool":
+            if isinstance(raw, bool):
+                v = raw
+            elif isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+                v = True
+            elif isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
+                v = False
+            else:
+                raise ValueError
+        elif t == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            v = int(raw)
+        elif t == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            v = float(raw)
+            if v != v:
+                raise ValueError
+        elif t == "optstr":
+            v = None if raw is None or (isinstance(raw, str) and raw == "") else raw
+            if v is not None and not isinstance(v, str):
+                raise ValueError
+        else:
+            if not isinstance(raw, str) or not raw:
+                raise ValueError
+            v = raw
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        want = {"threshold": "a number in [0,1], 'none' or 'policy'", "optstr": "a string", "str": "a non-empty string"}.get(t, f"a {t}")
+        raise ConfigError(key, f"{raw!r} is not {want}", f"set {key} to {want}", source) from None
+    if spec.choices and v not in spec.choices:
+        raise ConfigError(key, f"{v!r} is not one of {', '.join(spec.choices)}", f"use one of {', '.join(spec.choices)}", source)
+    if spec.check is not None and v is not None and not isinstance(v, str):
+        problem = spec.check(v)
+        if problem:
+            raise ConfigError(key, f"{v!r} {problem}", f"set {key} to a value that {problem[5:] if problem.startswith('must ') else problem}", source)
+    return v
+
+
+class Settings(Mapping[str, Any]):
+    """The effective configuration: ``settings["bootstrap_servers"]`` or ``settings.bootstrap_servers``."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str]) -> None:
+        self._values = values
+        self.sources = sources
+
+    def __getitem__(self, k: str) -> Any:
+        return self._values[k]
+
+    def __getattr__(self, k: str) -> Any:
+        try:
+            return self._values[k]
+        except KeyError:
+            raise AttributeError(k) from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def masked(self) -> dict[str, Any]:
+        """Values safe to log: secrets replaced by ``***``."""
+        return {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self._values.items()}
+
+    def replace(self, **changes: Any) -> "Settings":
+        vals = dict(self._values)
+        src = dict(self.sources)
+        for k, v in changes.items():
+            if k not in KEYS:
+                raise ConfigError(k, "unknown key", "see config/taskclf-daemon.toml")
+            vals[k] = _convert(k, KEYS[k], v, "override")
+            src[k] = "override"
+        return Settings(vals, src)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Settings:
+    """Merge default < file < env < flags and validate every value."""
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[Any, str]] = {k: (spec.default, "default") for k, spec in KEYS.items()}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file {p} does not exist", "pass an existing TOML file (see config/taskclf-daemon.toml)") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("--config", f"{p} is not valid TOML: {exc}", "fix the syntax (see config/taskclf-daemon.toml)") from None
+        for section, body in data.items():
+            items = body.items() if isinstance(body, dict) else [(section, body)]
+            for k, v in items:
+                if k not in KEYS:
+                    raise ConfigError(f"{section}.{k}" if isinstance(body, dict) else k, "unknown key", f"remove it or use one of the keys documented in config/taskclf-daemon.toml", str(p))
+                raw[k] = (v, str(p))
+    for k in KEYS:
+        ev = env.get(ENV_PREFIX + k.upper())
+        if ev is not None:
+            raw[k] = (ev, f"env {ENV_PREFIX}{k.upper()}")
+    for k, v in (flags or {}).items():
+        if v is None:
+            continue
+        if k not in KEYS:
+            raise ConfigError(k, "unknown key", "see taskclf-daemon run --help")
+        raw[k] = (v, "flag --" + k.replace("_", "-"))
+    values = {k: _convert(k, KEYS[k], v, src) for k, (v, src) in raw.items()}
+    sources = {k: src for k, (_, src) in raw.items()}
+    if values["model_dir"] is None and values["policy"] is None:
+        raise ConfigError("model_dir", "no model configured", "set model_dir (or policy) in the config file, TASKCLF_MODEL_DIR, or --model-dir", "all sources")
+    return Settings(values, sources)
+
+
+def render_default_toml() -> str:
+    """The documented default config file (also written to config/taskclf-daemon.toml)."""
+    lines = [
+        "# taskclf-daemon configuration. Every key, its default and its meaning.",
+        "# Precedence: command-line flag > environment variable TASKCLF_<KEY> > this file > default.",
+        "# Unset optional keys are commented out.",
+        "",
+    ]
+    section = None
+    for k, spec in KEYS.items():
+        if spec.section != section:
+            section = spec.section
+            lines += ["", f"[{section}]"]
+        lines.append(f"# {spec.help} (env {ENV_PREFIX}{k.upper()})")
+        d = spec.default
+        if d is None:
+            lines.append(f'# {k} = ""')
+        elif isinstance(d, bool):
+            lines.append(f"{k} = {'true' if d else 'false'}")
+        elif isinstance(d, (int, float)):
+            lines.append(f"{k} = {d}")
+        else:
+            lines.append(f'{k} = "{d}"')
+    return "\n".join(lines).lstrip("\n") + "\n"

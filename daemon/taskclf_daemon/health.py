@@ -1,0 +1,66 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` on one port, with asyncio streams only.
+
+The server never imports the daemon: it is given callables that return ``(ok, detail)`` and the
+metrics exposition bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import orjson
+
+Probe = Callable[[], tuple[bool, dict[str, Any]]]
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+class HealthServer:
+    def __init__(self, host: str, port: int, *, health: Probe, ready: Probe, metrics: Callable[[], bytes]) -> None:
+        self.host = host
+        self.port = port
+        self._health = health
+        self._ready = ready
+        self._metrics = metrics
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        """Start listening; returns the bound port (useful with port 0 in tests)."""
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            while True:  # drain headers
+                h = await asyncio.wait_for(reader.readline(), 5.0)
+                if h in (b"\r\n", b"\n", b""):
+                    break
+            parts = line.decode("latin-1").split()
+            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            path = path.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = 405, "text/plain", b"method not allowed\n"
+            elif path == "/metrics":
+                status, ctype, body = 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
+            elif path in ("/healthz", "/readyz"):
+                ok, detail = (self._health if path == "/healthz" else self._ready)()
+                status, ctype = (200 if ok else 503), "application/json"
+                body = orjson.dumps({"ok": ok, **detail}) + b"\n"
+            else:
+                status, ctype, body = 404, "text/plain", b"not found: try /metrics /healthz /readyz\n"
+            head = f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,99 @@
+"""Every Prometheus metric of the daemon, built once on an injected registry.
+
+Names follow Prometheus conventions: ``taskclf_`` prefix, base units, ``_total`` counters.
+No metric carries a user id.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    """The daemon's metrics; methods are named for what happened."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        # Counter: input records fetched, per source partition.
+        self.records_consumed = Counter("taskclf_records_consumed_total", "Input records fetched", ["topic", "partition"], registry=r)
+        # Counter: records by outcome (emitted, dlq, dropped_revoked, duplicate, late).
+        self.records_processed = Counter("taskclf_records_processed_total", "Input records by outcome", ["outcome"], registry=r)
+        # Counter: predictions by emitted label and calibrator scope.
+        self.predictions = Counter("taskclf_predictions_total", "Predictions emitted", ["label", "calibrator"], registry=r)
+        # Counter: rejected windows (confidence below threshold).
+        self.rejected = Counter("taskclf_rejected_total", "Windows rejected as Mixed/Unknown", registry=r)
+        # Histogram: calibrated confidence (0.55 = taskclf's reject threshold is an edge).
+        self.confidence = Histogram("taskclf_prediction_confidence", "Calibrated max probability", buckets=_CONFIDENCE_BUCKETS, registry=r)
+        # Histogram: seconds per pipeline stage per micro-batch.
+        self.stage_duration = Histogram("taskclf_stage_duration_seconds", "Seconds per stage per micro-batch", ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        # Histogram: records per model call.
+        self.batch_size = Histogram("taskclf_predict_batch_size_records", "Records per model call", buckets=_BATCH_BUCKETS, registry=r)
+        # Histogram: input record timestamp (broker) to output ack, seconds.
+        self.e2e_latency = Histogram("taskclf_end_to_end_latency_seconds", "Input record timestamp to output acknowledged", buckets=_LATENCY_BUCKETS, registry=r)
+        # Gauge: records behind the fetch high-watermark, per assigned partition.
+        self.consumer_lag = Gauge("taskclf_consumer_lag_records", "High-watermark minus next offset to process", ["topic", "partition"], registry=r)
+        # Counter: partition assignments and revocations.
+        self.rebalances = Counter("taskclf_rebalances_total", "Rebalance callbacks", ["kind"], registry=r)
+        # Gauge: users with state in memory.
+        self.state_users = Gauge("taskclf_state_users", "Users with in-memory state", registry=r)
+        # Histogram: seconds to restore a partition's state.
+        self.restore_duration = Histogram("taskclf_state_restore_duration_seconds", "Seconds to restore one partition's state", buckets=_LATENCY_BUCKETS, registry=r)
+        # Counter: dead-lettered records by reason.
+        self.dlq = Counter("taskclf_dlq_records_total", "Records sent to the dead-letter topic", ["reason"], registry=r)
+        # Gauge (info): the loaded model.
+        self.model_info = Gauge("taskclf_model_info", "Loaded model bundle (value 1)", ["model_bundle_id", "schema_hash", "calibration_method"], registry=r)
+        # Counter: model reloads by result.
+        self.model_reloads = Counter("taskclf_model_reloads_total", "Model/calibrator reloads", ["result"], registry=r)
+        # Counter: offset commits by result (ok, failed).
+        self.commits = Counter("taskclf_offset_commits_total", "Offset commits", ["result"], registry=r)
+        # Gauge: outputs produced but not yet acknowledged by the broker.
+        self.in_flight = Gauge("taskclf_in_flight_records", "Outputs awaiting broker acknowledgement", registry=r)
+        # Counter: times partitions were paused because too much was in flight.
+        self.backpressure = Counter("taskclf_backpressure_pauses_total", "Pauses of fetching due to in-flight limit", registry=r)
+        # Gauge: 1 when ready (assigned, restored, model loaded).
+        self.ready = Gauge("taskclf_ready", "1 when the daemon is ready", registry=r)
+
+    # --- recorders -------------------------------------------------------------------------
+    def record_consumed(self, topic: str, partition: int, n: int) -> None:
+        self.records_consumed.labels(topic, str(partition)).inc(n)
+
+    def record_dead_letter(self, reason: str) -> None:
+        self.dlq.labels(reason).inc()
+        self.records_processed.labels("dlq").inc()
+
+    def record_predictions(self, preds: Iterable, stage_timings: dict[str, float], batch_records: int) -> None:
+        n = 0
+        for p in preds:
+            n += 1
+            self.predictions.labels(p.label, p.calibrator_scope).inc()
+            self.confidence.observe(p.confidence)
+            if p.is_rejected:
+                self.rejected.inc()
+        self.records_processed.labels("emitted").inc(n)
+        for stage, sec in stage_timings.items():
+            self.stage_duration.labels(stage).observe(sec)
+        self.batch_size.observe(batch_records)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        for m in (self.consumer_lag,):
+            try:
+                m.remove(topic, str(partition))
+            except KeyError:
+                pass
+
+    def set_model(self, bundle_id: str, schema_hash: str, method: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(bundle_id, schema_hash, method).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
