@@ -169,6 +169,38 @@ def cmd_run(a: argparse.Namespace) -> int:
     return asyncio.run(serve(daemon))
 
 
+def cmd_produce(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from taskclf_daemon.config import load_settings
+    from taskclf_daemon.offline import produce as prod
+
+    settings = load_settings(a.config, flags={"bootstrap_servers": a.bootstrap_servers}, require_model=False)
+    if a.synthetic:
+        from taskclf_daemon.offline import synthetic
+
+        records = prod.records_from_rows(synthetic.iter_stream(seed=a.seed, n_users=a.users, minutes=a.minutes, schema_version=a.schema))
+        src = None
+    else:
+        src = open(a.input, "rb") if a.input != "-" else sys.stdin.buffer
+        if a.input.endswith(".gz"):
+            import gzip
+
+            src = gzip.open(a.input, "rb")
+        records = prod.records_from_file(src)
+
+    def progress(n: int, elapsed: float) -> None:
+        print(f"produce: {n} records in {elapsed:.1f}s ({n / elapsed if elapsed else 0:.0f}/s)", file=sys.stderr)
+
+    try:
+        n = asyncio.run(prod.produce(settings, a.topic, records, rate=a.rate, progress=progress, create_partitions=a.partitions))
+    finally:
+        if src is not None and src is not sys.stdin.buffer:
+            src.close()
+    print(f"produce: done, {n} records acknowledged on {a.topic}", file=sys.stderr)
+    return 0
+
+
 def _bundle_schema(model_dir: str) -> str:
     from taskclf_daemon.pipeline.model import ModelBundle
 
@@ -205,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "console"])
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("produce", help="send FeatureRows (file or synthetic) to a topic, keyed by user_id")
+    p.add_argument("--config", help="TOML config (for Kafka connection/security keys)")
+    p.add_argument("--bootstrap-servers")
+    p.add_argument("--topic", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="JSONL(.gz) file of FeatureRows ('-' = stdin)")
+    src.add_argument("--synthetic", action="store_true", help="synthetic multi-user traffic")
+    p.add_argument("--users", type=_positive_int, default=50, help="synthetic users")
+    p.add_argument("--minutes", type=_positive_int, default=60, help="synthetic minutes (one window per user per minute)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schema", choices=["v1", "v2", "v3"], default="v1")
+    p.add_argument("--rate", type=float, default=0.0, help="records per second (0 = as fast as possible)")
+    p.add_argument("--partitions", type=_positive_int, default=None, help="create the topic with N partitions if missing")
+    p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("train", help="train a taskclf model bundle (LightGBM) from labelled FeatureRows")
     src = p.add_mutually_exclusive_group(required=True)

@@ -192,7 +192,7 @@ class Settings(Mapping[str, Any]):
         return Settings(vals, src)
 
 
-def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None, *, require_model: bool = True) -> Settings:
     """Merge default < file < env < flags and validate every value."""
     env = os.environ if env is None else env
     raw: dict[str, tuple[Any, str]] = {k: (spec.default, "default") for k, spec in KEYS.items()}
@@ -222,7 +222,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raw[k] = (v, "flag --" + k.replace("_", "-"))
     values = {k: _convert(k, KEYS[k], v, src) for k, (v, src) in raw.items()}
     sources = {k: src for k, (_, src) in raw.items()}
-    if values["model_dir"] is None and values["policy"] is None:
+    if require_model and values["model_dir"] is None and values["policy"] is None:
         raise ConfigError("model_dir", "no model configured", "set model_dir (or policy) in the config file, TASKCLF_MODEL_DIR, or --model-dir", "all sources")
     return Settings(values, sources)
 

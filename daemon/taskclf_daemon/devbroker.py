@@ -61,6 +61,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = [
     "LocalBroker",
@@ -255,6 +256,17 @@ def kafka_probe(host: str, port: int, timeout: float = 2.0) -> list[tuple[int, s
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Any = None  # libc prctl, resolved in the parent; the forked child only calls it
+
+
+def _resolve_prctl() -> Any:
+    global _prctl
+    if _prctl is None:
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
+    return _prctl or None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -262,11 +274,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
     Covers the case atexit cannot: the Python process being SIGKILLed.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except Exception:
-        pass
+    if _prctl:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 _live_brokers: set[LocalBroker] = set()
@@ -277,6 +286,8 @@ def _stop_all_at_exit() -> None:
     with _live_lock:
         brokers = list(_live_brokers)
     for broker in brokers:
+        if broker._owner_pid != os.getpid():  # inherited through fork: not ours
+            continue
         with contextlib.suppress(Exception):
             broker.stop(timeout=5.0)
 
@@ -341,6 +352,7 @@ class LocalBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._suspended = False
         self._last_rc: int | None = None
+        self._owner_pid = os.getpid()
         self.log_path: Path | None = None
         #: seconds the last :meth:`start` took until the broker answered Metadata
         self.startup_seconds: float | None = None
@@ -384,6 +396,16 @@ class LocalBroker:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self._log_dir / "tansu.log"
 
+        try:
+            self._start_with_retries(binary, timeout)
+        except BaseException:
+            # Kill a half-started broker (e.g. on Ctrl-C) and drop the temp log dir:
+            # the error message already carries the log tail.
+            self.stop()
+            raise
+        return self
+
+    def _start_with_retries(self, binary: Path, timeout: float) -> None:
         attempts = 1 if self._requested_port is not None else 3
         deadline = time.monotonic() + timeout
         for attempt in range(1, attempts + 1):
@@ -394,12 +416,12 @@ class LocalBroker:
                 raise RuntimeError(f"port {self.host}:{self.port} is already in use")
             try:
                 self._launch(binary, deadline)
-                return self
+                return
             except _BrokerExited:
                 if attempt == attempts:
                     raise RuntimeError(
                         f"Tansu exited during startup (exit code {self._last_rc}); "
-                        f"log {self.log_path}:\n{self.log_tail()}"
+                        f"broker log tail:\n{self.log_tail()}"
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -428,9 +450,12 @@ class LocalBroker:
                 cwd=self._log_dir,  # never write anything into the caller's cwd
                 env=env,
                 start_new_session=True,  # own process group: stop() kills it whole
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=(
+                    _die_with_parent if self.die_with_parent and _resolve_prctl() else None
+                ),
             )
         self._proc = proc
+        self._owner_pid = os.getpid()
         self._suspended = False
         with _live_lock:
             _live_brokers.add(self)
@@ -497,6 +522,9 @@ class LocalBroker:
                     os.killpg(pgid, signal.SIGKILL)
                 time.sleep(0.02)
             self._reap()
+        self._remove_own_log_dir()
+
+    def _remove_own_log_dir(self) -> None:
         if self._own_log_dir and not self.keep_logs and self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
