@@ -104,11 +104,13 @@ class InferencePipeline:
         conf = probs.max(axis=1) if len(windows) else np.empty(0)
         arg = probs.argmax(axis=1) if len(windows) else np.empty(0, dtype=np.int64)
         rejected = reject_mask(conf, thresholds_for(uids, cfg.reject_threshold, cfg.per_user_thresholds))
-        smoothed = []
         w_ = cfg.smooth_window
+        post = np.where(rejected, REJECT_ID, arg).tolist()
+        smoothed = []
+        get = states.get
         for i, w in enumerate(windows):
-            st = states.get(w.user_id)
-            smoothed.append(smooth_trailing(st.smooth, REJECT_ID if rejected[i] else int(arg[i]), w_))
+            st = get(w.user_id)
+            smoothed.append(smooth_trailing(st.smooth, post[i], w_))
             st.last_ts_us = w.ts_us
             st.windows_seen += 1
         if self.taxonomy is not None:

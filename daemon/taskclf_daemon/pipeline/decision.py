@@ -58,8 +58,10 @@ def _majority_at(window_slice: Sequence[object], current: object) -> object:
 def smooth_trailing(buffer: deque[int], label: int, window: int) -> int:
     """Append ``label`` to the user's smoothing buffer and return the smoothed label (taskclf online)."""
     buffer.append(label)
-    if window <= 1 or len(buffer) == 1:
+    n = len(buffer)
+    if window <= 3 or n == 1:
+        # the last w//2+1 <= 2 labels: a 1-1 tie keeps the current label, so nothing changes
         return label
-    k = window // 2 + 1
-    tail = list(buffer)[-k:]
+    k = min(window // 2 + 1, n)
+    tail = [buffer[i] for i in range(n - k, n)]
     return _majority_at(tail, label)  # type: ignore[return-value]
