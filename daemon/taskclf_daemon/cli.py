@@ -201,6 +201,16 @@ def cmd_produce(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from taskclf_daemon.demo import run_demo
+
+    res = asyncio.run(run_demo(workdir=Path(a.workdir), seconds=a.seconds, users=a.users, rate=a.rate, http_port=a.http_port))
+    ok = res["exit_code"] == 0 and res["emitted"] == res["produced"] > 0
+    return 0 if ok else 1
+
+
 def _bundle_schema(model_dir: str) -> str:
     from taskclf_daemon.pipeline.model import ModelBundle
 
@@ -252,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=0.0, help="records per second (0 = as fast as possible)")
     p.add_argument("--partitions", type=_positive_int, default=None, help="create the topic with N partitions if missing")
     p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("demo", help="embedded broker + demo model + synthetic traffic + the daemon, with live progress")
+    p.add_argument("--workdir", default="var/demo", help="where the demo model and logs live (reused across runs)")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long to produce traffic")
+    p.add_argument("--users", type=_positive_int, default=200)
+    p.add_argument("--rate", type=float, default=1000.0, help="windows per second")
+    p.add_argument("--http-port", type=int, default=8080, help="/metrics /healthz /readyz port (0 = off)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a taskclf model bundle (LightGBM) from labelled FeatureRows")
     src = p.add_mutually_exclusive_group(required=True)
