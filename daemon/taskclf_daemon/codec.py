@@ -239,8 +239,9 @@ def decode_window(data: bytes | str, validator: RowValidator, max_bytes: int = D
 
     :raises InvalidRecord: oversize, invalid_json or any validation reason
     """
-    if len(data) > max_bytes:
-        raise InvalidRecord("oversize", f"record is {len(data)} bytes, limit {max_bytes}")
+    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
+    if size > max_bytes:
+        raise InvalidRecord("oversize", f"record is {size} bytes, limit {max_bytes}")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -33,6 +33,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from taskclf_daemon.errors import ArtifactError
+from taskclf_daemon.labels import N_LABELS
 
 _FLOOR = 1e-12
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
@@ -120,6 +121,8 @@ class IsotonicCalibrator:
         p = np.asarray(probs, dtype=np.float64)
         one = p.ndim == 1
         P = p[None, :] if one else p
+        if P.shape[1] != len(self.curves):
+            raise ValueError(f"isotonic calibrator has {len(self.curves)} regressors but the probabilities have {P.shape[1]} classes")
         out = np.empty_like(P)
         for c, curve in enumerate(self.curves):
             out[:, c] = curve(P[:, c])
@@ -154,16 +157,21 @@ def calibrator_from_json(obj: Any, source: object = "<json>") -> Calibrator:
                 y = np.asarray(r["y_thresholds_"], dtype=np.float64)
                 if x.ndim != 1 or x.shape != y.shape or x.size == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
                     raise ValueError("X_thresholds_/y_thresholds_ must be equal-length finite lists")
-                curves.append(IsotonicCurve(x, y, float(r.get("X_min_", x[0])), float(r.get("X_max_", x[-1])), bool(r.get("increasing_", True))))
+                if np.any(np.diff(x) < 0):
+                    raise ValueError("X_thresholds_ must be sorted ascending")
+                # taskclf refits on the threshold points, so its bounds are the first/last threshold
+                curves.append(IsotonicCurve(x, y, float(x[0]), float(x[-1]), bool(r.get("increasing_", True))))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ArtifactError(source, f"bad isotonic regressor: {exc}", "refit with `taskclf-daemon calibrate --method isotonic`", field=f"regressors[{i}]") from None
+        if len(curves) != N_LABELS:
+            raise ArtifactError(source, f"isotonic calibrator has {len(curves)} regressors, expected one per label ({N_LABELS})", "refit with `taskclf-daemon calibrate --method isotonic`", field="regressors")
         return IsotonicCalibrator(tuple(curves))
     raise ArtifactError(source, f"Unknown calibrator type {kind!r}", "use identity, temperature or isotonic", field="type")
 
 
 def user_file_name(user_id: str) -> str:
     """File name (without directory) of a user's calibrator: verbatim when safe, else ``~<hex>``."""
-    if _SAFE_ID.match(user_id) and user_id not in (".", ".."):
+    if _SAFE_ID.fullmatch(user_id) and user_id not in (".", ".."):
         return f"{user_id}.json"
     h = user_id.encode("utf-8", "surrogatepass").hex()
     if len(h) > 200:

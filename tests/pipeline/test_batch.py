@@ -1,0 +1,304 @@
+"""Acceptance core: the whole pipeline reproduces taskclf's golden predictions (spec 9, README; items 53-55)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers_rows import TOOLS_DIR, golden_dir, make_row, validator  # noqa: E402
+
+from taskclf_daemon.codec import decode_window  # noqa: E402
+from taskclf_daemon.errors import InvalidRecord  # noqa: E402
+from taskclf_daemon.labels import LABELS, MIXED_UNKNOWN  # noqa: E402
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig  # noqa: E402
+from taskclf_daemon.pipeline.calibration import CalibratorStore  # noqa: E402
+from taskclf_daemon.pipeline.model import ModelBundle  # noqa: E402
+from taskclf_daemon.pipeline.policy import resolve_inference  # noqa: E402
+from taskclf_daemon.records import FeatureWindow  # noqa: E402
+from taskclf_daemon.state import StateStore  # noqa: E402
+
+V1 = validator("v1")
+
+
+@pytest.fixture(scope="module")
+def g() -> Path:
+    return golden_dir()
+
+
+@pytest.fixture(scope="module")
+def bundle(g: Path) -> ModelBundle:
+    return ModelBundle.load(g / "models" / "2026-04-06_000000_run-0001")
+
+
+@pytest.fixture(scope="module")
+def store(g: Path) -> CalibratorStore:
+    return CalibratorStore.load(g / "artifacts" / "calibrator_store")
+
+
+@pytest.fixture(scope="module")
+def lines(g: Path) -> list[bytes]:
+    return [ln for ln in (g / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def windows(lines: list[bytes]) -> list[FeatureWindow]:
+    return [decode_window(ln, V1) for ln in lines]
+
+
+@pytest.fixture(scope="module")
+def compare() -> ModuleType:
+    path = TOOLS_DIR / "compare.py"
+    spec = importlib.util.spec_from_file_location("taskclf_compare_tool", path)
+    assert spec is not None and spec.loader is not None, f"missing {path}"
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _pipe(bundle: ModelBundle, store: CalibratorStore | None, w: int) -> InferencePipeline:
+    # the golden configuration: global threshold 0.55, no per-user thresholds, no taxonomy
+    return InferencePipeline(bundle, store, PipelineConfig(smooth_window=w, reject_threshold=0.55))
+
+
+def _run_values(pipe: InferencePipeline, windows: list[FeatureWindow], batch: int | None = None) -> list[bytes]:
+    states = pipe.new_state_store()
+    n = len(windows)
+    step = batch or max(n, 1)
+    out: list[bytes] = []
+    for i in range(0, n, step):
+        out.extend(p.value for p in pipe.process(windows[i:i + step], states).predictions)
+    return out
+
+
+_cache: dict[int, list[bytes]] = {}
+
+
+def _golden_run(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow], w: int) -> list[bytes]:
+    if w not in _cache:
+        _cache[w] = _run_values(_pipe(bundle, store, w), windows)
+    return _cache[w]
+
+
+# ---------------------------------------------------------------- golden acceptance
+
+
+@pytest.mark.parametrize("w", [3, 5])
+def test_golden_predictions_pass_compare_tool(w: int, g: Path, bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow], compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    values = _golden_run(bundle, store, windows, w)
+    out = tmp_path / f"daemon_w{w}.jsonl"
+    out.write_bytes(b"".join(v + b"\n" for v in values))
+    rc = compare.main(["--expected", str(g / f"expected_w{w}.jsonl"), "--actual", str(out), "--fail-on-extra", "--strict-meta"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "SUMMARY: PASS" in text and "matched=3030" in text
+
+
+@pytest.mark.parametrize("w", [3, 5])
+def test_golden_predictions_row_by_row(w: int, g: Path, bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    values = _golden_run(bundle, store, windows, w)
+    expected = [json.loads(ln) for ln in (g / f"expected_w{w}.jsonl").read_text().splitlines() if ln.strip()]
+    assert len(values) == len(expected) == 3030
+    for i, (v, e) in enumerate(zip(values, expected)):
+        a = orjson.loads(v)
+        # output is in input order
+        assert (a["user_id"], a["bucket_start_ts"]) == (e["user_id"], e["bucket_start_ts"]), i
+        for f in ("core_label_id", "core_label_name", "mapped_label_name", "is_rejected", "model_version", "schema_version", "label_version"):
+            assert a[f] == e[f], (i, f, a[f], e[f])
+        assert max(abs(x - y) for x, y in zip(a["core_probs"], e["core_probs"])) <= 1e-5, i
+        assert abs(a["confidence"] - e["confidence"]) <= 1e-5, i
+        assert a["mapped_probs"].keys() == e["mapped_probs"].keys()
+        assert max(abs(a["mapped_probs"][k] - e["mapped_probs"][k]) for k in e["mapped_probs"]) <= 1e-5, i
+
+
+def test_golden_summary_counts(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    # README: reject rate (w3) 592 rows; w5: 351 rows differ from the post-reject label
+    recs3 = [orjson.loads(v) for v in _golden_run(bundle, store, windows, 3)]
+    recs5 = [orjson.loads(v) for v in _golden_run(bundle, store, windows, 5)]
+    assert sum(r["is_rejected"] for r in recs3) == 592
+    post = [MIXED_UNKNOWN if r["is_rejected"] else r["core_label_name"] for r in recs5]
+    assert sum(p != r["mapped_label_name"] for p, r in zip(post, recs5)) == 351
+    assert all(p == r["mapped_label_name"] for p, r in zip((MIXED_UNKNOWN if r["is_rejected"] else r["core_label_name"] for r in recs3), recs3))
+    scopes = {r["user_id"]: r["calibrator_scope"] for r in recs3}
+    assert sum(s == "user" for s in scopes.values()) == 5 and sum(s == "global" for s in scopes.values()) == 5
+
+
+def test_golden_via_policy_resolution(g: Path, windows: list[FeatureWindow]) -> None:
+    # the oracle resolved everything from models/inference_policy.json
+    r = resolve_inference(policy_path=g / "models" / "inference_policy.json")
+    pipe = InferencePipeline(ModelBundle.load(r.model_dir), CalibratorStore.load(r.calibrator_store), PipelineConfig(smooth_window=3, reject_threshold=r.reject_threshold, per_user_thresholds=r.per_user_thresholds))
+    values = _run_values(pipe, windows[:300])
+    expected = [json.loads(ln) for ln in (g / "expected_w3.jsonl").read_text().splitlines()[:300]]
+    for v, e in zip(values, expected):
+        a = orjson.loads(v)
+        assert (a["mapped_label_name"], a["is_rejected"]) == (e["mapped_label_name"], e["is_rejected"])
+        assert max(abs(x - y) for x, y in zip(a["core_probs"], e["core_probs"])) <= 1e-5
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_batch_size_does_not_change_output(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    pipe = _pipe(bundle, store, 5)
+    whole = _golden_run(bundle, store, windows, 5)
+    for size in (1, 7, 512):
+        assert _run_values(pipe, windows, size) == whole, f"batch size {size}"
+
+
+def test_identical_inputs_identical_outputs(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    a = _run_values(_pipe(bundle, store, 3), windows[:500])
+    b = _run_values(_pipe(bundle, store, 3), windows[:500])
+    assert a == b
+    assert a == _golden_run(bundle, store, windows, 3)[:500]
+
+
+def test_user_output_independent_of_other_users(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    whole = _golden_run(bundle, store, windows, 5)
+    for uid in ("25f4c16a-eb80-47ff-8c2f-67b84814bcee", "074817d0-708c-4894-b20c-8e3fb2b62c46"):
+        idx = [i for i, w in enumerate(windows) if w.user_id == uid]
+        alone = _run_values(_pipe(bundle, store, 5), [windows[i] for i in idx], 64)
+        assert alone == [whole[i] for i in idx], uid
+
+
+# ---------------------------------------------------------------- items 53, 54: record shape
+
+
+def test_record_contract(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    for w in (3, 5):
+        for v in _golden_run(bundle, store, windows, w):
+            r = orjson.loads(v)
+            cp = r["core_probs"]
+            assert len(cp) == 8 and abs(sum(cp) - 1.0) <= 1e-4
+            assert all(0.0 <= x <= 1.0 for x in cp)
+            assert all(round(x, 6) == x for x in cp)
+            assert 0 <= r["core_label_id"] <= 7 and r["core_label_name"] == LABELS[r["core_label_id"]]
+            assert 0.0 <= r["confidence"] <= 1.0 and r["confidence"] == max(cp)
+            assert r["label_version"] == "labels_v1"
+            assert r["schema_version"] == "features_v1"
+            assert r["model_version"] == "4077fe0dba70"
+            assert isinstance(r["is_rejected"], bool)
+            assert r["is_rejected"] == (r["confidence"] < 0.55) or abs(r["confidence"] - 0.55) < 1e-6
+            # without taxonomy: 8 label keys, unrounded calibrated probs, label = smoothed post-reject label
+            mp = r["mapped_probs"]
+            assert list(mp) == list(LABELS)
+            assert abs(sum(mp.values()) - 1.0) <= 1e-4
+            assert max(abs(mp[k] - cp[i]) for i, k in enumerate(LABELS)) <= 5e-7
+            assert r["mapped_label_name"] == r["smoothed_label_name"]
+            assert r["mapped_label_name"] in LABELS or r["mapped_label_name"] == MIXED_UNKNOWN
+            if w == 3:
+                assert r["mapped_label_name"] == (MIXED_UNKNOWN if r["is_rejected"] else r["core_label_name"])
+            assert len(r["bucket_start_ts"]) == 20 and r["bucket_start_ts"].endswith("Z")
+
+
+def test_mapped_probs_are_not_rounded(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    recs = [orjson.loads(v) for v in _golden_run(bundle, store, windows, 3)[:50]]
+    assert any(round(p, 6) != p for r in recs for p in r["mapped_probs"].values())
+
+
+def test_prediction_metadata_matches_record(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    pipe = _pipe(bundle, store, 3)
+    res = pipe.process(windows[:40], pipe.new_state_store())
+    assert set(res.timings) == {"features", "encode", "predict", "calibrate", "decide", "serialize"}
+    for p, w in zip(res.predictions, windows[:40]):
+        r = orjson.loads(p.value)
+        assert (p.user_id, p.ts_us) == (w.user_id, w.ts_us)
+        assert p.label == r["mapped_label_name"] and p.core_label_id == r["core_label_id"]
+        assert p.confidence == r["confidence"] and p.is_rejected == r["is_rejected"] and p.calibrator_scope == r["calibrator_scope"]
+
+
+def test_pipeline_refuses_store_bound_to_other_schema(bundle: ModelBundle) -> None:
+    from taskclf_daemon.errors import ArtifactError
+    from taskclf_daemon.pipeline.calibration import IdentityCalibrator
+
+    with pytest.raises(ArtifactError) as ei:
+        InferencePipeline(bundle, CalibratorStore(IdentityCalibrator(), {}, model_schema_hash="a15f4751a947"))
+    assert ei.value.field == "model_schema_hash"
+    InferencePipeline(bundle, CalibratorStore(IdentityCalibrator(), {}))  # unbound store passes
+
+
+def test_empty_batch(bundle: ModelBundle, store: CalibratorStore) -> None:
+    pipe = _pipe(bundle, store, 3)
+    states = pipe.new_state_store()
+    assert pipe.process([], states).predictions == []
+    assert len(states) == 0
+
+
+def test_no_store_means_raw_probabilities(bundle: ModelBundle, g: Path, windows: list[FeatureWindow]) -> None:
+    pipe = InferencePipeline(bundle, None, PipelineConfig(smooth_window=3))
+    recs = [orjson.loads(p.value) for p in pipe.process(windows[:100], pipe.new_state_store()).predictions]
+    raw = [json.loads(ln) for ln in (g / "expected_raw.jsonl").read_text().splitlines()[:100]]
+    for r, e in zip(recs, raw):
+        assert r["calibrator_scope"] == "none"
+        assert max(abs(r["mapped_probs"][k] - e["raw_probs"][i]) for i, k in enumerate(LABELS)) <= 1e-12
+
+
+# ---------------------------------------------------------------- bad rows never disturb state
+
+
+def _state_snapshot(states: StateStore) -> dict[str, Any]:
+    return {u: (list(s.history), s.session_start_us, list(s.smooth), s.last_ts_us, s.windows_seen) for u, s in states.users.items()}
+
+
+def test_bad_rows_never_disturb_state(bundle: ModelBundle, store: CalibratorStore, lines: list[bytes], windows: list[FeatureWindow]) -> None:
+    n = 600
+    victim = windows[10].user_id
+    bad_lines = [
+        orjson.dumps(make_row(user_id=victim, bucket_start_ts="2026-04-06T02:00:00Z", hour_of_day=24)),  # existing user, out of range
+        orjson.dumps(make_row(user_id="intruder", app_id=None)),  # new user, wrong type
+        orjson.dumps(make_row(user_id=victim, raw_window_title="secret")),
+        orjson.dumps(make_row(user_id=victim, schema_version="v2")),
+        orjson.dumps(make_row(user_id=victim, keys_per_min="fast")),
+        lines[20][:-30],  # truncated real row
+        b"[1, 2]",
+        b"",
+    ]
+    mixed: list[bytes] = []
+    for i, ln in enumerate(lines[:n]):
+        if i % 70 == 5:
+            mixed.append(bad_lines[(i // 70) % len(bad_lines)])
+        mixed.append(ln)
+    assert len(mixed) > n
+
+    pipe = _pipe(bundle, store, 5)
+    states = pipe.new_state_store()
+    good_values: list[bytes] = []
+    refused: list[str] = []
+    batch: list[FeatureWindow] = []
+    for ln in mixed:
+        try:
+            batch.append(decode_window(ln, V1))
+        except InvalidRecord as exc:
+            refused.append(exc.reason)
+        if len(batch) == 32:
+            good_values.extend(p.value for p in pipe.process(batch, states).predictions)
+            batch = []
+    good_values.extend(p.value for p in pipe.process(batch, states).predictions)
+
+    assert len(refused) == len(mixed) - n and len(set(refused)) >= 5
+    ref_pipe = _pipe(bundle, store, 5)
+    ref_states = ref_pipe.new_state_store()
+    ref_values = [p.value for p in ref_pipe.process(windows[:n], ref_states).predictions]
+    assert good_values == ref_values
+    assert "intruder" not in states.users
+    assert _state_snapshot(states) == _state_snapshot(ref_states)
+
+
+def test_validation_rejects_before_any_state_exists(bundle: ModelBundle) -> None:
+    pipe = _pipe(bundle, None, 3)
+    states = pipe.new_state_store()
+    with pytest.raises(InvalidRecord):
+        decode_window(orjson.dumps(make_row(user_id="fresh", hour_of_day=99)), V1)
+    assert len(states) == 0 and states.users == {}
+    # the same user's next good row starts a fresh session: the bad row left no trace
+    (p,) = pipe.process([decode_window(orjson.dumps(make_row(user_id="fresh")), V1)], states).predictions
+    st = states.users["fresh"]
+    assert st.windows_seen == 1 and len(st.history) == 1 and st.session_start_us == p.ts_us
+    assert np.isfinite(p.confidence)
