@@ -102,10 +102,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     from taskclf_daemon.offline import synthetic, train
 
     if a.synthetic:
-        rows = synthetic.generate_labelled(seed=a.seed, n_users=a.users, days=a.days, schema_version=a.schema)
+        rows = synthetic.generate_labelled(seed=a.seed, n_users=a.users, days=a.days, schema_version=a.schema, start=a.start)
     else:
         rows = train.load_rows(a.data)
-    bundle = train.train_bundle(rows, Path(a.out), schema_version=a.schema, seed=a.seed, num_boost_round=a.rounds, progress=_Progress())
+    bundle = train.train_bundle(rows, Path(a.out), schema_version=a.schema, seed=a.seed, num_boost_round=a.rounds, data_provenance="synthetic" if a.synthetic else "real", progress=_Progress())
     metrics = json.loads((bundle / "metrics.json").read_text())
     print(f"train: wrote {bundle} (macro_f1={metrics['macro_f1']}, weighted_f1={metrics['weighted_f1']}, rows={len(rows)})", file=sys.stderr)
     print(str(bundle))
@@ -116,7 +116,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from taskclf_daemon.offline import calibrate, synthetic, train
 
     if a.synthetic:
-        rows = synthetic.generate_labelled(seed=a.seed, n_users=a.users, days=a.days, schema_version=_bundle_schema(a.model_dir))
+        # the same users as `train --synthetic --seed N`, on later days: held-out calibration data
+        rows = synthetic.generate_labelled(seed=a.seed, n_users=a.users, days=a.days, schema_version=_bundle_schema(a.model_dir), start=a.start)
     else:
         rows = train.load_rows(a.data)
     store = calibrate.calibrate_store(Path(a.model_dir), rows, method=a.method, out_dir=Path(a.out), progress=_Progress())
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=_positive_int, default=8, help="synthetic users (with --synthetic)")
     p.add_argument("--days", type=_positive_int, default=6, help="synthetic days (with --synthetic)")
     p.add_argument("--schema", choices=["v1", "v2", "v3"], default="v1", help="feature schema version")
+    p.add_argument("--start", default="2026-03-02", help="first UTC day of synthetic data")
     p.add_argument("--rounds", type=_positive_int, default=100, help="boosting rounds (taskclf: 100)")
     p.add_argument("--out", required=True, help="models directory; the bundle goes to OUT/<run_id>/")
     p.set_defaults(func=cmd_train)
@@ -291,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--users", type=_positive_int, default=8)
     p.add_argument("--days", type=_positive_int, default=6)
+    p.add_argument("--start", default="2026-03-16", help="first UTC day of synthetic data (after the training days: held out)")
     p.add_argument("--method", choices=["temperature", "isotonic"], default="temperature")
     p.add_argument("--out", required=True, help="store directory to write")
     p.set_defaults(func=cmd_calibrate)

@@ -175,6 +175,12 @@ _FIELDS: dict[str, tuple[_Check, bool, Any]] = {
 }
 for _n in OVERLAY_COLUMNS:  # recomputed by the daemon; accepted if well-typed
     _FIELDS[_n] = (_num(nullable=True), False, None)
+_FIELDS["app_switch_count_last_15m"] = (_int(0, nullable=True), False, None)
+_FIELDS["session_length_so_far"] = (_num(0.0, nullable=True), False, None)
+for _n in ("keys_per_min_rolling_5", "keys_per_min_rolling_15"):
+    _FIELDS[_n] = (_num(nullable=True), False, None)
+for _n in ("mouse_distance_rolling_5", "mouse_distance_rolling_15"):
+    _FIELDS[_n] = (_num(0.0, nullable=True), False, None)
 _V3_FIELDS: dict[str, tuple[_Check, bool, Any]] = {}
 for _n, _t in SCHEMAS["v3"].registry[len(SCHEMAS["v1"].registry):]:
     if _t == "int":

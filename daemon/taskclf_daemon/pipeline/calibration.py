@@ -217,7 +217,7 @@ class CalibratorStore:
         out = probs.copy()
         scopes: list[str] = []
         temp_rows: list[int] = []
-        inv_t: list[float] = []
+        temps: list[float] = []
         groups: dict[int, tuple[Calibrator, list[int]]] = {}
         for i, uid in enumerate(user_ids):
             cal, scope = self.get(uid)
@@ -225,14 +225,14 @@ class CalibratorStore:
             if isinstance(cal, TemperatureCalibrator):
                 if cal.temperature != 1.0:
                     temp_rows.append(i)
-                    inv_t.append(cal.temperature)
+                    temps.append(cal.temperature)
             elif isinstance(cal, IdentityCalibrator):
                 continue
             else:
                 groups.setdefault(id(cal), (cal, []))[1].append(i)
         if temp_rows:
             idx = np.asarray(temp_rows)
-            T = np.asarray(inv_t, dtype=np.float64)[:, None]
+            T = np.asarray(temps, dtype=np.float64)[:, None]
             out[idx] = _softmax_rows(np.log(np.clip(probs[idx], _FLOOR, None)) / T)
         for cal, rows in groups.values():
             idx = np.asarray(rows)
@@ -259,15 +259,26 @@ class CalibratorStore:
         return meta
 
     def save(self, directory: str | Path) -> Path:
-        """Write the store in taskclf's layout (atomic per file)."""
+        """Write the store in taskclf's layout.
+
+        Each file is written atomically, the calibrators first and ``store.json`` last (so a
+        reader never sees a new ``store.json`` with old calibrators); per-user files of users no
+        longer in the store are deleted.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _write_json(d / "store.json", self._store_json())
-        _write_json(d / "global.json", self.global_calibrator.to_json())
+        users_dir = d / "users"
+        keep = {user_file_name(uid) for uid in self.user_ids}
         if self.user_calibrators:
-            (d / "users").mkdir(exist_ok=True)
+            users_dir.mkdir(exist_ok=True)
             for uid in self.user_ids:
-                _write_json(d / "users" / user_file_name(uid), self.user_calibrators[uid].to_json())
+                _write_json(users_dir / user_file_name(uid), self.user_calibrators[uid].to_json())
+        _write_json(d / "global.json", self.global_calibrator.to_json())
+        _write_json(d / "store.json", self._store_json())
+        if users_dir.is_dir():
+            for f in users_dir.glob("*.json"):
+                if f.name not in keep:
+                    f.unlink()
         self.path = str(d)
         return d
 
