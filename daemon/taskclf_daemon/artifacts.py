@@ -22,6 +22,8 @@ def build_pipeline(
     reject_threshold: Any = None,
     reject_threshold_set: bool = False,
     idle_gap_seconds: float = 300.0,
+    event_time_policy: str = "skip",
+    state_ttl_seconds: float | None = None,
 ) -> tuple[InferencePipeline, dict[str, Any]]:
     """Resolve (flag > policy > default), load and cross-check the artifacts.
 
@@ -51,6 +53,8 @@ def build_pipeline(
         reject_threshold=resolved.reject_threshold,
         per_user_thresholds=resolved.per_user_thresholds,
         idle_gap_seconds=idle_gap_seconds,
+        event_time_policy=event_time_policy,
+        state_ttl_seconds=state_ttl_seconds or None,
     )
     pipe = InferencePipeline(bundle, store, cfg, tax)
     desc = resolved.describe()
@@ -64,5 +68,7 @@ def build_pipeline(
         taxonomy=str(taxonomy) if taxonomy else None,
         smooth_window=smooth_window,
         smoothing_mode="trailing (taskclf online)",
+        event_time_policy=event_time_policy,
+        state_ttl_seconds=state_ttl_seconds or None,
     )
     return pipe, desc

@@ -154,6 +154,8 @@ def build_daemon(settings: Any, metrics: Any = None) -> Any:
         reject_threshold=None if thr == "policy" else thr,
         reject_threshold_set=thr != "policy",
         idle_gap_seconds=settings.idle_gap_seconds,
+        event_time_policy=settings.event_time_policy,
+        state_ttl_seconds=settings.state_ttl_seconds,
     )
     return Daemon(settings, pipe, desc, metrics)
 

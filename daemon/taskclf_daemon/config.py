@@ -74,6 +74,7 @@ KEYS: dict[str, Key] = {
     "max_poll_interval_ms": Key("kafka", "int", 300000, "max time between polls before the group evicts us", _min(1000)),
     "linger_ms": Key("kafka", "int", 5, "producer linger (batching of outputs)", _min(0)),
     "request_timeout_ms": Key("kafka", "int", 40000, "producer/consumer request timeout", _min(1000)),
+    "changelog_topic": Key("kafka", "optstr", None, "compacted topic holding per-user state (default: <input_topic>.<group_id>.state)"),
     # --- model
     "model_dir": Key("model", "optstr", None, "taskclf model bundle directory (models/<run_id>); or use policy"),
     "calibrator_store": Key("model", "optstr", None, "taskclf CalibratorStore directory (default: the policy's, else none)"),
@@ -82,6 +83,10 @@ KEYS: dict[str, Key] = {
     "smooth_window": Key("model", "int", 3, "rolling-majority smoothing window (taskclf default 3)", _min(1)),
     "reject_threshold": Key("model", "threshold", "policy", "global reject threshold in [0,1], 'none' to disable, 'policy' = the policy's (else 0.55)"),
     "idle_gap_seconds": Key("model", "float", 300.0, "gap that starts a new session (taskclf: 300)", _min(0.0)),
+    # --- state
+    "state_ttl_seconds": Key("state", "float", 604800.0, "a user idle (event time) longer than this starts from empty state and is evicted + tombstoned (0 = never)", _min(0.0)),
+    "event_time_policy": Key("state", "str", "skip", "duplicate/late windows: skip (not applied, counted) or process (applied, as taskclf)", choices=("skip", "process")),
+    "restore_timeout_s": Key("state", "float", 120.0, "bound on restoring one assignment's state from the changelog", _min(1.0)),
     # --- processing
     "max_batch_records": Key("processing", "int", 1000, "most records per micro-batch (one model call)", _min(1)),
     "max_in_flight_records": Key("processing", "int", 20000, "outputs awaiting broker acks before partitions are paused", _min(1)),

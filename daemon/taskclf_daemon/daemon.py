@@ -1,20 +1,26 @@
 """``taskclf-daemon run``: the asyncio service around the pure pipeline.
 
     poll (getmany) -> decode/validate -> pipeline in a worker thread -> produce outputs + dead
-    letters (batched) -> track acks -> commit acknowledged offsets
+    letters (batched) -> checkpoint: outputs acked -> state changelog -> commit offsets
 
-Delivery is at-least-once with deterministic outputs: offsets are committed only up to the
-highest offset whose outputs *and* dead letters the broker has acknowledged (acks=all), on a
-timer, on revoke and on shutdown. A crash between produce and commit re-emits byte-identical
-records that downstream can deduplicate on (user_id, bucket_start_ts).
+Delivery is at-least-once with deterministic outputs. Per-user state follows its partition: it
+is written to a compacted changelog topic (same partition number as the input partition, key
+``user_id``, value the whole versioned state) and restored when a partition is assigned.
 
-Guarantees and non-guarantees:
+Checkpoint order (every ``commit_interval_ms``, on revoke and at shutdown):
 
-* per-user order is the partition order; one micro-batch is processed at a time (the pipeline
-  mutates per-user state), while its acks overlap the next batch's work;
-* records fetched for a partition we no longer own are dropped (their new owner re-reads them);
-* ``on_partitions_revoked`` is not called by aiokafka on ``stop()``: shutdown drains and commits
-  itself before stopping the consumer.
+1. wait until every produced output and dead letter is acknowledged (acks=all);
+2. produce the changelog: one record per user changed since the last checkpoint, tombstones
+   for users idle past the TTL -- each state now reflects only windows whose outputs are acked;
+3. wait for the changelog acks (a failure aborts the checkpoint: nothing is committed);
+4. commit the input offsets of the acknowledged batches.
+
+A crash anywhere re-processes the uncommitted tail. A user's state remembers the input offset of
+the last window it applied, so windows already applied are skipped (``replayed``) rather than
+applied twice, and windows not yet applied are re-emitted byte-identical to the first time.
+
+Not guaranteed: aiokafka does not call ``on_partitions_revoked`` on ``stop()`` (shutdown
+checkpoints itself first); records fetched for a partition we no longer own are dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from taskclf_daemon.metrics import Metrics
 from taskclf_daemon.offsets import OffsetTracker, PendingBatch
 from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.records import FeatureWindow, SourceRef
+from taskclf_daemon.state import StateFormatError, UserState
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -71,6 +78,10 @@ class _InvalidRatio:
         return self.limit < 1.0 and len(self._marks) >= self.window and self.ratio > self.limit
 
 
+def changelog_topic_name(settings: Settings) -> str:
+    return settings.changelog_topic or f"{settings.input_topic}.{settings.group_id}.state"
+
+
 class Daemon:
     """One consumer-group member running the pipeline."""
 
@@ -82,33 +93,51 @@ class Daemon:
         self.log = get_logger("daemon").bind(group=settings.group_id)
         self.validator = RowValidator(pipeline.bundle.schema)
         self.states = pipeline.new_state_store()
+        self.changelog = changelog_topic_name(settings)
+        self._ttl_us = int(settings.state_ttl_seconds * 1_000_000) if settings.state_ttl_seconds > 0 else None
         self._user_tp: dict[str, TP] = {}
+        self._tp_users: dict[TP, set[str]] = {}
+        self._watermark: dict[TP, int] = {}
+        self._parked: dict[TP, dict[str, UserState]] = {}
+        self._state_size: dict[str, int] = {}
+        self._state_bytes = 0
         self._tracker = OffsetTracker()
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._invalid = _InvalidRatio(settings.invalid_window, settings.max_invalid_ratio)
         self._assigned: set[TP] = set()
-        self._paused = False
+        self._restoring = 0
+        self._broker_ok = True
         self._last_poll = time.monotonic()
         self._started = False
         self._fatal: str | None = None
+        self._probe_task: asyncio.Task | None = None
         self.consumer: Any = None
         self.producer: Any = None
+        self.reader: Any = None
         self.sink: kio.OutputSink | None = None
         self.http: HealthServer | None = None
         self.exit_code = EXIT_OK
 
     # --- health ------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: the loop turns and nothing fatal happened. A broker outage is reported
+        (``broker_reachable``) but is not a liveness failure: restarting would not help."""
         age = time.monotonic() - self._last_poll
         ok = self._fatal is None and (not self._started or age < self.s.health_poll_timeout_s)
-        return ok, {"last_poll_age_s": round(age, 3), "fatal": self._fatal}
+        return ok, {"last_poll_age_s": round(age, 3), "fatal": self._fatal, "broker_reachable": self._broker_ok}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ok = self._started and bool(self._assigned) and self._fatal is None and not self._stop.is_set()
+        ok = self._started and bool(self._assigned) and self._fatal is None and not self._stop.is_set() and not self._restoring and self._broker_ok
         self.metrics.ready.set(1 if ok else 0)
-        return ok, {"assigned_partitions": len(self._assigned), "started": self._started, "stopping": self._stop.is_set()}
+        return ok, {
+            "assigned_partitions": len(self._assigned),
+            "started": self._started,
+            "restoring": bool(self._restoring),
+            "broker_reachable": self._broker_ok,
+            "stopping": self._stop.is_set(),
+        }
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -118,7 +147,7 @@ class Daemon:
     # --- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
         s = self.s
-        self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description)
+        self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
         if s.http_port:
@@ -132,8 +161,12 @@ class Daemon:
                     self.log.info("topics_created", topics=created, partitions=s.topic_partitions, replication=s.topic_replication)
             self.producer = kio.make_producer(s)
             await self.producer.start()
+            await self._ensure_changelog()
             self.sink = kio.OutputSink(self.producer)
-            await self.sink.prepare([s.output_topic, s.dlq_topic])
+            await self.sink.prepare([s.output_topic, s.dlq_topic, self.changelog])
+            self.reader = kio.make_reader(s)
+            await self.reader.start()
+            self._probe_task = asyncio.create_task(self._probe_loop())
             self.consumer = kio.make_consumer(s, max_records=s.max_batch_records)
             self.consumer.subscribe([s.input_topic], listener=_Listener(self))
             await self.consumer.start()
@@ -144,7 +177,7 @@ class Daemon:
             self._fatal = str(exc)
             self.exit_code = EXIT_INVALID_FLOOD
             self.log.error("invalid_input_flood", detail=str(exc))
-        except (TaskclfDaemonError, kio.KafkaError, OSError) as exc:
+        except (TaskclfDaemonError, kio.KafkaError, OSError, asyncio.TimeoutError) as exc:
             self._fatal = f"{type(exc).__name__}: {exc}"
             self.exit_code = EXIT_FATAL
             self.log.error("daemon_failed", error=self._fatal)
@@ -152,9 +185,30 @@ class Daemon:
             await self._shutdown()
         return self.exit_code
 
+    async def _ensure_changelog(self) -> None:
+        s = self.s
+        n_in = await kio.topic_partition_count(self.producer, s.input_topic)
+        if n_in == 0:
+            raise TaskclfDaemonError(f"input topic {s.input_topic!r} does not exist; create it or set create_topics = true")
+        created = await kio.ensure_topics(s, [self.changelog], partitions=n_in, config={"cleanup.policy": "compact"})
+        if created:
+            self.log.info("changelog_created", topic=self.changelog, partitions=n_in)
+        self.producer.client.add_topic(self.changelog)
+        n_cl = 0
+        for _ in range(50):
+            n_cl = await kio.topic_partition_count(self.producer, self.changelog)
+            if n_cl:
+                break
+            await asyncio.sleep(0.1)
+        if n_cl != n_in:
+            raise TaskclfDaemonError(
+                f"changelog topic {self.changelog!r} has {n_cl} partitions but input topic {s.input_topic!r} has {n_in}; "
+                "state must follow its partition: recreate the changelog with the input's partition count or set changelog_topic"
+            )
+
     async def _loop(self) -> None:
         s = self.s
-        next_commit = time.monotonic() + s.commit_interval_ms / 1000.0
+        next_checkpoint = time.monotonic() + s.commit_interval_ms / 1000.0
         while not self._stop.is_set():
             self._last_poll = time.monotonic()
             await self._apply_backpressure()
@@ -163,11 +217,13 @@ class Daemon:
             if data:
                 async with self._lock:
                     await self._process(data)
-            now = time.monotonic()
-            if now >= next_commit:
-                next_commit = now + s.commit_interval_ms / 1000.0
+            else:
                 self._collect()
-                await self._commit()
+            now = time.monotonic()
+            if now >= next_checkpoint:
+                next_checkpoint = now + s.commit_interval_ms / 1000.0
+                async with self._lock:
+                    await self._checkpoint(deadline=now + 10.0)
 
     async def _shutdown(self) -> None:
         s = self.s
@@ -175,11 +231,12 @@ class Daemon:
         try:
             if self.consumer is not None and self._fatal is None:
                 async with self._lock:
-                    await self._drain(deadline)
-                    await self._commit()
+                    await self._checkpoint(deadline=deadline)
         except Exception as exc:  # noqa: BLE001 - shutdown must go on
-            self.log.warning("shutdown_drain_failed", error=f"{type(exc).__name__}: {exc}")
-        for name, comp in (("consumer", self.consumer), ("producer", self.producer)):
+            self.log.warning("shutdown_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        for name, comp in (("consumer", self.consumer), ("reader", self.reader), ("producer", self.producer)):
             if comp is None:
                 continue
             try:
@@ -190,6 +247,15 @@ class Daemon:
             await self.http.stop()
         self._executor.shutdown(wait=False)
         self.log.info("daemon_stopped", exit_code=self.exit_code, state_users=len(self.states))
+
+    async def _probe_loop(self) -> None:
+        while True:
+            ok = await kio.probe_broker(self.producer, timeout=2.0)
+            if ok != self._broker_ok:
+                self.log.warning("broker_unreachable") if not ok else self.log.info("broker_reachable")
+            self._broker_ok = ok
+            self.metrics.broker_up.set(1 if ok else 0)
+            await asyncio.sleep(1.0 if not ok else 2.0)
 
     # --- processing --------------------------------------------------------------------------
     async def _process(self, data: dict[Any, list[Any]]) -> None:
@@ -203,11 +269,17 @@ class Daemon:
         for tp, msgs in data.items():
             if not msgs:
                 continue
+            key = (tp.topic, tp.partition)
             if tp not in owned:
+                # revoked meanwhile: its new owner reads these records again
                 m.records_processed.labels("dropped_revoked").inc(len(msgs))
                 continue
-            key = (tp.topic, tp.partition)
+            if key not in self._assigned:
+                # owned but its state is still being restored: read these records again later
+                self.consumer.seek(tp, msgs[0].offset)
+                continue
             m.record_consumed(tp.topic, tp.partition, len(msgs))
+            users = self._tp_users.setdefault(key, set())
             for msg in msgs:
                 n_records += 1
                 ts_ms.append(msg.timestamp)
@@ -221,7 +293,11 @@ class Daemon:
                     continue
                 self._invalid.add(False)
                 w.source = SourceRef(tp.topic, tp.partition, msg.offset)
-                self._user_tp[w.user_id] = key
+                if self._user_tp.get(w.user_id) != key:
+                    self._user_tp[w.user_id] = key
+                    users.add(w.user_id)
+                if w.ts_us > self._watermark.get(key, -(1 << 62)):
+                    self._watermark[key] = w.ts_us
                 windows.append(w)
             next_offsets[key] = msgs[-1].offset + 1
             hw = self.consumer.highwater(tp)
@@ -236,18 +312,21 @@ class Daemon:
             loop = asyncio.get_running_loop()
             res = await loop.run_in_executor(self._executor, self.pipeline.process, windows, self.states)
             processed_ms = str(int(time.time() * 1000)).encode()
-            for w, p in zip(windows, res.predictions):
-                src = w.source
+            out_topic = s.output_topic
+            for p in res.predictions:
+                src = p.source
                 headers = [
-                    ("taskclf-source", f"{src.topic}:{src.partition}:{src.offset}".encode()) if src else ("taskclf-source", b""),
+                    ("taskclf-source", f"{src.topic}:{src.partition}:{src.offset}".encode() if src else b""),
                     ("taskclf-processed-ms", processed_ms),
                 ]
-                await sink.append(s.output_topic, w.user_id.encode("utf-8", "surrogatepass"), p.value, headers)
+                await sink.append(out_topic, p.user_id.encode("utf-8", "surrogatepass"), p.value, headers)
+            for _w, outcome in res.skipped:
+                m.records_processed.labels(outcome).inc()
             m.record_predictions(res.predictions, res.timings, len(windows))
             m.state_users.set(len(self.states))
         futures = await sink.flush()
         if n_records:
-            self._tracker.add(PendingBatch(futures, next_offsets, len(windows), ts_ms))
+            self._tracker.add(PendingBatch(futures, next_offsets, n_records, ts_ms))
             m.in_flight.set(self._tracker.in_flight_records)
 
     async def _dead_letter(self, msg: Any, exc: InvalidRecord) -> None:
@@ -281,6 +360,83 @@ class Daemon:
                         self.metrics.e2e_latency.observe(max(0.0, (now_ms - t) / 1000.0))
             self.metrics.in_flight.set(self._tracker.in_flight_records)
 
+    async def _checkpoint(self, deadline: float, only: set[TP] | None = None) -> bool:
+        """The ordered checkpoint (module docstring). Call with ``self._lock`` held.
+
+        :return: False when outputs were not all acknowledged before ``deadline`` (nothing is
+            written or committed then; the next checkpoint retries)
+        """
+        assert self.sink is not None
+        m = self.metrics
+        # Step 1. Every produced output and dead letter acknowledged.
+        futs = self._tracker.all_futures()
+        if futs:
+            await asyncio.wait(futs, timeout=max(0.0, deadline - time.monotonic()))
+        self._collect()
+        if len(self._tracker):
+            m.checkpoints.labels("outputs_pending").inc()
+            return False
+        # Step 2. Changelog: changed users, then tombstones of users idle past the TTL.
+        dirty = self.states.take_dirty()
+        expired = self._expire_idle(only)
+        n_upd = n_del = 0
+        for u in dirty:
+            st = self.states.users.get(u)
+            tp = self._user_tp.get(u)
+            if st is None or tp is None or u in expired:
+                continue
+            value = st.to_bytes()
+            await self.sink.append(self.changelog, u.encode("utf-8", "surrogatepass"), value, partition=tp[1])
+            self._state_bytes += len(value) - self._state_size.get(u, 0)
+            self._state_size[u] = len(value)
+            n_upd += 1
+        for u, tp in expired.items():
+            await self.sink.append(self.changelog, u.encode("utf-8", "surrogatepass"), None, partition=tp[1])
+            n_del += 1
+        # Step 3. Wait for the changelog; a failure aborts before anything is committed.
+        cl_futs = await self.sink.flush()
+        if cl_futs:
+            done, pending = await asyncio.wait(cl_futs, timeout=max(1.0, deadline - time.monotonic()))
+            errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
+            if pending or errors:
+                self.states.dirty |= dirty
+                m.checkpoints.labels("changelog_failed").inc()
+                raise TaskclfDaemonError(f"writing the state changelog failed ({errors[:1] or 'timeout'}); offsets not committed")
+        if n_upd:
+            m.changelog_records.labels("update").inc(n_upd)
+        if n_del:
+            m.changelog_records.labels("tombstone").inc(n_del)
+        m.state_bytes.set(self._state_bytes)
+        m.state_users.set(len(self.states))
+        # Step 4. Commit the input offsets whose outputs and state are durable.
+        await self._commit(only)
+        m.checkpoints.labels("ok").inc()
+        return True
+
+    def _expire_idle(self, only: set[TP] | None) -> dict[str, TP]:
+        """Evict users idle (event time) past the TTL; returns them with their partition."""
+        if self._ttl_us is None:
+            return {}
+        out: dict[str, TP] = {}
+        for tp, users in self._tp_users.items():
+            if only is not None and tp not in only:
+                continue
+            wm = self._watermark.get(tp)
+            if wm is None:
+                continue
+            for u in self.states.expired(users, wm, self._ttl_us):
+                out[u] = tp
+        for u, tp in out.items():
+            self._forget_user(u)
+        return out
+
+    def _forget_user(self, u: str) -> None:
+        tp = self._user_tp.pop(u, None)
+        if tp is not None:
+            self._tp_users.get(tp, set()).discard(u)
+        self.states.drop(u)
+        self._state_bytes -= self._state_size.pop(u, 0)
+
     async def _commit(self, only: set[TP] | None = None) -> None:
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if only is not None:
@@ -300,14 +456,6 @@ class Daemon:
             self._tracker.restore(offsets)
             self.log.warning("commit_failed_retrying", error=f"{type(exc).__name__}: {exc}")
 
-    async def _drain(self, deadline: float) -> None:
-        """Wait for every produced record to be acknowledged (until ``deadline``)."""
-        futs = self._tracker.all_futures()
-        if futs:
-            timeout = max(0.0, deadline - time.monotonic())
-            await asyncio.wait(futs, timeout=timeout)
-        self._collect()
-
     async def _apply_backpressure(self) -> None:
         limit = self.s.max_in_flight_records
         if self._tracker.in_flight_records < limit:
@@ -315,7 +463,6 @@ class Daemon:
         self.metrics.backpressure.inc()
         parts = list(self.consumer.assignment())
         self.consumer.pause(*parts)
-        self._paused = True
         try:
             while self._tracker.in_flight_records >= limit and not self._stop.is_set():
                 oldest = self._tracker.oldest()
@@ -326,34 +473,100 @@ class Daemon:
                 self._collect()
         finally:
             self.consumer.resume(*[tp for tp in parts if tp in self.consumer.assignment()])
-            self._paused = False
 
     # --- rebalance ---------------------------------------------------------------------------
     async def on_revoked(self, revoked: list[Any]) -> None:
         keys = {(tp.topic, tp.partition) for tp in revoked}
         self.metrics.rebalances.labels("revoked").inc()
+        parked = 0
         async with self._lock:
             budget = time.monotonic() + 0.2 * self.s.max_poll_interval_ms / 1000.0
+            ok = False
             try:
-                await self._drain(budget)
-                await self._commit(keys)
+                ok = await self._checkpoint(deadline=budget)
             except TaskclfDaemonError as exc:
                 self.log.error("revoke_checkpoint_failed", error=str(exc))
-            dropped = [u for u, tp in self._user_tp.items() if tp in keys]
-            for u in dropped:
-                self._user_tp.pop(u, None)
-                self.states.users.pop(u, None)
-            for t, p in keys:
-                self.metrics.forget_partition(t, p)
+            for key in keys:
+                users = self._tp_users.pop(key, set())
+                keep: dict[str, UserState] = {}
+                for u in users:
+                    st = self.states.users.get(u)
+                    if ok and st is not None and u not in self.states.dirty:
+                        keep[u] = st  # durable in the changelog: reusable if the partition comes back
+                    self._forget_user(u)
+                if keep:
+                    self._parked[key] = keep
+                    parked += len(keep)
+                self._watermark.pop(key, None)
+                self.metrics.forget_partition(*key)
             self._assigned -= keys
             self.metrics.state_users.set(len(self.states))
-        self.log.info("partitions_revoked", partitions=sorted(p for _, p in keys), users_dropped=len(dropped))
+        self.log.info("partitions_revoked", partitions=sorted(p for _, p in keys), users_parked=parked)
 
     async def on_assigned(self, assigned: list[Any]) -> None:
         keys = {(tp.topic, tp.partition) for tp in assigned}
         self.metrics.rebalances.labels("assigned").inc()
-        self._assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()} | keys
-        self.log.info("partitions_assigned", partitions=sorted(p for _, p in keys))
+        # Step 1. Pause before the first await: getmany runs concurrently with this listener.
+        if assigned:
+            self.consumer.pause(*assigned)
+        self._restoring += 1
+        try:
+            reuse = {k for k in keys if k in self._parked}
+            for k in reuse:
+                for u, st in self._parked.pop(k).items():
+                    self._adopt(u, st, k)
+            self._parked.clear()  # parked state of partitions that went elsewhere is stale now
+            todo = sorted(keys - reuse)
+            if todo:
+                await self._restore(todo)
+            self._assigned |= keys
+        finally:
+            self._restoring -= 1
+            owned = self.consumer.assignment()
+            self.consumer.resume(*[tp for tp in assigned if tp in owned])
+        self.metrics.state_users.set(len(self.states))
+        self.log.info("partitions_assigned", partitions=sorted(p for _, p in keys), reused=sorted(p for _, p in reuse))
+
+    def _adopt(self, u: str, st: UserState, tp: TP) -> None:
+        self.states.put(u, st)
+        self._user_tp[u] = tp
+        self._tp_users.setdefault(tp, set()).add(u)
+        if st.last_ts_us is not None and st.last_ts_us > self._watermark.get(tp, -(1 << 62)):
+            self._watermark[tp] = st.last_ts_us
+
+    async def _restore(self, keys: list[TP]) -> None:
+        """Rebuild the users of ``keys`` from the changelog (latest record per user wins)."""
+        t0 = time.monotonic()
+        tps = [kio.TopicPartition(self.changelog, p) for _, p in keys]
+        by_part = {p: (t, p) for t, p in keys}
+        latest: dict[tuple[int, bytes], bytes | None] = {}
+        n = 0
+        async for msgs in kio.read_partitions_to_end(self.reader, tps, self.s.restore_timeout_s):
+            for msg in msgs:
+                if msg.key is not None:
+                    latest[(msg.partition, msg.key)] = msg.value
+            n += len(msgs)
+        users = bad = 0
+        sw = self.pipeline.config.smooth_window
+        for (part, key), value in latest.items():
+            if value is None:
+                continue
+            u = key.decode("utf-8", "surrogatepass")
+            try:
+                st = UserState.from_bytes(value, sw)
+            except StateFormatError as exc:
+                bad += 1
+                self.log.warning("state_record_unreadable", partition=part, error=str(exc))
+                continue
+            self._adopt(u, st, by_part[part])
+            self._state_size[u] = len(value)
+            self._state_bytes += len(value)
+            users += 1
+        took = time.monotonic() - t0
+        self.metrics.restore_duration.observe(took)
+        self.metrics.restored_records.inc(n)
+        self.metrics.state_bytes.set(self._state_bytes)
+        self.log.info("partitions_restored", partitions=sorted(p for _, p in keys), records=n, users=users, unreadable=bad, seconds=round(took, 3))
 
 
 class _Listener(kio.ConsumerRebalanceListener):

@@ -8,7 +8,7 @@ key is Kafka's default murmur2 partitioner, as the Java client and aiokafka comp
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,6 +37,10 @@ __all__ = [
     "client_kwargs",
     "make_consumer",
     "make_producer",
+    "make_reader",
+    "read_partitions_to_end",
+    "probe_broker",
+    "topic_partition_count",
     "ensure_topics",
 ]
 
@@ -80,6 +84,62 @@ def make_consumer(s: Mapping[str, Any], *, max_records: int) -> AIOKafkaConsumer
         max_poll_records=max_records,
         isolation_level="read_committed",
     )
+
+
+def make_reader(s: Mapping[str, Any]) -> AIOKafkaConsumer:
+    """A group-less consumer for explicit ``assign()`` reads (changelog restore)."""
+    kw = client_kwargs(s)
+    kw.pop("request_timeout_ms")
+    return AIOKafkaConsumer(
+        **kw,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=min(s["fetch_max_wait_ms"], 50),
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+        isolation_level="read_committed",
+    )
+
+
+async def read_partitions_to_end(reader: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float) -> AsyncIterator[list[Any]]:
+    """Yield record lists from the beginning of ``tps`` until each reaches its high watermark.
+
+    Uses the fetch high-watermark (``highwater``), which is right on every broker, instead of
+    ``end_offsets`` (wrong on Tansu).
+    :raises asyncio.TimeoutError: when the end is not reached within ``timeout`` seconds
+    """
+    if not tps:
+        return
+    reader.assign(tps)
+    await reader.seek_to_beginning(*tps)
+    remaining = set(tps)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while remaining:
+        if asyncio.get_running_loop().time() > deadline:
+            raise asyncio.TimeoutError(f"restore of {sorted(str(t) for t in remaining)} did not finish in {timeout}s")
+        data = await reader.getmany(*remaining, timeout_ms=200, max_records=10000)
+        for tp, msgs in data.items():
+            if msgs:
+                yield msgs
+        for tp in list(remaining):
+            hw = reader.highwater(tp)
+            if hw is not None and await reader.position(tp) >= hw:
+                remaining.discard(tp)
+    reader.assign([])
+
+
+async def probe_broker(producer: AIOKafkaProducer, timeout: float = 5.0) -> bool:
+    """True when a metadata round trip to the cluster succeeds within ``timeout``."""
+    try:
+        return bool(await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout))
+    except (asyncio.TimeoutError, KafkaError, OSError):
+        return False
+
+
+async def topic_partition_count(producer: AIOKafkaProducer, topic: str) -> int:
+    parts = await producer.partitions_for(topic)
+    return len(parts or ())
 
 
 def make_producer(s: Mapping[str, Any]) -> AIOKafkaProducer:
@@ -144,8 +204,12 @@ class OutputSink:
                 self._part_cache.clear()
         return p
 
-    async def append(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (), timestamp_ms: int | None = None) -> None:
-        part = self.partition_for(topic, key) if key is not None else self._partitions[topic][0]
+    async def append(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = (), timestamp_ms: int | None = None, partition: int | None = None) -> None:
+        """Add a record; its partition is ``partition`` if given, else the key's default partition."""
+        if partition is not None:
+            part = partition
+        else:
+            part = self.partition_for(topic, key) if key is not None else self._partitions[topic][0]
         tp = (topic, part)
         b = self._builders.get(tp)
         if b is None:

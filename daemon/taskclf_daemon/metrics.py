@@ -57,6 +57,16 @@ class Metrics:
         self.in_flight = Gauge("taskclf_in_flight_records", "Outputs awaiting broker acknowledgement", registry=r)
         # Counter: times partitions were paused because too much was in flight.
         self.backpressure = Counter("taskclf_backpressure_pauses_total", "Pauses of fetching due to in-flight limit", registry=r)
+        # Gauge: bytes of serialized per-user state held in memory (as last checkpointed).
+        self.state_bytes = Gauge("taskclf_state_bytes", "Serialized bytes of in-memory user state", registry=r)
+        # Counter: changelog records written (update, tombstone).
+        self.changelog_records = Counter("taskclf_changelog_records_total", "State changelog records produced", ["kind"], registry=r)
+        # Counter: changelog records read while restoring partitions.
+        self.restored_records = Counter("taskclf_state_restored_records_total", "Changelog records applied during restore", registry=r)
+        # Counter: checkpoints (outputs acked -> changelog -> commit) by result.
+        self.checkpoints = Counter("taskclf_checkpoints_total", "Checkpoints", ["result"], registry=r)
+        # Gauge: 1 when the last broker probe succeeded.
+        self.broker_up = Gauge("taskclf_broker_up", "1 when the Kafka cluster answered the last probe", registry=r)
         # Gauge: 1 when ready (assigned, restored, model loaded).
         self.ready = Gauge("taskclf_ready", "1 when the daemon is ready", registry=r)
 

@@ -30,11 +30,15 @@ from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.decision import reject_mask, smooth_trailing, thresholds_for
 from taskclf_daemon.pipeline.features import push_window
 from taskclf_daemon.pipeline.model import ModelBundle
-from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.records import FeatureWindow, SourceRef
 from taskclf_daemon.state import StateStore
 from taskclf_daemon.timeutil import format_ts_us
 
 _NAMES = LABELS + (MIXED_UNKNOWN,)
+
+
+#: what to do with a window not newer than the user's last applied window
+EVENT_TIME_POLICIES = ("skip", "process")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class PipelineConfig:
     reject_threshold: float | None = DEFAULT_REJECT_THRESHOLD
     per_user_thresholds: Mapping[str, float] = field(default_factory=dict)
     idle_gap_seconds: float = DEFAULT_IDLE_GAP_SECONDS
+    #: ``skip`` (default): a duplicate (same bucket_start_ts) or late (older) window is not applied
+    #: and yields no output; ``process``: applied like any window, as taskclf does
+    event_time_policy: str = "skip"
+    #: a user idle (in event time) for longer than this starts from empty state; None = never
+    state_ttl_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -57,12 +66,16 @@ class Prediction:
     is_rejected: bool
     calibrator_scope: str
     value: bytes
+    source: SourceRef | None = None
 
 
 @dataclass(slots=True)
 class BatchResult:
     predictions: list[Prediction]
     timings: dict[str, float]  # stage -> seconds for the whole batch
+    #: windows not applied, with the reason: ``replayed`` (input offset already applied to the
+    #: user's state), ``duplicate`` (same bucket_start_ts as the last applied), ``late`` (older)
+    skipped: list[tuple[FeatureWindow, str]] = field(default_factory=list)
 
 
 class InferencePipeline:
@@ -86,10 +99,45 @@ class InferencePipeline:
         return StateStore(self.config.smooth_window)
 
     def process(self, windows: Sequence[FeatureWindow], states: StateStore) -> BatchResult:
-        """Run a batch of validated windows; mutates the users' states in ``states``."""
+        """Run a batch of validated windows; mutates the users' states in ``states``.
+
+        Windows are applied in order; a window whose input offset the user's state already
+        holds is skipped as ``replayed`` (idempotent restarts), and with the ``skip`` event-time
+        policy a window not newer than the user's last one is skipped as ``duplicate``/``late``.
+        Skipped windows change no state and produce no output.
+        """
         cfg = self.config
         t0 = time.perf_counter()
-        overlays = [push_window(states.get(w.user_id), w, cfg.idle_gap_seconds) for w in windows]
+        ttl_us = None if cfg.state_ttl_seconds is None else int(cfg.state_ttl_seconds * 1_000_000)
+        skip_old = cfg.event_time_policy == "skip"
+        gap = cfg.idle_gap_seconds
+        get = states.get
+        dirty = states.dirty
+        applied: list[FeatureWindow] = []
+        overlays: list[tuple] = []
+        skipped: list[tuple[FeatureWindow, str]] = []
+        for w in windows:
+            st = get(w.user_id)
+            src = w.source
+            if src is not None and src.offset <= st.last_offset:
+                skipped.append((w, "replayed"))
+                continue
+            last = st.last_ts_us
+            if last is not None:
+                if ttl_us is not None and w.ts_us - last > ttl_us:
+                    st = states.reset(w.user_id)
+                    last = None
+                elif skip_old and w.ts_us <= last:
+                    skipped.append((w, "duplicate" if w.ts_us == last else "late"))
+                    continue
+            overlays.append(push_window(st, w, gap))
+            st.last_ts_us = w.ts_us if last is None else max(last, w.ts_us)
+            if src is not None:
+                st.last_offset = src.offset
+            st.windows_seen += 1
+            dirty.add(w.user_id)
+            applied.append(w)
+        windows = applied
         t1 = time.perf_counter()
         X = self.bundle.encode(windows, overlays)
         t2 = time.perf_counter()
@@ -107,12 +155,8 @@ class InferencePipeline:
         w_ = cfg.smooth_window
         post = np.where(rejected, REJECT_ID, arg).tolist()
         smoothed = []
-        get = states.get
         for i, w in enumerate(windows):
-            st = get(w.user_id)
-            smoothed.append(smooth_trailing(st.smooth, post[i], w_))
-            st.last_ts_us = w.ts_us
-            st.windows_seen += 1
+            smoothed.append(smooth_trailing(get(w.user_id).smooth, post[i], w_))
         if self.taxonomy is not None:
             mapped_labels, mapped_probs = self.taxonomy.map_batch(probs, rejected)
         else:
@@ -140,6 +184,7 @@ class InferencePipeline:
                 "smoothed_label_name": _NAMES[smoothed[i]],
                 "calibrator_scope": scopes[i],
             }
-            out.append(Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], orjson.dumps(rec)))
+            out.append(Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], orjson.dumps(rec), w.source))
         t6 = time.perf_counter()
-        return BatchResult(out, {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5})
+        timings = {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5}
+        return BatchResult(out, timings, skipped)
