@@ -98,6 +98,7 @@ class Daemon:
         self._user_tp: dict[str, TP] = {}
         self._tp_users: dict[TP, set[str]] = {}
         self._watermark: dict[TP, int] = {}
+        self._next_offset: dict[TP, int] = {}
         self._parked: dict[TP, dict[str, UserState]] = {}
         self._state_size: dict[str, int] = {}
         self._state_bytes = 0
@@ -190,9 +191,10 @@ class Daemon:
         n_in = await kio.topic_partition_count(self.producer, s.input_topic)
         if n_in == 0:
             raise TaskclfDaemonError(f"input topic {s.input_topic!r} does not exist; create it or set create_topics = true")
-        created = await kio.ensure_topics(s, [self.changelog], partitions=n_in, config={"cleanup.policy": "compact"})
-        if created:
-            self.log.info("changelog_created", topic=self.changelog, partitions=n_in)
+        if s.create_topics:
+            created = await kio.ensure_topics(s, [self.changelog], partitions=n_in, config={"cleanup.policy": "compact"})
+            if created:
+                self.log.info("changelog_created", topic=self.changelog, partitions=n_in)
         self.producer.client.add_topic(self.changelog)
         n_cl = 0
         for _ in range(50):
@@ -200,6 +202,11 @@ class Daemon:
             if n_cl:
                 break
             await asyncio.sleep(0.1)
+        if n_cl == 0 and not s.create_topics:
+            raise TaskclfDaemonError(
+                f"changelog topic {self.changelog!r} does not exist and create_topics is false; create it compacted "
+                f"(cleanup.policy=compact) with {n_in} partitions, like {s.input_topic!r}, or set create_topics = true"
+            )
         if n_cl != n_in:
             raise TaskclfDaemonError(
                 f"changelog topic {self.changelog!r} has {n_cl} partitions but input topic {s.input_topic!r} has {n_in}; "
@@ -224,6 +231,7 @@ class Daemon:
                 next_checkpoint = now + s.commit_interval_ms / 1000.0
                 async with self._lock:
                     await self._checkpoint(deadline=now + 10.0)
+                self._refresh_gauges()
 
     async def _shutdown(self) -> None:
         s = self.s
@@ -247,6 +255,16 @@ class Daemon:
             await self.http.stop()
         self._executor.shutdown(wait=False)
         self.log.info("daemon_stopped", exit_code=self.exit_code, state_users=len(self.states))
+
+    def _refresh_gauges(self) -> None:
+        """Lag of every assigned partition (from the fetch high-watermark) and readiness."""
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            hw = self.consumer.highwater(tp)
+            pos = self._next_offset.get(key)
+            if hw is not None and pos is not None:
+                self.metrics.set_lag(tp.topic, tp.partition, max(0, hw - pos))
+        self.readiness()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -299,10 +317,7 @@ class Daemon:
                 if w.ts_us > self._watermark.get(key, -(1 << 62)):
                     self._watermark[key] = w.ts_us
                 windows.append(w)
-            next_offsets[key] = msgs[-1].offset + 1
-            hw = self.consumer.highwater(tp)
-            if hw is not None:
-                m.set_lag(tp.topic, tp.partition, max(0, hw - (msgs[-1].offset + 1)))
+            next_offsets[key] = self._next_offset[key] = msgs[-1].offset + 1
         if self._invalid.exceeded():
             raise InvalidFlood(
                 f"{self._invalid.ratio:.0%} of the last {self._invalid.window} records were invalid (limit {s.max_invalid_ratio:.0%}); "
@@ -498,6 +513,7 @@ class Daemon:
                     self._parked[key] = keep
                     parked += len(keep)
                 self._watermark.pop(key, None)
+                self._next_offset.pop(key, None)
                 self.metrics.forget_partition(*key)
             self._assigned -= keys
             self.metrics.state_users.set(len(self.states))
