@@ -1,0 +1,122 @@
+"""Event-time hygiene and idempotent replays in the pipeline (issue 4, no broker)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import orjson
+import pytest
+
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.records import SourceRef
+from taskclf_daemon.state import StateFormatError, UserState
+
+GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "taskclf-v1-temperature"
+
+
+@pytest.fixture(scope="module")
+def golden_windows():
+    pipe, _ = build_pipeline(policy=GOLDEN / "models" / "inference_policy.json")
+    v = RowValidator(pipe.bundle.schema)
+    ws = [decode_window(l, v) for l in (GOLDEN / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+    for i, w in enumerate(ws):
+        w.source = SourceRef("in", 0, i)
+    return pipe, ws
+
+
+def _run(pipe, windows, states=None):
+    states = states or pipe.new_state_store()
+    res = pipe.process(windows, states)
+    return res, states
+
+
+def _copy(w, **changes):
+    return dataclasses.replace(w, values=dict(w.values), **changes)
+
+
+def test_duplicate_and_late_windows_are_skipped_and_change_nothing(golden_windows):
+    pipe, ws = golden_windows
+    user = ws[0].user_id
+    mine = [w for w in ws if w.user_id == user][:40]
+    clean, _ = _run(pipe, mine)
+    # the same stream with a duplicate of window 10 and a late copy of window 5 after window 20
+    noisy = mine[:21] + [_copy(mine[10], source=None), _copy(mine[5], source=None)] + mine[21:]
+    res, states = _run(pipe, noisy)
+    kinds = sorted(o for _, o in res.skipped)
+    assert kinds == ["late", "late"]  # both are older than the last applied window (20)
+    assert [p.value for p in res.predictions] == [p.value for p in clean.predictions]
+    # an exact duplicate of the last applied window is a "duplicate"
+    res2, _ = _run(pipe, [_copy(mine[-1], source=None)], states)
+    assert [o for _, o in res2.skipped] == ["duplicate"] and res2.predictions == []
+
+
+def test_process_policy_applies_late_windows_like_taskclf(golden_windows):
+    pipe, ws = golden_windows
+    from taskclf_daemon.pipeline.batch import InferencePipeline
+
+    p2 = InferencePipeline(pipe.bundle, pipe.store, dataclasses.replace(pipe.config, event_time_policy="process"))
+    user = ws[0].user_id
+    mine = [w for w in ws if w.user_id == user][:10]
+    res, _ = _run(p2, mine + [_copy(mine[3], source=None)])
+    assert res.skipped == [] and len(res.predictions) == 11
+
+
+def test_replayed_offsets_are_not_applied_twice(golden_windows):
+    pipe, ws = golden_windows
+    first, states = _run(pipe, ws[:1000])
+    # crash after a checkpoint: the input is re-read from an older committed offset (500)
+    snap = {u: UserState.from_bytes(s.to_bytes(), 3) for u, s in states.users.items()}
+    restored = pipe.new_state_store()
+    for u, s in snap.items():
+        restored.put(u, s)
+    res, _ = _run(pipe, ws[500:1500], restored)
+    assert len(res.skipped) == 500 and {o for _, o in res.skipped} == {"replayed"}
+    uninterrupted, _ = _run(pipe, ws[:1500])
+    assert [p.value for p in first.predictions] + [p.value for p in res.predictions] == [p.value for p in uninterrupted.predictions]
+
+
+def test_ttl_resets_a_user_idle_longer_than_the_ttl(golden_windows):
+    pipe, ws = golden_windows
+    from taskclf_daemon.pipeline.batch import InferencePipeline
+
+    user = ws[0].user_id
+    mine = [w for w in ws if w.user_id == user][:30]
+    p_ttl = InferencePipeline(pipe.bundle, pipe.store, dataclasses.replace(pipe.config, state_ttl_seconds=3600))
+    later = _copy(mine[20], source=None, ts_us=mine[19].ts_us + 2 * 3600 * 1_000_000)
+    later.values["bucket_start_ts"] = later.ts_us
+    res, states = _run(p_ttl, mine[:20] + [later])
+    rec = orjson.loads(res.predictions[-1].value)
+    fresh, _ = _run(p_ttl, [later])
+    assert res.predictions[-1].value == fresh.predictions[0].value  # as if the user were new
+    assert states.users[user].windows_seen == 1
+    assert rec["user_id"] == user
+    # without a TTL the history carries over (taskclf's behaviour) and the record differs
+    res_no, _ = _run(pipe, mine[:20] + [later])
+    assert res_no.predictions[-1].value != fresh.predictions[0].value
+
+
+def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
+    pipe, ws = golden_windows
+    _, states = _run(pipe, ws[:2000])
+    for u, st in states.users.items():
+        b = st.to_bytes()
+        assert UserState.from_bytes(b, 3).to_bytes() == b
+        assert len(b) < 2000
+    with pytest.raises(StateFormatError, match="unsupported"):
+        UserState.from_bytes(b'{"v": 99}', 3)
+    with pytest.raises(StateFormatError):
+        UserState.from_bytes(b"not json", 3)
+
+
+def test_restored_state_continues_byte_identically(golden_windows):
+    """Snapshot every user's state mid-stream, restore it into a fresh store, continue: same bytes."""
+    pipe, ws = golden_windows
+    whole, _ = _run(pipe, ws)
+    head, st = _run(pipe, ws[:1234])
+    fresh = pipe.new_state_store()
+    for u, s in st.users.items():
+        fresh.put(u, UserState.from_bytes(s.to_bytes(), pipe.config.smooth_window))
+    tail, _ = _run(pipe, ws[1234:], fresh)
+    assert [p.value for p in head.predictions + tail.predictions] == [p.value for p in whole.predictions]
