@@ -156,7 +156,8 @@ def _convert(key: str, spec: Key, raw: Any, source: str) -> Any:
     if spec.check is not None and v is not None and not isinstance(v, str):
         problem = spec.check(v)
         if problem:
-            raise ConfigError(key, f"{v!r} {problem}", f"set {key} to a value that {problem[5:] if problem.startswith('must ') else problem}", source)
+            wanted = "is" + problem[len("must be"):] if problem.startswith("must be") else problem
+            raise ConfigError(key, f"{v!r} {problem}", f"set {key} to a value that {wanted}", source)
     return v
 
 

@@ -52,7 +52,10 @@ class HealthServer:
             elif path == "/metrics":
                 status, ctype, body = 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
             elif path in ("/healthz", "/readyz"):
-                ok, detail = (self._health if path == "/healthz" else self._ready)()
+                try:
+                    ok, detail = (self._health if path == "/healthz" else self._ready)()
+                except Exception as exc:  # noqa: BLE001 - a failing probe is a failed probe, not a dropped connection
+                    ok, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
                 status, ctype = (200 if ok else 503), "application/json"
                 body = orjson.dumps({"ok": ok, **detail}) + b"\n"
             else:
@@ -60,7 +63,7 @@ class HealthServer:
             head = f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError, ValueError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
