@@ -76,26 +76,23 @@ def _as_int(name: str, v: Any, lo: int | None, hi: int | None) -> int:
     return v
 
 
-def _num(lo: float | None = None, hi: float | None = None, nullable: bool = False) -> _Check:
+def _bounded(convert: Callable[[str, Any, Any, Any], Any], lo: Any, hi: Any, nullable: bool) -> _Check:
     def check(name: str, v: Any) -> Any:
         if v is None:
             if nullable:
                 return None
             raise InvalidRecord("wrong_type", f"field {name!r} must not be null")
-        return _as_float(name, v, lo, hi)
+        return convert(name, v, lo, hi)
 
     return check
+
+
+def _num(lo: float | None = None, hi: float | None = None, nullable: bool = False) -> _Check:
+    return _bounded(_as_float, lo, hi, nullable)
 
 
 def _int(lo: int | None = None, hi: int | None = None, nullable: bool = False) -> _Check:
-    def check(name: str, v: Any) -> Any:
-        if v is None:
-            if nullable:
-                return None
-            raise InvalidRecord("wrong_type", f"field {name!r} must not be null")
-        return _as_int(name, v, lo, hi)
-
-    return check
+    return _bounded(_as_int, lo, hi, nullable)
 
 
 def _bool(name: str, v: Any) -> bool:
