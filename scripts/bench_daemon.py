@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of ``taskclf-daemon run`` against a Kafka-protocol broker, with baselines.
+
+One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is given), following
+``shared/spec/perf_anchors.md`` section 6. Phases, in order:
+
+(a) **pass-through**: raw aiokafka consume -> produce -> commit with the daemon's own client
+    factories, batch sink, batch sizes and offset tracking, no decode/model (a worker process,
+    ``scripts/benchlib.py passthrough``), draining the pre-loaded backlog; its drain takes only
+    about a second, so it runs ``--passthrough-rounds`` times (default 3) and the median counts;
+(b) **daemon**: ``taskclf-daemon run --policy <golden policy>`` as a subprocess draining the same
+    pre-loaded backlog (>= 100k windows of >= 1,000 users cloned from the golden inputs);
+    peak RSS (VmHWM) and the daemon's own per-stage timings from ``/metrics``;
+(p) **stage profile** (offline, in this process): µs per record of decode, features, encode,
+    predict, calibrate, decide, serialize on the same rows, and ``R_model``;
+(c) **naive**: one message at a time (``InferencePipeline.process([window])``,
+    ``send_and_wait``, a commit per message), in this process, on a smaller slice;
+(d) **latency** at half of (b)'s throughput: an open-loop generator (``taskclf-daemon produce
+    --rate``, ``linger_ms=1``) against the daemon with ``fetch_max_wait_ms=5``, then against the
+    pass-through at the same rate; latency = output CreateTime - input CreateTime, joined on
+    the ``taskclf-source`` header.
+
+Throughput = records / (last output CreateTime - first output CreateTime), the same for (a),
+(b) and (c): the group join is excluded. Every output topic is read back with confluent-kafka
+``assign()`` and deduplicated on (user_id, bucket_start_ts); the count must equal the input.
+Noise: ``others_cores`` per phase (machine busy CPU minus this process tree); runs with
+``others_cores > 0.3`` are marked contended (C).
+
+The last line printed is::
+
+    bench: daemon_eps=N passthrough_eps=N io_ratio=R naive_ratio=R p50_ms=N p99_ms=N passthrough_p99_ms=N rss_mb=N
+
+Usage::
+
+    python scripts/bench_daemon.py [--records 100000] [--users 1000] [--json out.json]
+    python scripts/bench_daemon.py --quick --bootstrap-servers 127.0.0.1:9092
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl  # noqa: E402
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class BenchError(Exception):
+    """A phase failed (timeout, crash, wrong output count)."""
+
+
+def _fmt(x: float, nd: int) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "nan"
+    return f"{x:.{nd}f}" if nd else str(int(round(x)))
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _daemon_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("taskclf-daemon")
+    return [str(exe)] if exe.is_file() and os.access(exe, os.X_OK) else [sys.executable, "-m", "taskclf_daemon"]
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace, bootstrap: str, mon: bl.CpuMonitor, procs: bl.Procs, tmp: Path) -> None:
+        self.a = a
+        self.bootstrap = bootstrap
+        self.mon = mon
+        self.procs = procs
+        self.tmp = tmp
+        self.rid = uuid.uuid4().hex[:6]
+        self.results: dict[str, Any] = {"config": {k: v for k, v in vars(a).items()}, "bootstrap_servers": bootstrap, "run_id": self.rid}
+        self.policy = str(Path(a.policy).resolve())
+
+    def topic(self, name: str) -> str:
+        return f"bench-{self.rid}-{name}"
+
+    # ----------------------------------------------------------------- helpers
+    def timeout_for(self, n: int, rate_floor: float = 300.0) -> float:
+        return 60.0 + n / rate_floor
+
+    def start_daemon(self, tag: str, input_topic: str, output_topic: str, dlq_topic: str, extra_env: dict[str, str]) -> tuple[Any, int, Path]:
+        port = bl.free_port()
+        log_path = self.tmp / f"daemon-{tag}.log"
+        env = bl.bench_env({"TASKCLF_SESSION_TIMEOUT_MS": "6000", **extra_env})
+        cmd = [*_daemon_cmd(), "run", "--bootstrap-servers", self.bootstrap, "--input-topic", input_topic, "--output-topic", output_topic,
+               "--dlq-topic", dlq_topic, "--group-id", f"bench-{self.rid}-{tag}", "--policy", self.policy, "--http-port", str(port),
+               "--log-level", "info", "--log-format", "json"]
+        p = self.procs.spawn(cmd, env=env, log_path=log_path)
+        self.mon.tag(f"daemon_{tag}", p.pid)
+        return p, port, log_path
+
+    @staticmethod
+    def tail(path: Path, n: int = 20) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_daemon_ready(self, p: Any, port: int, log_path: Path, timeout: float = 90.0) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if p.poll() is not None:
+                raise BenchError(f"daemon exited with {p.returncode}:\n{self.tail(log_path)}")
+            if bl.http_get(port, "/readyz")[0] == 200:
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        raise BenchError(f"daemon not ready after {timeout:.0f}s:\n{self.tail(log_path)}")
+
+    def wait_daemon_done(self, p: Any, port: int, log_path: Path, n: int, timeout: float, what: str) -> bytes:
+        """Poll /metrics (1/s) until emitted + dead-lettered >= n and nothing is in flight."""
+        t0 = time.monotonic()
+        last_log = t0
+        body = b""
+        while True:
+            if p.poll() is not None:
+                raise BenchError(f"daemon exited with {p.returncode} during {what}:\n{self.tail(log_path)}")
+            status, body = bl.http_get(port, "/metrics")
+            if status == 200:
+                done = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"') + bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"')
+                inflight = bl.prom_sum(body, "taskclf_in_flight_records")
+                if done >= n and inflight == 0:
+                    return body
+                if time.monotonic() - last_log >= 5.0:
+                    bl.log(f"{what}: daemon processed {int(done)}/{n}")
+                    last_log = time.monotonic()
+            if time.monotonic() - t0 > timeout:
+                raise BenchError(f"{what}: daemon did not process {n} records within {timeout:.0f}s:\n{self.tail(log_path)}")
+            time.sleep(1.0)
+
+    def stop_daemon(self, p: Any, log_path: Path) -> int | None:
+        rc = bl.Procs.stop(p, timeout=40.0)
+        if rc not in (0, None):
+            bl.log(f"warning: daemon exited with {rc}:\n{self.tail(log_path)}")
+        return rc
+
+    def start_passthrough(self, tag: str, input_topic: str, output_topic: str, n: int, fetch_max_wait_ms: int) -> tuple[Any, Path]:
+        events = self.tmp / f"passthrough-{tag}.events"
+        cmd = [sys.executable, str(Path(bl.__file__).resolve()), "passthrough", "--bootstrap-servers", self.bootstrap, "--input-topic", input_topic,
+               "--output-topic", output_topic, "--group-id", f"bench-{self.rid}-{tag}", "--expect", str(n),
+               "--fetch-max-wait-ms", str(fetch_max_wait_ms), "--timeout", str(self.timeout_for(n, 2000)), "--events", str(events)]
+        p = self.procs.spawn(cmd, env=bl.bench_env(), log_path=self.tmp / f"passthrough-{tag}.log")
+        self.mon.tag(f"passthrough_{tag}", p.pid)
+        return p, events
+
+    def wait_event(self, p: Any, events: Path, name: str, timeout: float, what: str) -> dict[str, Any]:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if events.exists():
+                for line in events.read_text().splitlines():
+                    ev = json.loads(line)
+                    if ev.get("event") == name:
+                        return ev
+                    if ev.get("event") == "error":
+                        raise BenchError(f"{what}: pass-through worker failed: {ev.get('error')}")
+            if p.poll() is not None:
+                raise BenchError(f"{what}: pass-through worker exited with {p.returncode}:\n{self.tail(events.with_suffix('.log'))}")
+            time.sleep(0.05)
+        raise BenchError(f"{what}: no '{name}' from the pass-through worker within {timeout:.0f}s")
+
+    def verify(self, what: str, read: bl.TopicRead, expect: int) -> dict[str, Any]:
+        res = {"records_read": read.count, "unique": read.unique, "duplicates": read.duplicates, "expected": expect,
+               "span_s": round(read.span_s(), 3), "count_ok": read.unique == expect}
+        if read.unique != expect:
+            self.results.setdefault("errors", []).append(f"{what}: read back {read.unique} distinct records, expected {expect}")
+            bl.log(f"ERROR {what}: output has {read.unique} distinct records (of {read.count}), expected {expect}")
+        if read.duplicates:
+            bl.log(f"{what}: {read.duplicates} duplicate outputs (re-emitted), deduplicated")
+        return res
+
+    def noise_str(self, noise: dict[str, Any]) -> str:
+        return f"others_cores={noise.get('others_cores')} own_cores={noise.get('own_cores')} state={noise.get('state')}"
+
+    # ----------------------------------------------------------------- phases
+    def run(self) -> dict[str, Any]:
+        a = self.a
+        R = self.results
+        t_build = time.monotonic()
+        wl = bl.build_workload(a.records, a.users, Path(a.golden) / "inputs.jsonl")
+        R["workload"] = {"records": len(wl), "users": wl.users, "rows_per_user_max": wl.rows_per_user_max,
+                         "mean_value_bytes": round(wl.mean_value_bytes(), 1), "source": wl.source}
+        bl.log(f"workload: {len(wl)} records, {wl.users} users, <= {wl.rows_per_user_max} rows/user, "
+               f"{wl.mean_value_bytes():.0f} B/value (built in {time.monotonic() - t_build:.1f}s)")
+        naive_n = min(a.naive_records, len(wl))
+        naive_records = wl.records[:naive_n]
+
+        t_in, t_pt, t_d, t_dlq = self.topic("in"), self.topic("pt-out"), self.topic("d-out"), self.topic("d-dlq")
+        t_nin, t_nout = self.topic("naive-in"), self.topic("naive-out")
+        bl.run_async(bl.create_topics(self.bootstrap, [t_in, t_pt, t_d, t_dlq, t_nin, t_nout], a.partitions), 60)
+
+        # ---- pre-load
+        bl.log(f"pre-loading {len(wl)} records into {t_in} ({a.partitions} partitions)")
+        t0 = time.monotonic()
+        n = bl.run_async(bl.preload(self.bootstrap, t_in, wl.records, progress=lambda k, e: bl.log(f"  produced {k} ({k / e:.0f}/s)") if e else None),
+                         self.timeout_for(len(wl), 2000))
+        took = time.monotonic() - t0
+        bl.run_async(bl.preload(self.bootstrap, t_nin, naive_records), self.timeout_for(naive_n, 2000))
+        R["preload"] = {"records": n, "seconds": round(took, 2), "eps": round(n / took)}
+        _out(f"preload: records={n} seconds={took:.1f} produce_eps={n / took:.0f}")
+        if n != len(wl):
+            raise BenchError(f"pre-load acknowledged {n} of {len(wl)} records")
+        expect = len(wl)
+
+        # ---- (a) pass-through: its drain lasts only about a second, so take the median of rounds
+        rounds = []
+        for i in range(1, a.passthrough_rounds + 1):
+            t_out = t_pt if i == 1 else self.topic(f"pt-out-{i}")
+            if i > 1:
+                bl.run_async(bl.create_topics(self.bootstrap, [t_out], a.partitions), 60)
+            bl.log(f"(a) pass-through round {i}/{a.passthrough_rounds}: draining the backlog with raw aiokafka (daemon settings, no model)")
+            name = "passthrough" if a.passthrough_rounds == 1 else f"passthrough_{i}"
+            self.mon.begin(name)
+            p, events = self.start_passthrough(f"a{i}", t_in, t_out, expect, fetch_max_wait_ms=50)
+            done = self.wait_event(p, events, "drained", self.timeout_for(expect, 1000), "pass-through")
+            noise = self.mon.end()
+            bl.Procs.stop(p, timeout=20.0)
+            read = bl.read_topic(self.bootstrap, t_out, expect=expect, timeout=self.timeout_for(expect, 5000))
+            eps = read.rate()
+            rounds.append({"eps": round(eps), **self.verify(name, read, expect), "worker": done, "noise": noise})
+            _out(f"{name}: eps={eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
+                 f"eps_to_last_ack={done.get('acked_eps')} join_s={done.get('join_s')} {self.noise_str(noise)}")
+        ordered = sorted(rounds, key=lambda r: r["eps"])
+        med = ordered[len(ordered) // 2]
+        pt_eps = float(med["eps"])
+        R["passthrough"] = {**med, "count_ok": all(r["count_ok"] for r in rounds), "rounds_eps": [r["eps"] for r in rounds], "rounds": rounds}
+        if len(rounds) > 1:
+            _out(f"passthrough: eps={pt_eps:.0f} (median of {len(rounds)} rounds: {', '.join(str(r['eps']) for r in rounds)})")
+
+        # ---- (b) daemon
+        bl.log("(b) daemon: taskclf-daemon run draining the same backlog")
+        self.mon.begin("daemon")
+        p, port, dlog = self.start_daemon("b", t_in, t_d, t_dlq, {})
+        try:
+            ready_s = self.wait_daemon_ready(p, port, dlog)
+            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon")
+            rss = bl.vm_hwm_mb(p.pid)
+            noise = self.mon.end()
+        finally:
+            rc = self.stop_daemon(p, dlog)
+        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000))
+        d_eps = read.rate()
+        emitted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"')
+        stages = {}
+        for st in ("features", "encode", "predict", "calibrate", "decide", "serialize"):
+            sec = bl.prom_sum(body, "taskclf_stage_duration_seconds_sum", f'stage="{st}"')
+            stages[st] = round(sec / emitted * 1e6, 2) if emitted else None
+        calls = bl.prom_sum(body, "taskclf_predict_batch_size_records_count")
+        R["daemon"] = {"eps": round(d_eps), **self.verify("daemon", read, expect), "ready_s": round(ready_s, 2), "exit_code": rc,
+                       "rss_mb": round(rss) if rss else None, "stage_us_per_record": stages,
+                       "mean_batch": round(emitted / calls, 1) if calls else None,
+                       "dlq": bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"'),
+                       "commits_ok": bl.prom_sum(body, "taskclf_offset_commits_total", 'result="ok"'),
+                       "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise}
+        daemon_cpu = noise.get("daemon_b_cores")
+        if daemon_cpu is not None and noise.get("wall_s"):
+            R["daemon"]["daemon_cpu_s"] = round(daemon_cpu * noise["wall_s"], 2)
+        _out(f"daemon: eps={d_eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
+             f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
+             f"{self.noise_str(noise)}")
+        _out(f"io_ratio: {d_eps / pt_eps:.3f} (daemon/passthrough)")
+
+        # ---- stage profile (offline, this process)
+        from taskclf_daemon.artifacts import build_pipeline
+
+        pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0)
+        if a.profile_records:
+            k = min(a.profile_records, len(wl))
+            bl.log(f"(p) stage profile: {k} records through decode + InferencePipeline.process in batches of 1000")
+            self.mon.begin("stage_profile")
+            prof = bl.stage_profile(pipe, wl.records[:k], batch=1000)
+            prof["noise"] = self.mon.end()
+            R["stage_profile"] = prof
+            _out("stage_profile_us_per_record: " + " ".join(f"{s}={prof[s]}" for s in ("decode", "features", "encode", "predict", "calibrate", "decide", "serialize", "total"))
+                 + f" raw_booster_predict={prof['raw_booster_predict']} R_model={prof['R_model']} {self.noise_str(prof['noise'])}")
+            pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0)  # fresh state
+
+        # ---- (c) naive
+        bl.log(f"(c) naive daemon: {naive_n} records one at a time (process([w]), send_and_wait, commit per message)")
+        # linger_ms=0 (aiokafka's default): with the daemon's 5 ms linger every send_and_wait would
+        # also wait out the linger, which no one-at-a-time implementation would do
+        s_naive = bl.settings_for(self.bootstrap, f"bench-{self.rid}-naive", linger_ms=0)
+        self.mon.begin("naive")
+        res = bl.run_async(bl.naive_daemon(s_naive, pipe, t_nin, t_nout, naive_n, timeout=self.timeout_for(naive_n, 50)), self.timeout_for(naive_n, 50) + 30)
+        noise = self.mon.end()
+        read = bl.read_topic(self.bootstrap, t_nout, expect=naive_n, timeout=self.timeout_for(naive_n, 5000))
+        n_eps = read.rate()
+        R["naive"] = {"eps": round(n_eps, 1), **self.verify("naive", read, naive_n), **res, "noise": noise}
+        _out(f"naive: eps={n_eps:.0f} records={read.unique} span_s={read.span_s():.2f} "
+             f"us_per_message={json.dumps(res.get('us_per_message'), separators=(',', ':'))} {self.noise_str(noise)}")
+        _out(f"naive_ratio: {d_eps / n_eps:.2f} (daemon/naive)")
+
+        # ---- (d) latency
+        rate = max(1.0, d_eps / 2.0)
+        n_lat = max(100, int(rate * a.latency_seconds))
+        lat_wl = bl.build_workload(n_lat, min(a.users, n_lat))
+        lat_file = bl.write_jsonl(lat_wl.records, self.tmp / "latency.jsonl")
+        R["latency"] = {"offered_eps": round(rate), "records": n_lat}
+        for who in ("daemon", "passthrough"):
+            t_lin, t_lout, t_ldlq = self.topic(f"lat-{who}-in"), self.topic(f"lat-{who}-out"), self.topic(f"lat-{who}-dlq")
+            bl.run_async(bl.create_topics(self.bootstrap, [t_lin, t_lout, t_ldlq], a.partitions), 60)
+            bl.log(f"(d) latency, {who}: {n_lat} records offered at {rate:.0f}/s (open loop, linger_ms=1, fetch_max_wait_ms=5)")
+            if who == "daemon":
+                p, port, dlog = self.start_daemon("d", t_lin, t_lout, t_ldlq, {"TASKCLF_FETCH_MAX_WAIT_MS": "5"})
+                self.wait_daemon_ready(p, port, dlog)
+            else:
+                p, events = self.start_passthrough("d", t_lin, t_lout, n_lat, fetch_max_wait_ms=5)
+                self.wait_event(p, events, "assigned", 90.0, "latency pass-through")
+            time.sleep(0.5)
+            try:
+                self.mon.begin(f"latency_{who}")
+                gen = self.procs.spawn([*_daemon_cmd(), "produce", "--bootstrap-servers", self.bootstrap, "--topic", t_lin, "--input", str(lat_file),
+                                        "--rate", f"{rate:.3f}"], env=bl.bench_env({"TASKCLF_LINGER_MS": "1"}), log_path=self.tmp / f"generator-{who}.log")
+                self.mon.tag(f"generator_{who}", gen.pid)
+                try:
+                    grc = gen.wait(timeout=a.latency_seconds * 3 + 60)
+                except Exception as exc:
+                    raise BenchError(f"load generator did not finish: {exc}") from None
+                if grc != 0:
+                    raise BenchError(f"load generator exited with {grc}:\n{self.tail(self.tmp / f'generator-{who}.log')}")
+                if who == "daemon":
+                    self.wait_daemon_done(p, port, dlog, n_lat, self.timeout_for(n_lat, 200), "latency daemon")
+                else:
+                    self.wait_event(p, events, "drained", self.timeout_for(n_lat, 200), "latency pass-through")
+                noise = self.mon.end()
+            finally:
+                if who == "daemon":
+                    self.stop_daemon(p, dlog)
+                else:
+                    bl.Procs.stop(p, timeout=20.0)
+            rin = bl.read_topic(self.bootstrap, t_lin, expect=n_lat, dedupe=False, keep_positions=True, timeout=self.timeout_for(n_lat, 5000))
+            rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000))
+            lat = bl.join_latencies(rout, rin, t_lin)
+            pct = bl.percentiles(lat, (50, 90, 99))
+            achieved = rin.rate()
+            R["latency"][who] = {**{k: round(v, 1) for k, v in pct.items()}, "max": round(max(lat), 1) if lat else None, "events": len(lat),
+                                 "achieved_eps": round(achieved), **self.verify(f"latency {who}", rout, n_lat), "noise": noise}
+            _out(f"latency_{who}: offered_eps={rate:.0f} achieved_eps={achieved:.0f} events={len(lat)} p50_ms={pct['p50']:.1f} "
+                 f"p90_ms={pct['p90']:.1f} p99_ms={pct['p99']:.1f} {self.noise_str(noise)}")
+
+        # ---- summary
+        ld, lp = R["latency"]["daemon"], R["latency"]["passthrough"]
+        R["summary"] = {
+            "daemon_eps": round(d_eps), "passthrough_eps": round(pt_eps), "io_ratio": round(d_eps / pt_eps, 3),
+            "naive_eps": round(n_eps, 1), "naive_ratio": round(d_eps / n_eps, 2), "p50_ms": ld["p50"], "p99_ms": ld["p99"],
+            "passthrough_p50_ms": lp["p50"], "passthrough_p99_ms": lp["p99"], "rss_mb": R["daemon"]["rss_mb"],
+            "contended_phases": [k for k, v in self.mon.phases.items() if v.get("contended")],
+            "max_others_cores": max((v.get("others_cores", 0.0) for v in self.mon.phases.values()), default=0.0),
+        }
+        R["noise"] = self.mon.phases
+        return R
+
+
+def bench_line(s: dict[str, Any]) -> str:
+    return (f"bench: daemon_eps={_fmt(s['daemon_eps'], 0)} passthrough_eps={_fmt(s['passthrough_eps'], 0)} io_ratio={_fmt(s['io_ratio'], 3)} "
+            f"naive_ratio={_fmt(s['naive_ratio'], 2)} p50_ms={_fmt(s['p50_ms'], 1)} p99_ms={_fmt(s['p99_ms'], 1)} "
+            f"passthrough_p99_ms={_fmt(s['passthrough_p99_ms'], 1)} rss_mb={_fmt(s['rss_mb'] or float('nan'), 0)}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=None, help="backlog records for (a)/(b) (default 100000; --quick 3000)")
+    ap.add_argument("--users", type=int, default=None, help="distinct users (default 1000; --quick 100)")
+    ap.add_argument("--partitions", type=int, default=4, help="partitions of every topic (default 4)")
+    ap.add_argument("--naive-records", type=int, default=None, help="records for the naive daemon (default 3000; --quick 300)")
+    ap.add_argument("--latency-seconds", type=float, default=None, help="seconds of offered load per latency run (default 20; --quick 3)")
+    ap.add_argument("--passthrough-rounds", type=int, default=None, help="pass-through drains; the median counts (default 3; --quick 1)")
+    ap.add_argument("--profile-records", type=int, default=None, help="records for the offline stage profile, 0 = skip (default 20000; --quick 1000)")
+    ap.add_argument("--bootstrap-servers", help="use this broker instead of starting a local Tansu")
+    ap.add_argument("--golden", default=str(bl.GOLDEN), help="golden fixture directory (inputs.jsonl)")
+    ap.add_argument("--policy", default=None, help="inference policy (default: the golden fixture's)")
+    ap.add_argument("--json", help="write all results to this JSON file")
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    a = ap.parse_args(argv)
+    q = a.quick
+    for name, full, quick in (("records", 100_000, 3000), ("users", 1000, 100), ("naive_records", 3000, 300), ("latency_seconds", 20.0, 3.0),
+                              ("profile_records", 20_000, 1000), ("timeout", 1800.0, 240.0),
+                              ("passthrough_rounds", 3, 1)):
+        if getattr(a, name) is None:
+            setattr(a, name, quick if q else full)
+    if a.policy is None:
+        a.policy = str(Path(a.golden) / "models" / "inference_policy.json")
+    for name in ("records", "users", "partitions", "naive_records", "passthrough_rounds"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.latency_seconds <= 0:
+        ap.error("--latency-seconds must be > 0")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"benchmark exceeded --timeout {a.timeout:.0f}s")
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt -> cleanup
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(a.timeout))
+    procs = bl.Procs()
+    mon = bl.CpuMonitor()
+    tmp = Path(tempfile.mkdtemp(prefix="taskclf-bench-"))
+    broker = None
+    rc = EXIT_OK
+    try:
+        if a.bootstrap_servers:
+            bootstrap = a.bootstrap_servers
+        else:
+            from taskclf_daemon.devbroker import LocalBroker
+
+            broker = LocalBroker()
+            broker.start(timeout=30.0)
+            mon.tag("broker", broker.pid)
+            bootstrap = broker.bootstrap_servers
+            bl.log(f"started Tansu broker on {bootstrap} (pid {broker.pid})")
+        bench = Bench(a, bootstrap, mon, procs, tmp)
+        try:
+            res = bench.run()
+        finally:
+            if a.json:
+                Path(a.json).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
+        if res.get("errors"):
+            rc = EXIT_FAILED
+            for e in res["errors"]:
+                bl.log(f"ERROR: {e}")
+        s = res["summary"]
+        contended = s["contended_phases"]
+        _out(f"noise: max_others_cores={s['max_others_cores']} contended_phases={','.join(contended) if contended else 'none'}")
+        _out(bench_line(s))
+    except KeyboardInterrupt:
+        bl.log("interrupted: cleaning up")
+        rc = EXIT_INTERRUPTED
+    except (BenchError, TimeoutError) as exc:
+        bl.log(f"FAILED: {exc}")
+        rc = EXIT_FAILED
+    except Exception:  # noqa: BLE001 - report, clean up, fail
+        import traceback
+
+        bl.log("FAILED with an unexpected error:\n" + traceback.format_exc())
+        rc = EXIT_FAILED
+    finally:
+        signal.alarm(0)
+        procs.kill_all()
+        if broker is not None:
+            broker.stop()
+        mon.close()
+        if a.keep_logs or rc not in (EXIT_OK, EXIT_INTERRUPTED):
+            bl.log(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Smoke test of ``scripts/bench_daemon.py --quick`` against the session broker.
+
+It checks that the benchmark runs end to end (pass-through, daemon, naive, latency) and prints
+its result line in the exact format; it asserts no performance numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "scripts" / "bench_daemon.py"
+
+_NUM = r"([0-9]+(?:\.[0-9]+)?)"
+BENCH_LINE = re.compile(
+    rf"^bench: daemon_eps={_NUM} passthrough_eps={_NUM} io_ratio={_NUM} naive_ratio={_NUM} "
+    rf"p50_ms={_NUM} p99_ms={_NUM} passthrough_p99_ms={_NUM} rss_mb={_NUM}$"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k == "TASKCLF_TANSU_BIN"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--json", str(out_json)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard only; the script also bounds itself (--timeout)
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
+    m = BENCH_LINE.match(lines[-1])
+    assert m, f"last line has the wrong format: {lines[-1]!r}"
+    values = [float(g) for g in m.groups()]
+    assert all(v > 0 for v in values), lines[-1]
+
+    res = json.loads(out_json.read_text())
+    # every phase's output was read back from its topic: one output per input, none lost
+    for phase in ("passthrough", "daemon", "naive"):
+        assert res[phase]["count_ok"], res[phase]
+    for who in ("daemon", "passthrough"):
+        assert res["latency"][who]["count_ok"], res["latency"][who]
+        assert res["latency"][who]["events"] == res["latency"]["records"]
+    assert "others_cores" in res["noise"]["daemon"]
