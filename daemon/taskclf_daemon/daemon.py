@@ -38,7 +38,7 @@ from taskclf_daemon.config import Settings
 from taskclf_daemon.errors import InvalidRecord, TaskclfDaemonError
 from taskclf_daemon.health import HealthServer
 from taskclf_daemon.log import get_logger
-from taskclf_daemon.metrics import Metrics
+from taskclf_daemon.metrics import Metrics, observe_many
 from taskclf_daemon.offsets import OffsetTracker, PendingBatch
 from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.records import FeatureWindow, SourceRef
@@ -103,6 +103,8 @@ class Daemon:
         self._state_size: dict[str, int] = {}
         self._state_bytes = 0
         self._tracker = OffsetTracker()
+        #: the batch whose pipeline run is in the worker thread: (future, next offsets, records, timestamps)
+        self._computing: tuple[Any, dict[TP, int], int, list[int]] | None = None
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
@@ -225,6 +227,9 @@ class Daemon:
                 async with self._lock:
                     await self._process(data)
             else:
+                if self._computing is not None:
+                    async with self._lock:
+                        await self._finish_compute()
                 self._collect()
             now = time.monotonic()
             if now >= next_checkpoint:
@@ -323,26 +328,40 @@ class Daemon:
                 f"{self._invalid.ratio:.0%} of the last {self._invalid.window} records were invalid (limit {s.max_invalid_ratio:.0%}); "
                 "see the DLQ topic for reasons, fix the producers or raise max_invalid_ratio"
             )
-        if windows:
-            loop = asyncio.get_running_loop()
-            res = await loop.run_in_executor(self._executor, self.pipeline.process, windows, self.states)
+        # Overlap: the worker thread runs this batch while the previous batch's outputs are
+        # produced here; one worker keeps batches (and so every user's windows) in order.
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self.pipeline.process, windows, self.states) if windows else None
+        await self._finish_compute()
+        if n_records:
+            self._computing = (fut, next_offsets, n_records, ts_ms)
+
+    async def _finish_compute(self) -> None:
+        """Produce the outputs of the batch in the worker (if any) and track its offsets."""
+        if self._computing is None:
+            return
+        fut, next_offsets, n_records, ts_ms = self._computing
+        self._computing = None
+        s, m, sink = self.s, self.metrics, self.sink
+        assert sink is not None
+        if fut is not None:
+            res = await fut
             processed_ms = str(int(time.time() * 1000)).encode()
             out_topic = s.output_topic
+            append = sink.append
             for p in res.predictions:
                 src = p.source
                 headers = [
                     ("taskclf-source", f"{src.topic}:{src.partition}:{src.offset}".encode() if src else b""),
                     ("taskclf-processed-ms", processed_ms),
                 ]
-                await sink.append(out_topic, p.user_id.encode("utf-8", "surrogatepass"), p.value, headers)
+                await append(out_topic, p.user_id.encode("utf-8", "surrogatepass"), p.value, headers)
             for _w, outcome in res.skipped:
                 m.records_processed.labels(outcome).inc()
-            m.record_predictions(res.predictions, res.timings, len(windows))
+            m.record_predictions(res.predictions, res.timings, len(res.predictions) + len(res.skipped))
             m.state_users.set(len(self.states))
         futures = await sink.flush()
-        if n_records:
-            self._tracker.add(PendingBatch(futures, next_offsets, n_records, ts_ms))
-            m.in_flight.set(self._tracker.in_flight_records)
+        self._tracker.add(PendingBatch(futures, next_offsets, n_records, ts_ms))
+        m.in_flight.set(self._tracker.in_flight_records)
 
     async def _dead_letter(self, msg: Any, exc: InvalidRecord) -> None:
         assert self.sink is not None
@@ -369,10 +388,8 @@ class Daemon:
             raise TaskclfDaemonError(f"producing outputs failed, offsets not committed: {type(exc).__name__}: {exc}") from exc
         if done:
             now_ms = time.time() * 1000.0
-            for b in done:
-                for t in b.first_ts_ms:
-                    if t and t > 0:
-                        self.metrics.e2e_latency.observe(max(0.0, (now_ms - t) / 1000.0))
+            lat = [max(0.0, (now_ms - t) / 1000.0) for b in done for t in b.first_ts_ms if t and t > 0]
+            observe_many(self.metrics.e2e_latency, lat)
             self.metrics.in_flight.set(self._tracker.in_flight_records)
 
     async def _checkpoint(self, deadline: float, only: set[TP] | None = None) -> bool:
@@ -383,6 +400,8 @@ class Daemon:
         """
         assert self.sink is not None
         m = self.metrics
+        # Step 0. The batch in the worker thread finishes and its outputs are produced.
+        await self._finish_compute()
         # Step 1. Every produced output and dead letter acknowledged.
         futs = self._tracker.all_futures()
         if futs:

@@ -43,6 +43,16 @@ def ensure_demo_artifacts(workdir: Path, *, seed: int = 7, out: TextIO = sys.std
     return bundle, store_dir
 
 
+def label_mix(metrics: Any) -> Counter:
+    """Predictions per mapped label, summed over calibrator scopes."""
+    mix: Counter = Counter()
+    for mf in metrics.predictions.collect():
+        for s in mf.samples:
+            if s.name.endswith("_total"):
+                mix[s.labels["label"]] += int(s.value)
+    return mix
+
+
 def _bar(frac: float, width: int = 30) -> str:
     n = int(round(frac * width))
     return "#" * n + "." * (width - n)
@@ -123,7 +133,7 @@ async def run_demo(
             now = time.monotonic()
             eps = (emitted - last_n) / (now - last_t)
             last_n, last_t = emitted, now
-            mix = Counter({s.labels["label"]: s.value for mf in metrics.predictions.collect() for s in mf.samples if s.name.endswith("_total")})
+            mix = label_mix(metrics)
             top = ", ".join(f"{k} {v / max(emitted, 1):.0%}" for k, v in mix.most_common(3))
             ready = "ready" if daemon.readiness()[0] else "not ready"
             print(f"[{now - t_start:5.1f}s] {ready:9} emitted {int(emitted):6d} ({eps:6.0f}/s)  reject {rejected / max(emitted, 1):5.1%}  lag {int(lag):5d}  dlq {int(dlq)}  | {top}", file=out, flush=True)
@@ -138,7 +148,7 @@ async def run_demo(
         daemon.request_stop()
         code = await daemon_task
         emitted = metrics.records_processed.labels("emitted")._value.get()
-        mix = Counter({s.labels["label"]: s.value for mf in metrics.predictions.collect() for s in mf.samples if s.name.endswith("_total")})
+        mix = label_mix(metrics)
         print("\ndemo summary", file=out)
         print(f"  produced {produced['n']} windows from {users} users, emitted {int(emitted)} predictions, daemon exit code {code}", file=out)
         print(f"  model {bundle.name}, calibrators: {desc['per_user_calibrators']} per-user + global ({desc['calibration_method']})", file=out)

@@ -6,9 +6,35 @@ No metric carries a user id.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections import Counter as _Tally
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+def observe_many(hist: Any, values: Sequence[float]) -> None:
+    """Observe many values in one go: one bucket increment per bucket instead of per value.
+
+    Uses prometheus_client's per-bucket counters (non-cumulative, ``_buckets``/``_sum``) when
+    present, else falls back to ``observe`` per value; the exposition is the same either way.
+    """
+    if not len(values):
+        return
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values:
+            hist.observe(v)
+        return
+    arr = np.asarray(values, dtype=np.float64)
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), arr, side="left")  # first bound >= v
+    counts = np.bincount(idx, minlength=len(bounds))
+    for i, c in enumerate(counts.tolist()):
+        if c:
+            buckets[i].inc(c)
+    total.inc(float(arr.sum()))
 
 _STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -78,15 +104,16 @@ class Metrics:
         self.dlq.labels(reason).inc()
         self.records_processed.labels("dlq").inc()
 
-    def record_predictions(self, preds: Iterable, stage_timings: dict[str, float], batch_records: int) -> None:
-        n = 0
-        for p in preds:
-            n += 1
-            self.predictions.labels(p.label, p.calibrator_scope).inc()
-            self.confidence.observe(p.confidence)
-            if p.is_rejected:
-                self.rejected.inc()
-        self.records_processed.labels("emitted").inc(n)
+    def record_predictions(self, preds: Sequence, stage_timings: dict[str, float], batch_records: int) -> None:
+        """Count a batch's predictions: one metric update per distinct label, not per record."""
+        tally = _Tally((p.label, p.calibrator_scope) for p in preds)
+        for (label, scope), n in tally.items():
+            self.predictions.labels(label, scope).inc(n)
+        observe_many(self.confidence, [p.confidence for p in preds])
+        rejected = sum(1 for p in preds if p.is_rejected)
+        if rejected:
+            self.rejected.inc(rejected)
+        self.records_processed.labels("emitted").inc(len(preds))
         for stage, sec in stage_timings.items():
             self.stage_duration.labels(stage).observe(sec)
         self.batch_size.observe(batch_records)

@@ -38,8 +38,23 @@ def parse_ts_us(value: object) -> int:
     return (ts - _EPOCH) // _US
 
 
+_FORMATTED: dict[int, str] = {}
+
+
 def format_ts_us(us: int) -> str:
-    """Format epoch microseconds as ``YYYY-MM-DDTHH:MM:SSZ`` (``.ffffff`` only when non-zero)."""
+    """Format epoch microseconds as ``YYYY-MM-DDTHH:MM:SSZ`` (``.ffffff`` only when non-zero).
+
+    Memoised: every user's window of the same minute shares one bucket start.
+    """
+    s = _FORMATTED.get(us)
+    if s is None:
+        if len(_FORMATTED) > 100_000:
+            _FORMATTED.clear()
+        s = _FORMATTED[us] = _format(us)
+    return s
+
+
+def _format(us: int) -> str:
     ts = _EPOCH + dt.timedelta(microseconds=us)
     out = ts.strftime("%Y-%m-%dT%H:%M:%S")
     if ts.microsecond:
