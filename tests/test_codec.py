@@ -337,3 +337,19 @@ def test_v3_title_field_ranges() -> None:
 def test_make_window_helper_is_valid() -> None:
     w = make_window(app_id="dev.zed.Zed")
     assert w.values["app_id"] == "dev.zed.Zed" and w.ts_us == T10_US
+
+
+def test_huge_epoch_timestamp_is_refused_not_raised():
+    """1.7e308 is valid JSON; it must become a refusal, never an exception out of the codec."""
+    import orjson as _oj
+
+    from taskclf_daemon.codec import RowValidator as _RV, decode_window as _dw
+    from taskclf_daemon.errors import InvalidRecord as _IR
+    from taskclf_daemon.schema import SCHEMAS as _S
+    from helpers_rows import make_row
+
+    for ts in (1.7e308, -1.7e308, 10**18):
+        row = make_row(bucket_start_ts=ts)
+        with pytest.raises(_IR) as ei:
+            _dw(_oj.dumps(row), _RV(_S["v1"]))
+        assert ei.value.reason in ("bad_timestamp", "out_of_range")

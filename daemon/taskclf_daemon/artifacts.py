@@ -24,6 +24,8 @@ def build_pipeline(
     idle_gap_seconds: float = 300.0,
     event_time_policy: str = "skip",
     state_ttl_seconds: float | None = None,
+    model_backend: str = "lightgbm",
+    model_cache_dir: str | Path | None = None,
 ) -> tuple[InferencePipeline, dict[str, Any]]:
     """Resolve (flag > policy > default), load and cross-check the artifacts.
 
@@ -39,7 +41,7 @@ def build_pipeline(
             raise ConfigError("reject_threshold", f"must be in [0, 1], got {reject_threshold}", "use e.g. 0.55, or 'none' to disable rejection")
         kwargs["reject_threshold"] = reject_threshold
     resolved: ResolvedInference = resolve_inference(**kwargs)
-    bundle = ModelBundle.load(resolved.model_dir)
+    bundle = ModelBundle.load(resolved.model_dir, backend=model_backend, cache_dir=model_cache_dir)
     if resolved.policy is not None:
         check_policy_against_model(resolved.policy, bundle.schema_hash, bundle.metadata.get("label_set", []))
     store = CalibratorStore.load(resolved.calibrator_store) if resolved.calibrator_store else None
@@ -58,6 +60,7 @@ def build_pipeline(
     )
     pipe = InferencePipeline(bundle, store, cfg, tax)
     desc = resolved.describe()
+    desc.update(bundle.backend_info())
     desc.update(
         model_bundle_id=bundle.bundle_id,
         schema_version=bundle.schema.version,

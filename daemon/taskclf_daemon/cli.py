@@ -79,6 +79,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
         smooth_window=a.smooth_window,
         reject_threshold=getattr(a, "reject_threshold", None),
         reject_threshold_set=hasattr(a, "reject_threshold"),
+        model_backend=a.model_backend,
     )
     print("replay: settings " + json.dumps(desc, sort_keys=True), file=sys.stderr)
 
@@ -127,7 +128,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 RUN_FLAGS = (
     "bootstrap_servers", "input_topic", "output_topic", "dlq_topic", "group_id", "group_instance_id",
-    "model_dir", "calibrator_store", "policy", "taxonomy", "smooth_window", "reject_threshold", "http_port",
+    "model_dir", "calibrator_store", "policy", "taxonomy", "smooth_window", "reject_threshold", "http_port", "model_backend",
     "log_level", "log_format",
 )
 
@@ -156,6 +157,8 @@ def build_daemon(settings: Any, metrics: Any = None) -> Any:
         idle_gap_seconds=settings.idle_gap_seconds,
         event_time_policy=settings.event_time_policy,
         state_ttl_seconds=settings.state_ttl_seconds,
+        model_backend=settings.model_backend,
+        model_cache_dir=settings.model_cache_dir,
     )
     return Daemon(settings, pipe, desc, metrics)
 
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL input ('-' = stdin; .gz accepted)")
     p.add_argument("--output", required=True, help="JSONL output ('-' = stdout; .gz written compressed)")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="micro-batch size (does not change results)")
+    p.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default="lightgbm", help="lightgbm (default), lleaves (compiled; [fast] extra) or auto")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the streaming daemon (Kafka in, predictions out)")
@@ -247,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-window", type=_positive_int)
     p.add_argument("--reject-threshold", help="number in [0,1], 'none' or 'policy'")
     p.add_argument("--http-port", type=int)
+    p.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], help="lightgbm (default), lleaves (compiled; [fast] extra) or auto")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "console"])
     p.set_defaults(func=cmd_run)

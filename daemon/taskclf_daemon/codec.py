@@ -12,11 +12,21 @@ Validation follows taskclf's ``FeatureRow`` (spec 1.1-1.3) with the daemon's del
 
 Every failure raises :class:`~taskclf_daemon.errors.InvalidRecord` with a reason from
 :data:`REASONS` and a detail naming the field.
+
+Speed: :meth:`RowValidator.validate` first tries a *fast path*, a function generated once per
+validator with every field's check inlined (exact-type tests and chained range comparisons,
+ISO timestamps parsed through a small cache). It only ever *accepts*: on anything it does not
+recognise as plainly valid it returns ``None`` and the detailed checks below run, in their
+usual order, so the refusal reason and detail are exactly theirs. Each check's fast test is
+written next to it (``_fast_test``) and accepts a subset of what the check accepts, returning
+the same value.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+import sys
 from typing import Any, Callable
 
 import orjson
@@ -43,6 +53,13 @@ REASONS = (
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 
 _Check = Callable[[str, Any], Any]
+
+
+def _lit(x: Any) -> str:
+    """``x`` as a Python literal for generated code (exact: ints, finite floats)."""
+    if type(x) is int or (type(x) is float and math.isfinite(x)):
+        return repr(x)
+    raise TypeError(f"no exact literal for {x!r}")  # pragma: no cover - bounds are ints/floats
 
 
 def _bad_type(name: str, want: str, v: Any) -> InvalidRecord:
@@ -84,6 +101,17 @@ def _bounded(convert: Callable[[str, Any, Any, Any], Any], lo: Any, hi: Any, nul
             raise InvalidRecord("wrong_type", f"field {name!r} must not be null")
         return convert(name, v, lo, hi)
 
+    if convert is _as_float:
+        # int or float within [lo, hi]; the bounds default to +-max float, so NaN and +-inf (and
+        # ints too large to convert) fail. Exact int/float comparison: an int that passes also
+        # passes after float(), whose rounding is monotonic and keeps it within float bounds.
+        rng = f"{_lit(-sys.float_info.max if lo is None else lo)} <= {{v}} <= {_lit(sys.float_info.max if hi is None else hi)}"
+        alts = [f"type({{v}}) is float and {rng}", f"type({{v}}) is int and {rng}"]
+    else:  # _as_int: exact ints only (an integral float is converted by the detailed check)
+        alts = ["type({v}) is int" + "".join(f" and {{v}} {op} {_lit(b)}" for op, b in ((">=", lo), ("<=", hi)) if b is not None)]
+    if nullable:
+        alts.insert(1 if convert is _as_float else 0, "{v} is None")  # the usual type first
+    check._fast_test = "(" + " or ".join(f"({a})" for a in alts) + ")"  # type: ignore[attr-defined]
     return check
 
 
@@ -101,6 +129,9 @@ def _bool(name: str, v: Any) -> bool:
     raise _bad_type(name, "a boolean", v)
 
 
+_bool._fast_test = "({v} is True or {v} is False)"  # type: ignore[attr-defined]
+
+
 def _str(nullable: bool = False, nonempty: bool = False) -> _Check:
     def check(name: str, v: Any) -> Any:
         if v is None and nullable:
@@ -111,6 +142,8 @@ def _str(nullable: bool = False, nonempty: bool = False) -> _Check:
             raise InvalidRecord("out_of_range", f"field {name!r} must not be empty")
         return v
 
+    test = "type({v}) is str" + (" and {v} != ''" if nonempty else "")
+    check._fast_test = f"({{v}} is None or ({test}))" if nullable else f"({test})"  # type: ignore[attr-defined]
     return check
 
 
@@ -127,7 +160,125 @@ def _str_list(name: str, v: Any) -> list[str]:
     return v
 
 
+_str_list._fast_test = "(type({v}) is list and _STR_ONLY.issuperset(map(type, {v})))"  # type: ignore[attr-defined]
+
+
 _MISSING = object()
+
+# --------------------------------------------------------------------------- fast path support
+
+#: ISO timestamp string -> epoch us, for strings that parsed (parse_ts_us is pure); bounded
+_TS_CACHE: dict[str, int] = {}
+_TS_CACHE_MAX = 4096
+#: the element types a fast-path ``source_ids`` list may hold
+_STR_ONLY = frozenset((str,))
+#: at most this many keys outside the schemas are remembered as "not raw_*" per validator
+_MAX_LEARNED_KEYS = 1024
+
+
+def _fast_ts(v: str) -> int | None:
+    """``parse_ts_us(v)`` for a string, cached; ``None`` when it fails in any way."""
+    try:
+        us = parse_ts_us(v)
+    except Exception:  # noqa: BLE001 - the detailed check reports it (or raises it) in order
+        return None
+    if len(_TS_CACHE) >= _TS_CACHE_MAX:
+        _TS_CACHE.clear()
+    _TS_CACHE[v] = us
+    return us
+
+
+def _build_fast(version: str, schema_hash: str, fields: list[tuple[str, _Check, bool, Any]]) -> tuple[Callable[[dict], Any], Callable[[dict], Any], str] | None:
+    """Generate the fast path of one validator (see the module docstring).
+
+    Returns ``(fast, fast_exact, source)``. ``fast(obj)`` takes a ``dict`` whose keys are known
+    not to start with ``raw_``; ``fast_exact(obj)`` one whose keys are exactly the validator's
+    fields in its order. Both return the :class:`FeatureWindow` that
+    :meth:`RowValidator._validate` would return, or ``None`` when they cannot tell quickly (then
+    the detailed checks decide). Fields are tested in the validator's order, each with its
+    check's ``_fast_test``. In ``fast`` a required field, or an optional one whose default would
+    itself fail the test (e.g. ``None`` for a non-nullable field), is read with a sentinel
+    default that every test rejects; the latter then gets its default.
+    """
+    names = [n for n, *_ in fields]
+    if "bucket_start_ts" not in names or "user_id" not in names:  # pragma: no cover - always there
+        return None
+    ns: dict[str, Any] = {"_M": _MISSING, "_FW": FeatureWindow, "_STR_ONLY": _STR_ONLY, "_tsc": _TS_CACHE.get, "_ts": _fast_ts}
+    defaults: list[Any] = []
+    body: list[str] = []
+    for i, (name, check, required, default) in enumerate(fields):
+        v = f"v{i}"
+        if check is _ts:
+            defaults.append(_MISSING)
+            if not required:  # a missing optional timestamp is the default; a null one is refused
+                ns[f"_d{i}"] = default
+                body += [f"if {v} is _M:", f"    {v} = _d{i}", "else:"]
+            ind = "" if required else "    "
+            body += [
+                f"{ind}if type({v}) is not str:",
+                f"{ind}    return None",
+                f"{ind}x = _tsc({v})",
+                f"{ind}if x is None:",
+                f"{ind}    x = _ts({v})",
+                f"{ind}    if x is None:",
+                f"{ind}        return None",
+                f"{ind}{v} = x",
+            ]
+            continue
+        test = check._fast_test  # type: ignore[attr-defined]
+        if eval(test.format(v="x"), dict(ns), {"x": _MISSING}):  # noqa: S307 - our own text
+            raise AssertionError(f"fast test of {name!r} accepts the missing sentinel")  # pragma: no cover
+        if required or not eval(test.format(v="x"), dict(ns), {"x": default}):  # noqa: S307
+            defaults.append(_MISSING)
+            if not required:
+                ns[f"_d{i}"] = default
+                body += [f"if {v} is _M:", f"    {v} = _d{i}", f"elif not {test.format(v=v)}:", "    return None"]
+                continue
+        else:
+            defaults.append(default)
+        body += [f"if not {test.format(v=v)}:", "    return None"]
+    ns["_NAMES"] = tuple(names)
+    ns["_DEFAULTS"] = tuple(defaults)
+    ns["_ALL"] = operator.itemgetter(*names)
+    var = {n: f"v{i}" for i, n in enumerate(names)}
+    unpack = f"({', '.join(var.values())},) = "
+    # schema_version / schema_hash first, like the detailed checks (they are ordinary fields too)
+    schema = [f"sv = {var['schema_version']}" if "schema_version" in var else "sv = obj.get('schema_version', _M)"]
+    schema += [f"if type(sv) is not str or sv != {version!r}:", "    return None"]
+    h = var.get("schema_hash", "sh")
+    if h == "sh":  # pragma: no cover - every registry has it
+        schema += ["sh = obj.get('schema_hash', _M)"]
+    schema += [f"if {h} is not _M and (type({h}) is not str or {h} != {schema_hash!r}):", "    return None"]
+    start = var["bucket_start_ts"]
+    if "bucket_end_ts" in var:
+        end = var["bucket_end_ts"]
+        body += [f"if {end} is not None and {end} <= {start}:", "    return None"]
+    head = {
+        # any dict without raw_* keys: read every field (one C call when all are there), build values
+        "fast": [
+            "try:",
+            "    vals = _ALL(obj)",
+            "except KeyError:",
+            "    vals = tuple(map(obj.get, _NAMES, _DEFAULTS))",
+            unpack + "vals",
+        ],
+        # keys exactly the fields, in order: values = a copy of obj with the timestamps parsed
+        # (every other check returns its value unchanged) -- copying beats building a dict
+        "fast_exact": [unpack + "obj.values()"],
+    }
+    tail = {
+        "fast": [f"return _FW({var['user_id']}, {start}, sv, {{{', '.join(f'{n!r}: {v}' for n, v in var.items())}}})"],
+        "fast_exact": ["values = obj.copy()"]
+        + [f"values[{n!r}] = {var[n]}" for n, (_, check, *_r) in zip(names, fields) if check is _ts]
+        + [f"return _FW({var['user_id']}, {start}, sv, values)"],
+    }
+    sig = "(obj, type=type, float=float, int=int, str=str, list=list):\n"
+    src = "".join(
+        f"def {fn}{sig}" + "".join(f"    {line}\n" for line in head[fn] + schema + body + tail[fn]) + "\n\n" for fn in head
+    )
+    exec(compile(src, f"<taskclf_daemon.codec fast path {version}>", "exec"), ns)  # noqa: S102 - our own text
+    return ns["fast"], ns["fast_exact"], src
+
 
 # (name) -> (checker, required, default)
 _FIELDS: dict[str, tuple[_Check, bool, Any]] = {
@@ -199,9 +350,37 @@ class RowValidator:
         specs = dict(_FIELDS)
         specs.update(_V3_FIELDS)
         self._fields = [(n, *specs[n]) for n in names]
+        #: keys known not to start with ``raw_`` (the schemas' fields, plus unknown keys seen)
+        self._plain_keys: set[str] = set(_FIELDS) | set(_V3_FIELDS)
+        self._max_keys = len(self._plain_keys) + _MAX_LEARNED_KEYS
+        self._names = tuple(names)
+        built = _build_fast(schema.version, schema.hash, self._fields)
+        self._fast, self._fast_exact, self._fast_source = built if built is not None else (None, None, "")
+
+    def _no_raw_keys(self, obj: dict) -> bool:
+        """True if no key of ``obj`` starts with ``raw_``; remembers its keys while there is room."""
+        for k in obj:
+            if type(k) is not str or k.startswith("raw_"):
+                return False
+        if len(self._plain_keys) + len(obj) <= self._max_keys:
+            self._plain_keys.update(obj)
+        return True
 
     def validate(self, obj: Any) -> FeatureWindow:
         """Check one decoded JSON value; return a :class:`FeatureWindow` or raise InvalidRecord."""
+        if type(obj) is dict and self._fast is not None:
+            if len(obj) == len(self._names) and tuple(obj) == self._names:  # keys = the fields, in order
+                w = self._fast_exact(obj)
+            elif self._plain_keys.issuperset(obj) or self._no_raw_keys(obj):
+                w = self._fast(obj)
+            else:
+                w = None
+            if w is not None:
+                return w
+        return self._validate(obj)
+
+    def _validate(self, obj: Any) -> FeatureWindow:
+        """The detailed checks: the reference behaviour, and every refusal's reason and detail."""
         if not isinstance(obj, dict):
             raise InvalidRecord("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
         for k in obj:
@@ -249,7 +428,10 @@ def decode_window(data: bytes | str, validator: RowValidator, max_bytes: int = D
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidRecord("invalid_json", str(exc)[:200]) from None
-    return validator.validate(obj)
+    try:
+        return validator.validate(obj)
+    except (OverflowError, ValueError) as exc:  # never let a value crash the consumer
+        raise InvalidRecord("out_of_range", f"value out of range: {exc}"[:200]) from None
 
 
 __all__ = ["REASONS", "RowValidator", "decode_window", "META_COLUMNS"]

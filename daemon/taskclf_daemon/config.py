@@ -80,6 +80,8 @@ KEYS: dict[str, Key] = {
     "calibrator_store": Key("model", "optstr", None, "taskclf CalibratorStore directory (default: the policy's, else none)"),
     "policy": Key("model", "optstr", None, "taskclf inference_policy.json"),
     "taxonomy": Key("model", "optstr", None, "taskclf taxonomy YAML"),
+    "model_backend": Key("model", "str", "lightgbm", "prediction backend: lightgbm (taskclf's own), lleaves (compiled trees, pip install 'taskclf-daemon[fast]'; first start compiles ~30 s, then cached), auto (lleaves when installed and already compiled, else lightgbm)", choices=("lightgbm", "lleaves", "auto")),
+    "model_cache_dir": Key("model", "optstr", None, "directory of compiled lleaves models (default $XDG_CACHE_HOME/taskclf-daemon/lleaves)"),
     "smooth_window": Key("model", "int", 3, "rolling-majority smoothing window (taskclf default 3)", _min(1)),
     "reject_threshold": Key("model", "threshold", "policy", "global reject threshold in [0,1], 'none' to disable, 'policy' = the policy's (else 0.55)"),
     "idle_gap_seconds": Key("model", "float", 300.0, "gap that starts a new session (taskclf: 300)", _min(0.0)),

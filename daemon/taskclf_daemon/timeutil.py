@@ -25,6 +25,8 @@ def parse_ts_us(value: object) -> int:
             x /= 1000.0
         if isinstance(value, int) and abs(value) <= _MS_CUTOFF:
             return value * 1_000_000
+        if abs(x) > 1e13:  # beyond year 318,000 even as milliseconds
+            raise ValueError(f"epoch timestamp {value!r} is out of range")
         return round(x * 1_000_000)
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO-8601 string or epoch seconds, got {type(value).__name__}")
