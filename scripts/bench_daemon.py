@@ -280,7 +280,7 @@ class Bench:
         # ---- stage profile (offline, this process)
         from taskclf_daemon.artifacts import build_pipeline
 
-        pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0)
+        pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0, model_backend=os.environ.get("TASKCLF_MODEL_BACKEND", "lightgbm"))
         if a.profile_records:
             k = min(a.profile_records, len(wl))
             bl.log(f"(p) stage profile: {k} records through decode + InferencePipeline.process in batches of 1000")
@@ -290,7 +290,7 @@ class Bench:
             R["stage_profile"] = prof
             _out("stage_profile_us_per_record: " + " ".join(f"{s}={prof[s]}" for s in ("decode", "features", "encode", "predict", "calibrate", "decide", "serialize", "total"))
                  + f" raw_booster_predict={prof['raw_booster_predict']} R_model={prof['R_model']} {self.noise_str(prof['noise'])}")
-            pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0)  # fresh state
+            pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0, model_backend=os.environ.get("TASKCLF_MODEL_BACKEND", "lightgbm"))  # fresh state
 
         # ---- (c) naive
         bl.log(f"(c) naive daemon: {naive_n} records one at a time (process([w]), send_and_wait, commit per message)")
@@ -390,7 +390,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon and the naive daemon (default: lightgbm; env TASKCLF_MODEL_BACKEND)")
     a = ap.parse_args(argv)
+    if a.model_backend:
+        os.environ["TASKCLF_MODEL_BACKEND"] = a.model_backend
     q = a.quick
     for name, full, quick in (("records", 100_000, 3000), ("users", 1000, 100), ("naive_records", 3000, 300), ("latency_seconds", 20.0, 3.0),
                               ("profile_records", 20_000, 1000), ("timeout", 1800.0, 240.0),
