@@ -37,11 +37,12 @@ def main() -> int:
     ap.add_argument("--golden", default=str(REPO.parent / "shared" / "golden" / "taskclf-v1-temperature"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default="lightgbm", help="backend of replay and per_row (predict_1 is always LightGBM)")
     a = ap.parse_args()
     g = Path(a.golden)
     data = (g / "inputs.jsonl").read_bytes()
     lines = [l for l in data.splitlines() if l.strip()]
-    pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json")
+    pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json", model_backend=a.model_backend)
     n = len(lines)
 
     def run_replay() -> float:
@@ -82,6 +83,7 @@ def main() -> int:
     med = {k: n / statistics.median(v) for k, v in times.items()}
     ratios = [times["per_row"][i] / times["replay"][i] for i in range(a.rounds)]
     print(f"rows={n} rounds={a.rounds} batch_size={a.batch_size} per-round ratio replay/per_row: {', '.join(f'{x:.1f}' for x in ratios)}", file=sys.stderr)
+    print(f"model_backend={pipe.bundle.backend}", file=sys.stderr)
     print(f"bench_replay: replay_rows_s={med['replay']:.0f} per_row_rows_s={med['per_row']:.0f} predict_1_rows_s={med['predict_1']:.0f} ratio={statistics.median(ratios):.2f}")
     return 0
 
