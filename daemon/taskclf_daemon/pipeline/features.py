@@ -74,6 +74,19 @@ def rolling_mean(values: list[float | None], window: int) -> float | None:
     return _round_to(mean, 10000.0, 4) if type(mean) is float else round(mean, 4)
 
 
+def _short_long(col: list) -> tuple[float | None, float | None]:
+    """Rolling 5- and 15-row means of one column (taskclf's semantics, see :func:`rolling_mean`).
+
+    A column without nulls (the usual case) is averaged inline; ``all()`` is a quicker "no None"
+    than ``None in`` for the usual non-zero values.
+    """
+    if not all(col) and None in col:
+        return rolling_mean(col, ROLLING_SHORT), rolling_mean(col, ROLLING_LONG)
+    short = col[-ROLLING_SHORT:]
+    long_ = col[-ROLLING_LONG:]
+    return _round_to(sum(short) / len(short), 10000.0, 4), _round_to(sum(long_) / len(long_), 10000.0, 4)
+
+
 def push_window(state: UserState, w: FeatureWindow, idle_gap_seconds: float = DEFAULT_IDLE_GAP_SECONDS) -> Overlay:
     """Append ``w`` to the user's history and return its overlay values.
 
@@ -127,20 +140,8 @@ def push_window(state: UserState, w: FeatureWindow, idle_gap_seconds: float = DE
                 d_mouse = _round_to(d_mouse, 10000.0, 4)
     # rolling means; a column without nulls (the usual case) is averaged here, else rolling_mean.
     # all() is a quicker "no None" than ``None in`` for the usual non-zero values.
-    if not all(keys_col) and None in keys_col:
-        keys_short, keys_long = rolling_mean(keys_col, ROLLING_SHORT), rolling_mean(keys_col, ROLLING_LONG)
-    else:
-        tail = keys_col[-ROLLING_SHORT:]
-        keys_short = _round_to(sum(tail) / len(tail), 10000.0, 4)
-        tail = keys_col[-ROLLING_LONG:]
-        keys_long = _round_to(sum(tail) / len(tail), 10000.0, 4)
-    if not all(mouse_col) and None in mouse_col:
-        mouse_short, mouse_long = rolling_mean(mouse_col, ROLLING_SHORT), rolling_mean(mouse_col, ROLLING_LONG)
-    else:
-        tail = mouse_col[-ROLLING_SHORT:]
-        mouse_short = _round_to(sum(tail) / len(tail), 10000.0, 4)
-        tail = mouse_col[-ROLLING_LONG:]
-        mouse_long = _round_to(sum(tail) / len(tail), 10000.0, 4)
+    keys_short, keys_long = _short_long(keys_col)
+    mouse_short, mouse_long = _short_long(mouse_col)
     minutes = (ts - start) / 60_000_000
     return (
         n_apps - 1 if n_apps > 1 else 0,  # max(0, n_apps - 1)
