@@ -48,9 +48,9 @@ def realistic_states(pipe) -> list[bytes]:
     return [s.to_bytes() for s in st.users.values()]
 
 
-async def restore_bench(bootstrap: str, users: int, templates: list[bytes], pipe) -> tuple[float, int]:
+async def restore_bench(bootstrap: str, users: int, templates: list[bytes], pipe, workers: int) -> tuple[float, int]:
     topic = f"bench-state-{uuid.uuid4().hex[:8]}"
-    settings = load_settings(None, env={}, flags={"bootstrap_servers": bootstrap, "input_topic": topic + "-in", "group_id": "bench", "model_dir": str(pipe.bundle.path), "changelog_topic": topic})
+    settings = load_settings(None, env={}, flags={"bootstrap_servers": bootstrap, "input_topic": topic + "-in", "group_id": "bench", "model_dir": str(pipe.bundle.path), "changelog_topic": topic, "pipeline_workers": workers})
     await kio.ensure_topics(settings, [topic], partitions=1, config={"cleanup.policy": "compact"})
     producer = kio.make_producer(settings)
     await producer.start()
@@ -71,21 +71,25 @@ async def restore_bench(bootstrap: str, users: int, templates: list[bytes], pipe
     await producer.stop()
     print(f"  loaded {users} users in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     d = Daemon(settings, pipe)
+    await asyncio.gather(*(sh.start() for sh in d.shards))
     d.reader = kio.make_reader(settings)
     await d.reader.start()
     try:
         t = time.monotonic()
         await d._restore([(topic + "-in", 0)])
         took = time.monotonic() - t
+        await d._refresh_state_stats()
     finally:
         await d.reader.stop()
-    return took, len(d.states)
+        await asyncio.gather(*(sh.stop() for sh in d.shards))
+    return took, d.state_users
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--bootstrap-servers")
+    ap.add_argument("--pipeline-workers", type=int, default=1, help="where restored state is installed: 1 = a worker process (the default daemon), 0 = in-process")
     a = ap.parse_args()
     configure_logging("warning", "console")
     pipe, _ = build_pipeline(policy=GOLDEN / "models" / "inference_policy.json")
@@ -108,7 +112,7 @@ def main() -> int:
         broker.start()
         bs = broker.bootstrap_servers
     try:
-        took, restored = asyncio.run(restore_bench(bs, a.users, templates, pipe))
+        took, restored = asyncio.run(restore_bench(bs, a.users, templates, pipe, a.pipeline_workers))
     finally:
         if broker is not None:
             broker.stop()

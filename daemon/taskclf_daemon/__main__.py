@@ -1,3 +1,4 @@
 from taskclf_daemon.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guard: spawned pipeline workers import this module
+    raise SystemExit(main())

@@ -75,3 +75,23 @@ def build_pipeline(
         state_ttl_seconds=state_ttl_seconds or None,
     )
     return pipe, desc
+
+
+def pipeline_from_settings(settings: Any) -> tuple[InferencePipeline, dict[str, Any]]:
+    """:func:`build_pipeline` with the daemon's settings (``taskclf-daemon run`` and its
+    pipeline worker processes build the same pipeline from the same settings)."""
+    thr = settings.reject_threshold
+    return build_pipeline(
+        model_dir=settings.model_dir,
+        calibrator_store=settings.calibrator_store,
+        policy=settings.policy,
+        taxonomy=settings.taxonomy,
+        smooth_window=settings.smooth_window,
+        reject_threshold=None if thr == "policy" else thr,
+        reject_threshold_set=thr != "policy",
+        idle_gap_seconds=settings.idle_gap_seconds,
+        event_time_policy=settings.event_time_policy,
+        state_ttl_seconds=settings.state_ttl_seconds,
+        model_backend=settings.model_backend,
+        model_cache_dir=settings.model_cache_dir,
+    )

@@ -142,24 +142,10 @@ def run_settings(a: argparse.Namespace) -> Any:
 
 def build_daemon(settings: Any, metrics: Any = None) -> Any:
     """Load artifacts per the settings and construct the daemon (not started)."""
-    from taskclf_daemon.artifacts import build_pipeline
+    from taskclf_daemon.artifacts import pipeline_from_settings
     from taskclf_daemon.daemon import Daemon
 
-    thr = settings.reject_threshold
-    pipe, desc = build_pipeline(
-        model_dir=settings.model_dir,
-        calibrator_store=settings.calibrator_store,
-        policy=settings.policy,
-        taxonomy=settings.taxonomy,
-        smooth_window=settings.smooth_window,
-        reject_threshold=None if thr == "policy" else thr,
-        reject_threshold_set=thr != "policy",
-        idle_gap_seconds=settings.idle_gap_seconds,
-        event_time_policy=settings.event_time_policy,
-        state_ttl_seconds=settings.state_ttl_seconds,
-        model_backend=settings.model_backend,
-        model_cache_dir=settings.model_cache_dir,
-    )
+    pipe, desc = pipeline_from_settings(settings)
     return Daemon(settings, pipe, desc, metrics)
 
 

@@ -90,6 +90,7 @@ KEYS: dict[str, Key] = {
     "event_time_policy": Key("state", "str", "skip", "duplicate/late windows: skip (not applied, counted) or process (applied, as taskclf)", choices=("skip", "process")),
     "restore_timeout_s": Key("state", "float", 120.0, "bound on restoring one assignment's state from the changelog", _min(1.0)),
     # --- processing
+    "pipeline_workers": Key("processing", "int", 2, "worker processes that decode, run the pipeline and hold the state of their partitions (partition % N); the daemon process keeps the Kafka I/O. Match the cores the daemon may use; 0 = one thread of the daemon process", _min(0)),
     "max_batch_records": Key("processing", "int", 1000, "most records per micro-batch (one model call)", _min(1)),
     "max_in_flight_records": Key("processing", "int", 20000, "outputs awaiting broker acks before partitions are paused", _min(1)),
     "commit_interval_ms": Key("processing", "int", 500, "how often acknowledged offsets are committed", _min(10)),

@@ -6,7 +6,6 @@ No metric carries a user id.
 
 from __future__ import annotations
 
-from collections import Counter as _Tally
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -104,16 +103,15 @@ class Metrics:
         self.dlq.labels(reason).inc()
         self.records_processed.labels("dlq").inc()
 
-    def record_predictions(self, preds: Sequence, stage_timings: dict[str, float], batch_records: int) -> None:
-        """Count a batch's predictions: one metric update per distinct label, not per record."""
-        tally = _Tally((p.label, p.calibrator_scope) for p in preds)
+    def record_batch(self, tally: dict[tuple[str, str], int], confidences: Sequence[float], rejected: int, stage_timings: dict[str, float], batch_records: int) -> None:
+        """Count a batch's predictions from a shard's summary: one metric update per distinct
+        (label, calibrator scope), not per record."""
         for (label, scope), n in tally.items():
             self.predictions.labels(label, scope).inc(n)
-        observe_many(self.confidence, [p.confidence for p in preds])
-        rejected = sum(1 for p in preds if p.is_rejected)
+        observe_many(self.confidence, confidences)
         if rejected:
             self.rejected.inc(rejected)
-        self.records_processed.labels("emitted").inc(len(preds))
+        self.records_processed.labels("emitted").inc(sum(tally.values()))
         for stage, sec in stage_timings.items():
             self.stage_duration.labels(stage).observe(sec)
         self.batch_size.observe(batch_records)

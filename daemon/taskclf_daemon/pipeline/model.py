@@ -128,6 +128,7 @@ class ModelBundle:
                 self._plan.append((c, "ovl", overlay_pos[c]))
             else:
                 self._plan.append((c, "num", None))
+        self._row = _compile_row(self._plan)
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> "ModelBundle":
@@ -221,23 +222,10 @@ class ModelBundle:
 
     def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple]) -> np.ndarray:
         """Build the float64 model input matrix (n, width): categorical codes, None -> 0.0, bool -> 1/0."""
-        n = len(windows)
-        X = np.empty((n, self.width), dtype=np.float64)
-        plan = self._plan
-        for i in range(n):
-            vals = windows[i].values
-            ov = overlays[i]
-            row = X[i]
-            for j, (col, kind, arg) in enumerate(plan):
-                if kind == "num":
-                    v = vals[col]
-                elif kind == "ovl":
-                    v = ov[arg]
-                else:
-                    row[j] = arg.encode(vals[col]) if arg is not None else -1.0
-                    continue
-                row[j] = 0.0 if v is None else float(v)
-        return X
+        if not windows:
+            return np.empty((0, self.width), dtype=np.float64)
+        row = self._row
+        return np.array([row(w.values, ov) for w, ov in zip(windows, overlays)], dtype=np.float64)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Raw class probabilities (n, 8), columns in alphabetical label order. One model call
@@ -249,6 +237,27 @@ class ModelBundle:
             return softmax_like_lightgbm(np.asarray(raw, dtype=np.float64).reshape(X.shape[0], N_LABELS))
         P = self.booster.predict(X, num_threads=1)
         return np.asarray(P, dtype=np.float64).reshape(X.shape[0], N_LABELS)
+
+
+def _compile_row(plan: Sequence[tuple[str, str, Any]]) -> Any:
+    """A generated ``row(values, overlay) -> list[float]`` for the encode plan: one list
+    display, no per-column loop or numpy scalar stores (the matrix is built in one call)."""
+    env: dict[str, Any] = {}
+    items = []
+    for j, (col, kind, arg) in enumerate(plan):
+        if kind == "num":
+            items.append(f"0.0 if (v := vals[{col!r}]) is None else float(v)")
+        elif kind == "ovl":
+            items.append(f"0.0 if (v := ov[{int(arg)}]) is None else float(v)")
+        elif arg is None:
+            items.append("-1.0")
+        else:
+            env[f"_g{j}"] = arg.codes.get
+            env[f"_u{j}"] = arg.unknown
+            items.append(f"_g{j}(str(vals[{col!r}]), _u{j})")
+    src = "def row(vals, ov):\n    return [\n        " + ",\n        ".join(items) + ",\n    ]\n"
+    exec(compile(src, "<taskclf_daemon encode row>", "exec"), env)  # noqa: S102 - our own generated code
+    return env["row"]
 
 
 # ---------------------------------------------------------------- lleaves backend

@@ -1,0 +1,155 @@
+"""Where shards run: a thread of the daemon process, or pipeline worker processes.
+
+One Python process is bound by the GIL: decoding, the overlay, encoding and serialising would
+share one core with the Kafka client. With ``pipeline_workers = N >= 1`` each shard lives in its
+own worker process (``spawn``: a fresh interpreter that loads the same artifacts from the same
+settings) and the daemon process only moves bytes. Calls to one shard are strictly sequential
+(one thread per shard talks to it), so every user's windows are applied in input order.
+
+Protocol over a ``multiprocessing`` pipe: the worker sends ``("ready", info)`` or
+``("error", message)`` once the pipeline is built, then answers every ``(method, args)`` with
+``("ok", value)`` or ``("error", message)``. A closed pipe (the daemon died, even by SIGKILL)
+ends the worker; a dead worker is a fatal error for the daemon, which exits and is restarted
+with its state restored from the changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import traceback
+from typing import Any
+
+from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.shard import PipelineShard
+
+START_TIMEOUT_S = 300.0  # a first lleaves compile takes ~30 s; loading is ~1 s
+
+
+class WorkerError(TaskclfDaemonError):
+    """A pipeline worker failed or died."""
+
+
+class LocalShard:
+    """A shard run by one thread of this process."""
+
+    def __init__(self, shard: PipelineShard, name: str = "pipeline") -> None:
+        self.shard = shard
+        self.name = name
+        self._ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def start(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "in_process": True}
+
+    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+        return asyncio.get_running_loop().run_in_executor(self._ex, getattr(self.shard, method), *args)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await self.submit(method, *args)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self._ex.shutdown(wait=False)
+
+
+def _worker_main(conn: Any, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Entry point of a worker process."""
+    import signal
+
+    # the daemon process handles SIGINT/SIGTERM (also when sent to the whole process group) and
+    # stops us by closing the pipe, after its last checkpoint
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        from taskclf_daemon.artifacts import pipeline_from_settings
+        from taskclf_daemon.config import Settings
+
+        settings = Settings(values, sources)
+        pipe, _desc = pipeline_from_settings(settings)
+        shard = PipelineShard(pipe, settings.max_record_bytes, settings.state_ttl_seconds)
+    except Exception as exc:  # noqa: BLE001 - reported to the daemon, which fails fast
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", {"pid": os.getpid(), "model_backend": pipe.bundle.backend_info().get("model_backend")}))
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, OSError):
+            return  # the daemon is gone
+        try:
+            reply = ("ok", getattr(shard, method)(*args))
+        except Exception as exc:  # noqa: BLE001
+            reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class ProcessShard:
+    """A shard in a worker process."""
+
+    def __init__(self, settings: Any, name: str) -> None:
+        self.name = name
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_worker_main, args=(child, dict(settings.items()), dict(settings.sources)), name=name, daemon=True)
+        self._child = child
+        self._ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.pid: int | None = None
+
+    def _recv(self, timeout: float | None = None) -> Any:
+        if timeout is not None and not self._conn.poll(timeout):
+            raise WorkerError(f"pipeline worker {self.name} did not start within {timeout:.0f}s")
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(1.0)
+            raise WorkerError(f"pipeline worker {self.name} died (exit code {self._proc.exitcode})") from None
+
+    async def start(self) -> dict[str, Any]:
+        self._proc.start()
+        self._child.close()
+        self.pid = self._proc.pid
+        status, info = await asyncio.get_running_loop().run_in_executor(self._ex, self._recv, START_TIMEOUT_S)
+        if status != "ready":
+            raise WorkerError(f"pipeline worker {self.name} failed to start: {info}")
+        return info
+
+    def _call(self, method: str, args: tuple) -> Any:
+        try:
+            self._conn.send((method, args))
+        except (BrokenPipeError, OSError):
+            self._proc.join(1.0)
+            raise WorkerError(f"pipeline worker {self.name} died (exit code {self._proc.exitcode})") from None
+        status, value = self._recv()
+        if status != "ok":
+            raise WorkerError(f"pipeline worker {self.name}: {method} failed: {value}")
+        return value
+
+    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+        return asyncio.get_running_loop().run_in_executor(self._ex, self._call, method, args)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await self.submit(method, *args)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self._conn.close()  # the worker sees EOF and returns
+        except OSError:
+            pass
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._proc.join, timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            await loop.run_in_executor(None, self._proc.join, 2.0)
+        self._ex.shutdown(wait=False)
+
+
+def make_shards(settings: Any, pipeline: Any) -> list[Any]:
+    """``pipeline_workers`` worker-process shards, or one in-process shard when it is 0."""
+    n = int(settings.pipeline_workers)
+    if n <= 0:
+        return [LocalShard(PipelineShard(pipeline, settings.max_record_bytes, settings.state_ttl_seconds))]
+    return [ProcessShard(settings, f"pipeline-{i}") for i in range(n)]

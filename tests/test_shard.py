@@ -1,0 +1,187 @@
+"""PipelineShard (the state-owning half of the daemon) and where shards run (workers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import zlib
+from pathlib import Path
+
+import orjson
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers_rows import GOLDEN_DIR  # noqa: E402
+
+from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
+from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
+from taskclf_daemon.config import load_settings  # noqa: E402
+from taskclf_daemon.shard import PipelineShard, RawBatch  # noqa: E402
+from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError  # noqa: E402
+
+POLICY = GOLDEN_DIR / "models" / "inference_policy.json"
+PARTS = 4
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p, _ = build_pipeline(policy=POLICY)
+    return p
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[bytes]:
+    return [l for l in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+
+
+def _part(line: bytes) -> int:
+    return zlib.crc32(orjson.loads(line)["user_id"].encode()) % PARTS
+
+
+def _batches(lines: list[bytes], size: int = 200, start_offset: int = 0) -> list[RawBatch]:
+    """Golden lines as Kafka-like batches: partition by user, offsets counting per partition."""
+    next_off = [start_offset] * PARTS
+    out = []
+    for i in range(0, len(lines), size):
+        b = RawBatch("in")
+        for line in lines[i : i + size]:
+            p = _part(line)
+            b.add(p, next_off[p], line)
+            next_off[p] += 1
+        out.append(b)
+    return out
+
+
+def _values(results) -> list[bytes]:
+    return [v for r in results for _k, v, _s in r.outputs]
+
+
+def test_shard_outputs_equal_the_pipeline_and_dead_letter_by_index(pipe, lines):
+    v = RowValidator(pipe.bundle.schema)
+    st = pipe.new_state_store()
+    expected = [p.value for p in pipe.process([decode_window(l, v) for l in lines], st).predictions]
+    shard = PipelineShard(pipe, 1 << 20)
+    got = _values(shard.process(b) for b in _batches(lines))
+    assert got == expected and len(got) == len(lines)
+    bad = RawBatch("in")
+    bad.add(0, 10_000, b"{nope")
+    bad.add(1, 10_000, lines[0].replace(b'"v1"', b'"v9"'))
+    bad.add(2, 10_000, None)
+    bad.add(3, 10_000, b"x" * 5000)
+    res = PipelineShard(pipe, 4096).process(bad)
+    assert [(i, r) for i, r, _d in res.dead] == [(0, "invalid_json"), (1, "schema_mismatch"), (2, "not_an_object"), (3, "oversize")]
+    assert res.bad_marks == [True] * 4 and res.outputs == []
+    assert sum(res.tally.values()) == 0
+
+
+def test_checkpoint_hands_out_each_changed_user_once_and_again_after_a_failure(pipe, lines):
+    shard = PipelineShard(pipe, 1 << 20)
+    first = _batches(lines[:300])
+    for b in first:
+        shard.process(b)
+    users = {orjson.loads(l)["user_id"] for l in lines[:300]}
+    cp = shard.checkpoint()
+    assert {k.decode() for _p, k, _v in cp.updates} == users
+    assert all(p == _part(next(l for l in lines if orjson.loads(l)["user_id"] == k.decode())) for p, k, _v in cp.updates)
+    assert cp.state_users == len(users) and cp.state_bytes == sum(len(v) for _p, _k, v in cp.updates)
+    assert shard.checkpoint().updates == []
+    shard.process(_batches(lines[300:310], start_offset=10_000)[0])
+    cp2 = shard.checkpoint()
+    shard.checkpoint_failed()
+    cp3 = shard.checkpoint()
+    assert sorted(cp3.updates) == sorted(cp2.updates) and cp2.updates
+
+
+def test_restored_state_continues_byte_identically(pipe, lines):
+    """Adopt a checkpoint into a fresh shard: the rest of the stream gives the same outputs."""
+    batches = _batches(lines)
+    k = len(batches) // 2
+    whole = PipelineShard(pipe, 1 << 20)
+    expected = _values(whole.process(b) for b in batches)
+    a = PipelineShard(pipe, 1 << 20)
+    head = _values(a.process(b) for b in batches[:k])
+    cp = a.checkpoint()
+    b = PipelineShard(pipe, 1 << 20)
+    n, errors = b.adopt(cp.updates + [(0, b"broken-user", b"{not state")])
+    assert n == len(cp.updates) and len(errors) == 1 and "partition 0" in errors[0]
+    # a replay of the last batch before the checkpoint is skipped, not applied twice
+    assert b.process(batches[k - 1]).skipped == {"replayed": len(batches[k - 1])}
+    tail = _values(b.process(x) for x in batches[k:])
+    assert head + tail == expected
+
+
+def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):
+    shard = PipelineShard(pipe, 1 << 20)
+    for b in _batches(lines[:400]):
+        shard.process(b)
+    shard.checkpoint()
+    before = shard.stats()["state_users"]
+    per_part = {p: 0 for p in range(PARTS)}
+    for u in {orjson.loads(l)["user_id"] for l in lines[:400]}:
+        per_part[zlib.crc32(u.encode()) % PARTS] += 1
+    assert per_part[0] > 0 and per_part[2] > 0
+    parked = shard.release([0, 2], durable=True)
+    assert parked == per_part[0] + per_part[2]
+    assert shard.stats()["state_users"] == before - parked
+    assert shard.stats()["parked_partitions"] == [0, 2]
+    assert shard.reuse([2, 3]) == [2]  # partition 0 went elsewhere: its parked state is dropped
+    assert shard.stats()["state_users"] == before - per_part[0]
+    assert shard.stats()["parked_partitions"] == []
+    assert shard.release([2], durable=False) == 0  # not durable: nothing is parked
+    assert shard.reuse([2]) == []
+
+
+def test_ttl_tombstones_idle_users(pipe, lines):
+    shard = PipelineShard(pipe, 1 << 20, ttl_seconds=3600)
+    for b in _batches(lines):
+        shard.process(b)
+    cp = shard.checkpoint()
+    users = {orjson.loads(l)["user_id"] for l in lines}
+    assert len(cp.updates) + len(cp.tombstones) == len(users)
+    assert cp.tombstones, "the golden stream spans days: some users are idle for > 1 h"
+    assert cp.state_users == len(users) - len(cp.tombstones)
+
+
+def _settings(**kw):
+    return load_settings(None, env={}, flags={"policy": str(POLICY), "pipeline_workers": 1, **kw})
+
+
+def test_worker_process_gives_the_same_bytes_and_reports_failures(pipe, lines):
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        local = LocalShard(PipelineShard(pipe, 1 << 20))
+        remote = ProcessShard(_settings(), "pipeline-test")
+        info = await remote.start()
+        assert info["pid"] != os.getpid()
+        try:
+            a, b = [], []
+            for batch in _batches(lines):
+                a += _values([await local.call("process", batch)])
+                b += _values([await remote.call("process", batch)])
+            with pytest.raises(WorkerError, match="no_such_method"):
+                await remote.call("no_such_method")
+            assert (await remote.call("stats"))["state_users"] > 0  # still serving after an error
+            os.kill(info["pid"], signal.SIGKILL)
+            with pytest.raises(WorkerError, match="died"):
+                await remote.call("stats")
+            return a, b
+        finally:
+            await remote.stop(timeout=2.0)
+            await local.stop()
+
+    a, b = asyncio.run(run())
+    assert a == b and len(a) == len(lines)
+
+
+def test_worker_that_cannot_load_its_artifacts_fails_start_naming_the_problem(tmp_path):
+    async def run() -> None:
+        w = ProcessShard(_settings(policy=None, model_dir=str(tmp_path)), "pipeline-bad")
+        try:
+            await w.start()
+        finally:
+            await w.stop(timeout=2.0)
+
+    with pytest.raises(WorkerError, match="failed to start.*model"):
+        asyncio.run(run())
