@@ -350,7 +350,8 @@ class Daemon:
         futs = [sh.submit("process", b) if len(b) else None for sh, b in zip(self.shards, batches)]
         if n_records:
             self._computing.append((futs, msgs_of, next_offsets, n_records, ts_ms))
-        while len(self._computing) > COMPUTE_DEPTH:
+        # produce every finished batch at the head now (latency); wait only when the queue is full
+        while self._computing and (len(self._computing) > COMPUTE_DEPTH or all(f is None or f.done() for f in self._computing[0][0])):
             await self._finish_compute()
 
     async def _finish_all(self) -> None:
