@@ -390,10 +390,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    ap.add_argument("--pipeline-workers", type=int, default=None, help="pipeline_workers of the daemon (default: the daemon's default, 2; env TASKCLF_PIPELINE_WORKERS)")
     ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon and the naive daemon (default: lightgbm; env TASKCLF_MODEL_BACKEND)")
     a = ap.parse_args(argv)
     if a.model_backend:
         os.environ["TASKCLF_MODEL_BACKEND"] = a.model_backend
+    if a.pipeline_workers is not None:
+        os.environ["TASKCLF_PIPELINE_WORKERS"] = str(a.pipeline_workers)
     q = a.quick
     for name, full, quick in (("records", 100_000, 3000), ("users", 1000, 100), ("naive_records", 3000, 300), ("latency_seconds", 20.0, 3.0),
                               ("profile_records", 20_000, 1000), ("timeout", 1800.0, 240.0),

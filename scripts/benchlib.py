@@ -475,7 +475,7 @@ def _check_stop() -> None:
 
 def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment without any TASKCLF_* setting (plus ``extra``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k in ("TASKCLF_TANSU_BIN", "TASKCLF_MODEL_BACKEND", "TASKCLF_MODEL_CACHE_DIR")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k in ("TASKCLF_TANSU_BIN", "TASKCLF_MODEL_BACKEND", "TASKCLF_MODEL_CACHE_DIR", "TASKCLF_PIPELINE_WORKERS")}
     env.update(extra or {})
     return env
 
