@@ -37,7 +37,7 @@ from typing import Any
 
 from taskclf_daemon import kafka_io as kio
 from taskclf_daemon.config import Settings
-from taskclf_daemon.errors import InvalidRecord, TaskclfDaemonError
+from taskclf_daemon.errors import TaskclfDaemonError
 from taskclf_daemon.health import HealthServer
 from taskclf_daemon.log import get_logger
 from taskclf_daemon.metrics import Metrics, observe_many
