@@ -66,27 +66,23 @@ class InvalidFlood(TaskclfDaemonError):
 
 
 class _InvalidRatio:
-    """Share of invalid records among the last ``window`` records."""
+    """Share of invalid records among the last ``window`` records (checked once per batch)."""
 
     def __init__(self, window: int, limit: float) -> None:
         self.window = window
         self.limit = limit
         self._marks: deque[bool] = deque(maxlen=window)
-        self._bad = 0
 
-    def add(self, bad: bool) -> None:
-        if len(self._marks) == self.window and self._marks[0]:
-            self._bad -= 1
-        self._marks.append(bad)
-        self._bad += bad
-
-    def add_many(self, marks: list[bool]) -> None:
-        for bad in marks:
-            self.add(bad)
+    def add_batch(self, n: int, bad: list[int]) -> None:
+        """``n`` records in order, of which those at the indices ``bad`` were invalid."""
+        marks = [False] * n
+        for i in bad:
+            marks[i] = True
+        self._marks.extend(marks)
 
     @property
     def ratio(self) -> float:
-        return self._bad / len(self._marks) if self._marks else 0.0
+        return sum(self._marks) / len(self._marks) if self._marks else 0.0
 
     def exceeded(self) -> bool:
         return self.limit < 1.0 and len(self._marks) >= self.window and self.ratio > self.limit
@@ -383,7 +379,7 @@ class Daemon:
                 m.records_processed.labels(outcome).inc(n)
             m.record_batch(res.tally, res.confidences, res.rejected, res.timings, len(msgs))
             self._shard_users[i] = res.state_users
-            self._invalid.add_many(res.bad_marks)
+            self._invalid.add_batch(len(msgs), [idx for idx, _r, _d in res.dead])
         m.state_users.set(self.state_users)
         futures = await sink.flush()
         self._tracker.add(PendingBatch(futures, next_offsets, n_records, ts_ms))

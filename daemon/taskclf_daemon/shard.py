@@ -51,8 +51,6 @@ class ShardResult:
     outputs: list[tuple[bytes, bytes, bytes]]
     #: dead letters: (index into the batch, reason, detail)
     dead: list[tuple[int, str, str]]
-    #: per-record invalid marks, in batch order (for the invalid-ratio guard)
-    bad_marks: list[bool]
     #: skipped windows by outcome (``replayed``, ``duplicate``, ``late``)
     skipped: dict[str, int]
     #: (mapped label, calibrator scope) -> count of emitted predictions
@@ -100,7 +98,6 @@ class PipelineShard:
         t0 = time.perf_counter()
         windows: list[FeatureWindow] = []
         dead: list[tuple[int, str, str]] = []
-        marks: list[bool] = []
         topic, validator, limit = batch.topic, self.validator, self.max_record_bytes
         user_part, part_users, wm = self._user_part, self._part_users, self._watermark
         for i, (part, off, value) in enumerate(zip(batch.partitions, batch.offsets, batch.values)):
@@ -110,9 +107,7 @@ class PipelineShard:
                 w = decode_window(value, validator, limit)
             except InvalidRecord as exc:
                 dead.append((i, exc.reason, exc.detail))
-                marks.append(True)
                 continue
-            marks.append(False)
             w.source = SourceRef(topic, part, off)
             u = w.user_id
             if user_part.get(u) != part:
@@ -142,7 +137,7 @@ class PipelineShard:
             outputs.append((_key(p.user_id), p.value, f"{src.topic}:{src.partition}:{src.offset}".encode() if src else b""))
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
-        return ShardResult(outputs, dead, marks, skipped, tally, confs, rejected, timings, len(self.states))
+        return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
 
     # --- checkpoint ----------------------------------------------------------------------------
     def checkpoint(self, only: list[int] | None = None) -> CheckpointData:

@@ -32,7 +32,17 @@ class WorkerError(TaskclfDaemonError):
     """A pipeline worker failed or died."""
 
 
-class LocalShard:
+class _Host:
+    """Calls to one shard: ``submit`` returns a future; calls run one at a time, in order."""
+
+    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+        raise NotImplementedError
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await self.submit(method, *args)
+
+
+class LocalShard(_Host):
     """A shard run by one thread of this process."""
 
     def __init__(self, shard: PipelineShard, name: str = "pipeline") -> None:
@@ -45,9 +55,6 @@ class LocalShard:
 
     def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
         return asyncio.get_running_loop().run_in_executor(self._ex, getattr(self.shard, method), *args)
-
-    async def call(self, method: str, *args: Any) -> Any:
-        return await self.submit(method, *args)
 
     async def stop(self, timeout: float = 5.0) -> None:
         self._ex.shutdown(wait=False)
@@ -87,7 +94,7 @@ def _worker_main(conn: Any, values: dict[str, Any], sources: dict[str, str]) -> 
             return
 
 
-class ProcessShard:
+class ProcessShard(_Host):
     """A shard in a worker process."""
 
     def __init__(self, settings: Any, name: str) -> None:
@@ -130,9 +137,6 @@ class ProcessShard:
 
     def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
         return asyncio.get_running_loop().run_in_executor(self._ex, self._call, method, args)
-
-    async def call(self, method: str, *args: Any) -> Any:
-        return await self.submit(method, *args)
 
     async def stop(self, timeout: float = 5.0) -> None:
         try:
