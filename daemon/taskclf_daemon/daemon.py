@@ -33,6 +33,7 @@ import asyncio
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from taskclf_daemon import kafka_io as kio
@@ -52,13 +53,23 @@ EXIT_INVALID_FLOOD = 3
 
 TP = tuple[str, int]
 
-#: micro-batches queued to the shards before this process waits for the oldest: a poll often
-#: holds one partition only (so one shard), and producing waits for the previous request's
-#: acks; a queue keeps every worker busy meanwhile. Finished batches are produced at once, so
-#: the depth costs latency only when the workers are behind. Measured (2 workers, 2 cores):
-#: depth 3 -> 29.7k windows/s, p50/p99 60/274 ms at half load; 8 -> 29.9k, 123/499 ms (and 2,
-#: before finished batches were produced early, 22k).
-COMPUTE_DEPTH = 3
+#: micro-batches queued per shard (the one it computes included). Each shard has its own queue,
+#: a finished batch is produced at once whatever the other shards do, and records already
+#: fetched are taken for the hungriest shard first (see ``Daemon._poll``). Measured (2 workers,
+#: 2 cores, 300k-window drain, one A/B run): one global FIFO of 3 batches 24.5k/23.9k windows/s,
+#: workers ~51% busy (a plain getmany() drains one partition after another, so runs of batches
+#: went to one shard while the other idled); per-shard queues of 3 29.7k/28.4k, workers ~62%.
+SHARD_DEPTH = 3
+
+
+@dataclass(slots=True)
+class _Work:
+    """One micro-batch submitted to one shard."""
+
+    future: "asyncio.Future[ShardResult]"
+    msgs: list[Any]
+    next_offsets: dict[TP, int]
+    ts_ms: list[int]
 
 
 class InvalidFlood(TaskclfDaemonError):
@@ -107,10 +118,8 @@ class Daemon:
         self._state_bytes = 0
         self._next_offset: dict[TP, int] = {}
         self._tracker = OffsetTracker()
-        #: batches the shards are computing, oldest first: (futures, messages per shard, next
-        #: offsets, records, timestamps); up to COMPUTE_DEPTH of them, so that the workers stay
-        #: busy while this process waits for the producer
-        self._computing: deque[tuple[list[Any], list[list[Any]], dict[TP, int], int, list[int]]] = deque()
+        #: per shard: the batches it is computing, oldest first (at most SHARD_DEPTH)
+        self._queues: list[deque[_Work]] = [deque() for _ in self.shards]
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._flood: str | None = None
@@ -231,15 +240,15 @@ class Daemon:
                 raise InvalidFlood(self._flood)
             self._last_poll = time.monotonic()
             await self._apply_backpressure()
-            data = await self.consumer.getmany(timeout_ms=100, max_records=s.max_batch_records)
+            data = await self._poll()
             self._last_poll = time.monotonic()
             if data:
                 async with self._lock:
                     await self._process(data)
             else:
-                if self._computing:
+                if self._busy():
                     async with self._lock:
-                        await self._finish_all()
+                        await self._finish_ready()
                 self._collect()
             now = time.monotonic()
             if now >= next_checkpoint:
@@ -310,15 +319,72 @@ class Daemon:
             await asyncio.sleep(1.0 if not ok else 2.0)
 
     # --- processing --------------------------------------------------------------------------
+    def _busy(self) -> bool:
+        return any(self._queues)
+
+    async def _poll(self) -> dict[Any, list[Any]]:
+        """The next records for the shards, hungriest first; meanwhile produce the outputs of
+        every batch a shard finishes.
+
+        A fetch holds records of several partitions, and a plain ``getmany`` drains them one
+        partition after another (on Tansu, runs of several batches from one partition), which
+        would feed one shard while the others idle. So records already fetched are taken for
+        the shard with the shortest queue first; only when none is buffered for a shard with
+        room does this wait for the broker. With every queue full, it waits for a shard.
+        Returns ``{}`` at once when a stop is requested.
+        """
+        n_sh = len(self.shards)
+        while not self._stop.is_set():
+            by_shard: dict[int, list[Any]] = {}
+            for tp in self.consumer.assignment():
+                by_shard.setdefault(tp.partition % n_sh, []).append(tp)
+            hungry = sorted((i for i in by_shard if len(self._queues[i]) < SHARD_DEPTH), key=lambda i: len(self._queues[i]))
+            for i in hungry:
+                data = await self._fetch(by_shard[i], 0)
+                if data:
+                    return data
+            if not self._busy():
+                return await self._fetch([], 100)
+            if not hungry:
+                await self._fetch(None, 0)  # only finishes shards' batches
+                continue
+            return await self._fetch([tp for i in hungry for tp in by_shard[i]], 100)
+        return {}
+
+    async def _fetch(self, tps: list[Any] | None, timeout_ms: int) -> dict[Any, list[Any]]:
+        """``getmany`` of ``tps`` (``[]``: all assigned partitions; ``None``: no fetch, wait for a
+        shard to finish a batch), producing finished batches while it waits. A stop request
+        cancels the fetch (``getmany`` also waits for a rebalance to complete, however long).
+        Finishing a batch is never interrupted."""
+        waits: list[Any] = [asyncio.ensure_future(self._stop.wait())]
+        poll = None
+        if tps is not None:
+            poll = asyncio.ensure_future(self.consumer.getmany(*tps, timeout_ms=timeout_ms, max_records=self.s.max_batch_records))
+            waits.append(poll)
+        try:
+            while True:
+                heads = [q[0].future for q in self._queues if q]
+                if poll is not None and poll.done():
+                    return poll.result()
+                if self._stop.is_set() or (poll is None and not heads):
+                    return {}
+                await asyncio.wait([*waits, *heads], return_when=asyncio.FIRST_COMPLETED)
+                if any(f.done() for f in heads):
+                    async with self._lock:
+                        await self._finish_ready()
+                    if poll is None:
+                        return {}
+        finally:
+            for f in waits:
+                if not f.done():
+                    f.cancel()
+
     async def _process(self, data: dict[Any, list[Any]]) -> None:
         m = self.metrics
         owned = self.consumer.assignment()
         n_sh = len(self.shards)
-        batches = [RawBatch(self.s.input_topic) for _ in range(n_sh)]
-        msgs_of: list[list[Any]] = [[] for _ in range(n_sh)]
-        next_offsets: dict[TP, int] = {}
-        ts_ms: list[int] = []
-        n_records = 0
+        batches: list[RawBatch | None] = [None] * n_sh
+        works: list[_Work | None] = [None] * n_sh
         for tp, msgs in data.items():
             if not msgs:
                 continue
@@ -333,56 +399,71 @@ class Daemon:
                 continue
             m.record_consumed(tp.topic, tp.partition, len(msgs))
             i = tp.partition % n_sh
-            b, keep = batches[i], msgs_of[i]
+            b, w = batches[i], works[i]
+            if b is None or w is None:
+                b = batches[i] = RawBatch(self.s.input_topic)
+                w = works[i] = _Work(None, [], {}, [])  # type: ignore[arg-type]
             part = tp.partition
             b.partitions.extend([part] * len(msgs))
             b.offsets.extend([msg.offset for msg in msgs])
             b.values.extend([msg.value for msg in msgs])
-            ts_ms.extend([msg.timestamp for msg in msgs])
-            keep.extend(msgs)
-            n_records += len(msgs)
-            next_offsets[key] = self._next_offset[key] = msgs[-1].offset + 1
-        # Overlap: the shards run this batch (and up to COMPUTE_DEPTH before it) while older
-        # batches' outputs are produced here; calls to one shard run one at a time, in order,
-        # which keeps every user's windows in order.
-        futs = [sh.submit("process", b) if len(b) else None for sh, b in zip(self.shards, batches)]
-        if n_records:
-            self._computing.append((futs, msgs_of, next_offsets, n_records, ts_ms))
-        # produce every finished batch at the head now (latency); wait only when the queue is full
-        while self._computing and (len(self._computing) > COMPUTE_DEPTH or all(f is None or f.done() for f in self._computing[0][0])):
-            await self._finish_compute()
+            w.ts_ms.extend([msg.timestamp for msg in msgs])
+            w.msgs.extend(msgs)
+            w.next_offsets[key] = self._next_offset[key] = msgs[-1].offset + 1
+        # Each shard runs its batches in order (one call at a time), which keeps every user's
+        # windows in order; the shards run in parallel with each other and with this process.
+        for i, (b, w) in enumerate(zip(batches, works)):
+            if b is not None and w is not None:
+                w.future = self.shards[i].submit("process", b)
+                self._queues[i].append(w)
+        await self._finish_ready()
+        for i, q in enumerate(self._queues):  # (only a poll that ignored the queues' room)
+            while len(q) > SHARD_DEPTH:
+                await self._finish_head(i)
+
+    async def _finish_ready(self) -> None:
+        """Produce the outputs of every finished batch at the head of a shard's queue."""
+        progress = True
+        while progress:
+            progress = False
+            for i, q in enumerate(self._queues):
+                if q and q[0].future.done():
+                    await self._finish_head(i)
+                    progress = True
 
     async def _finish_all(self) -> None:
-        while self._computing:
-            await self._finish_compute()
+        for i, q in enumerate(self._queues):
+            while q:
+                await self._finish_head(i)
 
-    async def _finish_compute(self) -> None:
-        """Produce the outputs and dead letters of the oldest batch in the shards; track its offsets."""
-        if not self._computing:
-            return
-        futs, msgs_of, next_offsets, n_records, ts_ms = self._computing.popleft()
+    async def _finish_head(self, i: int) -> None:
+        """Produce the outputs and dead letters of shard ``i``'s oldest batch; track its offsets.
+
+        Batches of different shards finish in any order: a partition belongs to one shard, so
+        each partition's batches still enter the offset tracker in offset order."""
+        w = self._queues[i][0]
+        try:
+            res: ShardResult = await w.future
+        finally:
+            self._queues[i].popleft()
         s, m, sink = self.s, self.metrics, self.sink
         assert sink is not None
         processed_ms = str(int(time.time() * 1000)).encode()
         out_topic = s.output_topic
         append = sink.append
-        for i, fut in enumerate(futs):
-            if fut is None:
-                continue
-            res: ShardResult = await fut
-            msgs = msgs_of[i]
-            for idx, reason, detail in res.dead:
-                await self._dead_letter(msgs[idx], reason, detail)
-            for key, value, src in res.outputs:
-                await append(out_topic, key, value, [("taskclf-source", src), ("taskclf-processed-ms", processed_ms)])
-            for outcome, n in res.skipped.items():
-                m.records_processed.labels(outcome).inc(n)
-            m.record_batch(res.tally, res.confidences, res.rejected, res.timings, len(msgs))
-            self._shard_users[i] = res.state_users
-            self._invalid.add_batch(len(msgs), [idx for idx, _r, _d in res.dead])
+        msgs = w.msgs
+        for idx, reason, detail in res.dead:
+            await self._dead_letter(msgs[idx], reason, detail)
+        for key, value, src in res.outputs:
+            await append(out_topic, key, value, [("taskclf-source", src), ("taskclf-processed-ms", processed_ms)])
+        for outcome, n in res.skipped.items():
+            m.records_processed.labels(outcome).inc(n)
+        m.record_batch(res.tally, res.confidences, res.rejected, res.timings, len(msgs))
+        self._shard_users[i] = res.state_users
+        self._invalid.add_batch(len(msgs), [idx for idx, _r, _d in res.dead])
         m.state_users.set(self.state_users)
         futures = await sink.flush()
-        self._tracker.add(PendingBatch(futures, next_offsets, n_records, ts_ms))
+        self._tracker.add(PendingBatch(futures, w.next_offsets, len(msgs), w.ts_ms))
         m.in_flight.set(self._tracker.in_flight_records)
         if self._invalid.exceeded() and self._flood is None:
             self._flood = (
@@ -457,9 +538,14 @@ class Daemon:
             done, pending = await asyncio.wait(cl_futs, timeout=max(1.0, deadline - time.monotonic()))
             errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
             if pending or errors:
+                # those users' states are written again by the next checkpoint; nothing committed
                 await asyncio.gather(*(sh.call("checkpoint_failed") for sh in self.shards))
                 m.checkpoints.labels("changelog_failed").inc()
-                raise TaskclfDaemonError(f"writing the state changelog failed ({errors[:1] or 'timeout'}); offsets not committed")
+                if errors:
+                    raise TaskclfDaemonError(f"writing the state changelog failed ({errors[0]!r}); offsets not committed")
+                # not acknowledged in time (a broker stall): retried at the next checkpoint
+                self.log.warning("changelog_not_acknowledged", records=n_upd + n_del, pending_batches=len(pending))
+                return False
         if n_upd:
             m.changelog_records.labels("update").inc(n_upd)
         if n_del:
