@@ -353,3 +353,28 @@ def test_huge_epoch_timestamp_is_refused_not_raised():
         with pytest.raises(_IR) as ei:
             _dw(_oj.dumps(row), _RV(_S["v1"]))
         assert ei.value.reason in ("bad_timestamp", "out_of_range")
+
+
+def test_format_ts_us_matches_datetime_everywhere() -> None:
+    """The integer formatter equals datetime's strftime (plus ``.ffffff`` when non-zero) on
+    random instants of years 1-9999, minute-aligned ones and the edges; memo misses included."""
+    import random
+
+    from taskclf_daemon import timeutil
+
+    def reference(us: int) -> str:
+        ts = timeutil._EPOCH + dt.timedelta(microseconds=us)
+        out = ts.strftime("%Y-%m-%dT%H:%M:%S")
+        return out + (f".{ts.microsecond:06d}" if ts.microsecond else "") + "Z"
+
+    us_of = lambda t: (t - timeutil._EPOCH) // dt.timedelta(microseconds=1)  # noqa: E731
+    lo = us_of(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
+    hi = us_of(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+    rng = random.Random(20261123)
+    values = [rng.randint(lo, hi) for _ in range(20000)] + [rng.randint(-10**15, 10**15) // 60_000_000 * 60_000_000 for _ in range(20000)]
+    values += [lo, hi, 0, -1, 1, 59_999_999, 86_399_999_999, 86_400_000_000]
+    for us in values:
+        assert timeutil._format(us) == reference(us), us
+        assert format_ts_us(us) == reference(us), us
+    assert format_ts_us(1775438580000000) == "2026-04-06T01:23:00Z"
+    assert format_ts_us(1775438580000001) == "2026-04-06T01:23:00.000001Z"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRef:
-    """Where an input record came from (a Kafka position, or a file line for replay)."""
+class SourceRef(NamedTuple):
+    """Where an input record came from (a Kafka position, or a file line for replay).
+
+    A named tuple, not a frozen dataclass: one is made per window on the hot path (~0.2 µs vs
+    ~0.4 µs)."""
 
     topic: str
     partition: int

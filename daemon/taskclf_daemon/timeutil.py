@@ -56,12 +56,26 @@ def format_ts_us(us: int) -> str:
     return s
 
 
+_DAYS: dict[int, str] = {}
+_DAY_US = 86_400_000_000
+
+
 def _format(us: int) -> str:
-    ts = _EPOCH + dt.timedelta(microseconds=us)
-    out = ts.strftime("%Y-%m-%dT%H:%M:%S")
-    if ts.microsecond:
-        out += f".{ts.microsecond:06d}"
-    return out + "Z"
+    """The date part through ``strftime`` (memoised per day), the time of day in integers: the
+    same string as ``(_EPOCH + timedelta(microseconds=us)).strftime(...)``, ~3x faster (the
+    memo above misses on every window when users' minutes differ, e.g. a backfill)."""
+    days, rem = divmod(us, _DAY_US)
+    day = _DAYS.get(days)
+    if day is None:
+        if len(_DAYS) > 10_000:
+            _DAYS.clear()
+        day = _DAYS[days] = (_EPOCH + dt.timedelta(days=days)).strftime("%Y-%m-%d")
+    secs, frac = divmod(rem, 1_000_000)
+    h, secs = divmod(secs, 3600)
+    m, secs = divmod(secs, 60)
+    if frac:
+        return f"{day}T{h:02d}:{m:02d}:{secs:02d}.{frac:06d}Z"
+    return f"{day}T{h:02d}:{m:02d}:{secs:02d}Z"
 
 
 def utc_date(us: int) -> dt.date:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import orjson
 
 from taskclf_daemon.labels import (
     DEFAULT_IDLE_GAP_SECONDS,
@@ -30,6 +29,7 @@ from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.decision import reject_mask, smooth_trailing, thresholds_for
 from taskclf_daemon.pipeline.features import push_window
 from taskclf_daemon.pipeline.model import ModelBundle
+from taskclf_daemon.pipeline.output import OutputEncoder
 from taskclf_daemon.records import FeatureWindow, SourceRef
 from taskclf_daemon.state import StateStore
 from taskclf_daemon.timeutil import format_ts_us
@@ -94,6 +94,7 @@ class InferencePipeline:
             "label_version": LABEL_VERSION,
             "model_bundle_id": bundle.bundle_id,
         }
+        self._encoder = OutputEncoder(self._const)
 
     def new_state_store(self) -> StateStore:
         return StateStore(self.config.smooth_window)
@@ -157,34 +158,33 @@ class InferencePipeline:
         smoothed = []
         for i, w in enumerate(windows):
             smoothed.append(smooth_trailing(get(w.user_id).smooth, post[i], w_))
+        mapped_probs: list[dict[str, float]] | None = None
         if self.taxonomy is not None:
             mapped_labels, mapped_probs = self.taxonomy.map_batch(probs, rejected)
         else:
             mapped_labels = [_NAMES[s] for s in smoothed]
-            mapped_probs = [dict(zip(LABELS, row)) for row in probs.tolist()]
         t5 = time.perf_counter()
         core = np.round(probs, 6).tolist()
         conf_r = np.round(conf, 6).tolist()
         arg_l = arg.tolist()
         rej_l = rejected.tolist()
-        const = self._const
-        out: list[Prediction] = []
-        for i, w in enumerate(windows):
-            rec = {
-                "user_id": w.user_id,
-                "bucket_start_ts": format_ts_us(w.ts_us),
-                "core_label_id": arg_l[i],
-                "core_label_name": LABELS[arg_l[i]],
-                "core_probs": core[i],
-                "confidence": conf_r[i],
-                "is_rejected": rej_l[i],
-                "mapped_label_name": mapped_labels[i],
-                "mapped_probs": mapped_probs[i],
-                **const,
-                "smoothed_label_name": _NAMES[smoothed[i]],
-                "calibrator_scope": scopes[i],
-            }
-            out.append(Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], orjson.dumps(rec), w.source))
+        values = self._encoder.encode(
+            uids,
+            [format_ts_us(w.ts_us) for w in windows],
+            arg_l,
+            core,
+            conf_r,
+            rej_l,
+            mapped_labels,
+            probs.tolist() if mapped_probs is None else None,
+            mapped_probs,
+            [_NAMES[s] for s in smoothed],
+            scopes,
+        )
+        out = [
+            Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], values[i], w.source)
+            for i, w in enumerate(windows)
+        ]
         t6 = time.perf_counter()
         timings = {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5}
         return BatchResult(out, timings, skipped)
