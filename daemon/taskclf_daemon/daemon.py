@@ -1,7 +1,8 @@
 """``taskclf-daemon run``: the asyncio service around the pure pipeline.
 
-    poll (getmany) -> shards (decode/validate -> pipeline, in worker processes) -> produce
-    outputs + dead letters (batched) -> checkpoint: outputs acked -> state changelog -> commit
+    poll (getmany) -> per-shard pending records -> micro-batches to the shards (decode/validate
+    -> pipeline, in worker processes) -> produce outputs + dead letters (batched) -> checkpoint:
+    outputs acked -> state changelog -> commit
 
 The daemon process keeps Kafka, offsets, checkpoints and metrics; per-user state lives in the
 shards (``shard.py``), one per pipeline worker, each owning the partitions ``p % n == i``
@@ -45,7 +46,7 @@ from taskclf_daemon.metrics import Metrics, observe_many
 from taskclf_daemon.offsets import OffsetTracker, PendingBatch
 from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.shard import CheckpointData, RawBatch, ShardResult
-from taskclf_daemon.workers import make_shards
+from taskclf_daemon.workers import make_shards, tune_gc
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -53,13 +54,26 @@ EXIT_INVALID_FLOOD = 3
 
 TP = tuple[str, int]
 
-#: micro-batches queued per shard (the one it computes included). Each shard has its own queue,
-#: a finished batch is produced at once whatever the other shards do, and records already
-#: fetched are taken for the hungriest shard first (see ``Daemon._poll``). Measured (2 workers,
-#: 2 cores, 300k-window drain, one A/B run): one global FIFO of 3 batches 24.5k/23.9k windows/s,
-#: workers ~51% busy (a plain getmany() drains one partition after another, so runs of batches
-#: went to one shard while the other idled); per-shard queues of 3 29.7k/28.4k, workers ~62%.
-SHARD_DEPTH = 3
+#: micro-batches submitted to a shard at a time. Records fetched meanwhile wait in the shard's
+#: pending buffer and go as one bigger batch when it finishes: under load batches grow by
+#: themselves (small batches cost far more per window), at low load a window waits for at most
+#: one batch. Measured (bench_daemon, 2 workers, 2 cores, one run each): depth 1 drained 38.5k
+#: windows/s, latency p50/p99 145/649 ms at 19.3k/s offered; depth 2: 41.0k, 325/940 ms at 20.5k/s.
+SHARD_DEPTH = 1
+#: records fetched but not yet submitted, per shard, before fetching pauses for that shard (in
+#: ``max_batch_records`` units). Fetched records are taken out of the client at once: aiokafka
+#: sends the next fetch to a broker only once every partition's buffered records are consumed
+#: (or 100 ms later), so records left there stall the whole fetch pipeline.
+#: Measured (2 workers, 2 cores, 300k-window drain, one session): one global FIFO of 3 batches
+#: 24-27k windows/s (a plain getmany() drains fetched partitions one after another, so runs of
+#: batches went to one shard while the other idled); per-shard queues fed straight from the
+#: client's buffer 28-31k, the poll then waiting for the broker ~60% of the time; with pending
+#: buffers 33-39k.
+PENDING_BATCHES = 2
+#: a shard's pending records may exceed that up to this factor while another shard still takes
+#: records (its partitions are fetched together with the others'); beyond, its partitions are
+#: left out of the fetch
+HARD_FACTOR = 3
 
 
 @dataclass(slots=True)
@@ -120,6 +134,9 @@ class Daemon:
         self._tracker = OffsetTracker()
         #: per shard: the batches it is computing, oldest first (at most SHARD_DEPTH)
         self._queues: list[deque[_Work]] = [deque() for _ in self.shards]
+        #: per shard: fetched records not yet submitted, in fetch order: (partition, messages)
+        self._pending: list[deque[tuple[Any, list[Any]]]] = [deque() for _ in self.shards]
+        self._pending_n = [0] * len(self.shards)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._flood: str | None = None
@@ -174,6 +191,7 @@ class Daemon:
             self.log.info("http_listening", host=s.http_host, port=port)
         try:
             infos = await asyncio.gather(*(sh.start() for sh in self.shards))
+            tune_gc()
             self.log.info("pipeline_workers_started", workers=s.pipeline_workers, pids=[i.get("pid") for i in infos])
             if s.create_topics:
                 created = await kio.ensure_topics(s, [s.input_topic, s.output_topic, s.dlq_topic])
@@ -320,42 +338,39 @@ class Daemon:
 
     # --- processing --------------------------------------------------------------------------
     def _busy(self) -> bool:
-        return any(self._queues)
+        return any(self._queues) or any(self._pending_n)
 
     async def _poll(self) -> dict[Any, list[Any]]:
-        """The next records for the shards, hungriest first; meanwhile produce the outputs of
-        every batch a shard finishes.
-
-        A fetch holds records of several partitions, and a plain ``getmany`` drains them one
-        partition after another (on Tansu, runs of several batches from one partition), which
-        would feed one shard while the others idle. So records already fetched are taken for
-        the shard with the shortest queue first; only when none is buffered for a shard with
-        room does this wait for the broker. With every queue full, it waits for a shard.
-        Returns ``{}`` at once when a stop is requested.
-        """
+        """The next fetched records; meanwhile produce the outputs of every batch a shard
+        finishes and submit pending records to shards with room. Fetches only for shards whose
+        pending records are below ``PENDING_BATCHES`` batches (all partitions while no shard is
+        beyond ``HARD_FACTOR`` times that); when none is, waits for a shard.
+        Returns ``{}`` at once when a stop is requested."""
         n_sh = len(self.shards)
+        limit = PENDING_BATCHES * self.s.max_batch_records
         while not self._stop.is_set():
-            by_shard: dict[int, list[Any]] = {}
-            for tp in self.consumer.assignment():
-                by_shard.setdefault(tp.partition % n_sh, []).append(tp)
-            hungry = sorted((i for i in by_shard if len(self._queues[i]) < SHARD_DEPTH), key=lambda i: len(self._queues[i]))
-            for i in hungry:
-                data = await self._fetch(by_shard[i], 0)
-                if data:
-                    return data
-            if not self._busy():
-                return await self._fetch([], 100)
-            if not hungry:
-                await self._fetch(None, 0)  # only finishes shards' batches
+            self._submit_pending()
+            pend = self._pending_n
+            tps: list[Any] | None
+            if not any(n < limit for n in pend):
+                tps = None
+            elif all(n < HARD_FACTOR * limit for n in pend):
+                # every partition: a partition left out keeps its fetched records in the client,
+                # which then fetches nothing for up to 100 ms
+                tps = []
+            else:
+                tps = [tp for tp in self.consumer.assignment() if pend[tp.partition % n_sh] < HARD_FACTOR * limit] or None
+            if tps is None:
+                await self._fetch(None, 0)  # no shard can take more: wait for one to finish a batch
                 continue
-            return await self._fetch([tp for i in hungry for tp in by_shard[i]], 100)
+            return await self._fetch(tps, 100)
         return {}
 
     async def _fetch(self, tps: list[Any] | None, timeout_ms: int) -> dict[Any, list[Any]]:
         """``getmany`` of ``tps`` (``[]``: all assigned partitions; ``None``: no fetch, wait for a
-        shard to finish a batch), producing finished batches while it waits. A stop request
-        cancels the fetch (``getmany`` also waits for a rebalance to complete, however long).
-        Finishing a batch is never interrupted."""
+        shard to finish a batch), producing finished batches (and submitting pending records)
+        while it waits. A stop request cancels the fetch (``getmany`` also waits for a rebalance
+        to complete, however long). Finishing a batch is never interrupted."""
         waits: list[Any] = [asyncio.ensure_future(self._stop.wait())]
         poll = None
         if tps is not None:
@@ -372,6 +387,7 @@ class Daemon:
                 if any(f.done() for f in heads):
                     async with self._lock:
                         await self._finish_ready()
+                        self._submit_pending()
                     if poll is None:
                         return {}
         finally:
@@ -380,11 +396,10 @@ class Daemon:
                     f.cancel()
 
     async def _process(self, data: dict[Any, list[Any]]) -> None:
+        """Take fetched records into the shards' pending buffers; submit what fits."""
         m = self.metrics
         owned = self.consumer.assignment()
         n_sh = len(self.shards)
-        batches: list[RawBatch | None] = [None] * n_sh
-        works: list[_Work | None] = [None] * n_sh
         for tp, msgs in data.items():
             if not msgs:
                 continue
@@ -399,27 +414,50 @@ class Daemon:
                 continue
             m.record_consumed(tp.topic, tp.partition, len(msgs))
             i = tp.partition % n_sh
-            b, w = batches[i], works[i]
-            if b is None or w is None:
-                b = batches[i] = RawBatch(self.s.input_topic)
-                w = works[i] = _Work(None, [], {}, [])  # type: ignore[arg-type]
-            part = tp.partition
-            b.partitions.extend([part] * len(msgs))
-            b.offsets.extend([msg.offset for msg in msgs])
-            b.values.extend([msg.value for msg in msgs])
-            w.ts_ms.extend([msg.timestamp for msg in msgs])
-            w.msgs.extend(msgs)
-            w.next_offsets[key] = self._next_offset[key] = msgs[-1].offset + 1
-        # Each shard runs its batches in order (one call at a time), which keeps every user's
-        # windows in order; the shards run in parallel with each other and with this process.
-        for i, (b, w) in enumerate(zip(batches, works)):
-            if b is not None and w is not None:
-                w.future = self.shards[i].submit("process", b)
-                self._queues[i].append(w)
+            self._pending[i].append((tp, msgs))
+            self._pending_n[i] += len(msgs)
+            self._next_offset[key] = msgs[-1].offset + 1
+        self._submit_pending()
         await self._finish_ready()
-        for i, q in enumerate(self._queues):  # (only a poll that ignored the queues' room)
-            while len(q) > SHARD_DEPTH:
-                await self._finish_head(i)
+
+    def _submit_pending(self) -> None:
+        """Submit pending records as micro-batches (up to ``max_batch_records``) to every shard
+        with room in its queue. Each shard runs its batches in order, one call at a time, which
+        keeps every user's windows in order; shards run in parallel with each other and with
+        this process."""
+        limit = self.s.max_batch_records
+        for i, pend in enumerate(self._pending):
+            q = self._queues[i]
+            while pend and len(q) < SHARD_DEPTH:
+                b = RawBatch(self.s.input_topic)
+                w = _Work(None, [], {}, [])  # type: ignore[arg-type]
+                while pend and len(b) < limit:
+                    tp, msgs = pend[0]
+                    take = msgs[: limit - len(b)]
+                    if len(take) < len(msgs):
+                        pend[0] = (tp, msgs[len(take):])
+                    else:
+                        pend.popleft()
+                    part = tp.partition
+                    b.partitions.extend([part] * len(take))
+                    b.offsets.extend([msg.offset for msg in take])
+                    b.values.extend([msg.value for msg in take])
+                    w.ts_ms.extend([msg.timestamp for msg in take])
+                    w.msgs.extend(take)
+                    w.next_offsets[(tp.topic, part)] = take[-1].offset + 1
+                self._pending_n[i] -= len(b)
+                w.future = self.shards[i].submit("process", b)
+                q.append(w)
+
+    def _drop_pending(self, keys: set[TP]) -> int:
+        """Forget pending records of ``keys`` (revoked: never submitted, never committed)."""
+        dropped = 0
+        for i, pend in enumerate(self._pending):
+            keep = deque((tp, msgs) for tp, msgs in pend if (tp.topic, tp.partition) not in keys)
+            n = sum(len(msgs) for _, msgs in keep)
+            dropped += self._pending_n[i] - n
+            self._pending[i], self._pending_n[i] = keep, n
+        return dropped
 
     async def _finish_ready(self) -> None:
         """Produce the outputs of every finished batch at the head of a shard's queue."""
@@ -599,6 +637,9 @@ class Daemon:
         keys = {(tp.topic, tp.partition) for tp in revoked}
         self.metrics.rebalances.labels("revoked").inc()
         async with self._lock:
+            dropped = self._drop_pending(keys)
+            if dropped:
+                self.metrics.records_processed.labels("dropped_revoked").inc(dropped)
             budget = time.monotonic() + 0.2 * self.s.max_poll_interval_ms / 1000.0
             ok = False
             try:
