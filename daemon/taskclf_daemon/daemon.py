@@ -349,7 +349,9 @@ class Daemon:
         n_sh = len(self.shards)
         limit = PENDING_BATCHES * self.s.max_batch_records
         while not self._stop.is_set():
-            self._submit_pending()
+            if any(self._pending_n):
+                async with self._lock:  # never while a checkpoint runs (see _submit_pending)
+                    self._submit_pending()
             pend = self._pending_n
             tps: list[Any] | None
             if not any(n < limit for n in pend):
@@ -424,7 +426,12 @@ class Daemon:
         """Submit pending records as micro-batches (up to ``max_batch_records``) to every shard
         with room in its queue. Each shard runs its batches in order, one call at a time, which
         keeps every user's windows in order; shards run in parallel with each other and with
-        this process."""
+        this process.
+
+        Call with ``self._lock`` held: a batch submitted while a checkpoint waits for acks would
+        run in the shard before the checkpoint's ``checkpoint`` call, so the changelog would hold
+        state of windows whose outputs are not produced yet (and a crash would then skip them
+        as already applied)."""
         limit = self.s.max_batch_records
         for i, pend in enumerate(self._pending):
             q = self._queues[i]
