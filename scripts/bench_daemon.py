@@ -32,7 +32,7 @@ The last line printed is::
 
 Usage::
 
-    python scripts/bench_daemon.py [--records 100000] [--users 1000] [--json out.json]
+    python scripts/bench_daemon.py [--records 100000] [--users 1000] [--json out.json] [--plot out.svg]
     python scripts/bench_daemon.py --quick --bootstrap-servers 127.0.0.1:9092
 """
 
@@ -387,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--golden", default=str(bl.GOLDEN), help="golden fixture directory (inputs.jsonl)")
     ap.add_argument("--policy", default=None, help="inference policy (default: the golden fixture's)")
     ap.add_argument("--json", help="write all results to this JSON file")
+    ap.add_argument("--plot", help="draw the results as an SVG to this file (scripts/bench_plot.py)")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
@@ -451,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
         s = res["summary"]
         contended = s["contended_phases"]
         _out(f"noise: max_others_cores={s['max_others_cores']} contended_phases={','.join(contended) if contended else 'none'}")
+        if a.plot:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_plot import render_svg
+
+            Path(a.plot).write_text(render_svg(res))
+            bl.log(f"plot written to {a.plot}")
         _out(bench_line(s))
     except KeyboardInterrupt:
         bl.log("interrupted: cleaning up")

@@ -31,7 +31,7 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     out_json = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k == "TASKCLF_TANSU_BIN"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--json", str(out_json)],
+        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--json", str(out_json), "--plot", str(tmp_path / "bench.svg")],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -55,3 +55,5 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
         assert res["latency"][who]["count_ok"], res["latency"][who]
         assert res["latency"][who]["events"] == res["latency"]["records"]
     assert "others_cores" in res["noise"]["daemon"]
+    svg = (tmp_path / "bench.svg").read_text()
+    assert svg.startswith("<svg") and f"io_ratio {res['summary']['io_ratio']}" in svg
