@@ -217,7 +217,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             items = body.items() if isinstance(body, dict) else [(section, body)]
             for k, v in items:
                 if k not in KEYS:
-                    raise ConfigError(f"{section}.{k}" if isinstance(body, dict) else k, "unknown key", f"remove it or use one of the keys documented in config/taskclf-daemon.toml", str(p))
+                    raise ConfigError(f"{section}.{k}" if isinstance(body, dict) else k, "unknown key", "remove it or use one of the keys documented in config/taskclf-daemon.toml", str(p))
                 raw[k] = (v, str(p))
     for k in KEYS:
         ev = env.get(ENV_PREFIX + k.upper())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import traceback
@@ -38,8 +39,6 @@ GC_GEN0_THRESHOLD = 50_000
 def tune_gc() -> None:
     """Move everything alive now (loaded artifacts, modules) out of the collector's sight
     (``gc.freeze``) and collect the young generation less often (:data:`GC_GEN0_THRESHOLD`)."""
-    import gc
-
     gc.collect()
     gc.freeze()
     _g0, g1, g2 = gc.get_threshold()

@@ -158,11 +158,12 @@ class InferencePipeline:
         smoothed = []
         for i, w in enumerate(windows):
             smoothed.append(smooth_trailing(get(w.user_id).smooth, post[i], w_))
+        smoothed_names = [_NAMES[s] for s in smoothed]
         mapped_probs: list[dict[str, float]] | None = None
         if self.taxonomy is not None:
             mapped_labels, mapped_probs = self.taxonomy.map_batch(probs, rejected)
         else:
-            mapped_labels = [_NAMES[s] for s in smoothed]
+            mapped_labels = smoothed_names
         t5 = time.perf_counter()
         core = np.round(probs, 6).tolist()
         conf_r = np.round(conf, 6).tolist()
@@ -178,7 +179,7 @@ class InferencePipeline:
             mapped_labels,
             probs.tolist() if mapped_probs is None else None,
             mapped_probs,
-            [_NAMES[s] for s in smoothed],
+            smoothed_names,
             scopes,
         )
         out = [

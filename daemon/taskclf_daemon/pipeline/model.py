@@ -45,7 +45,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import lightgbm as lgb
 import numpy as np
