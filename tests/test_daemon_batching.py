@@ -29,6 +29,7 @@ class Msg:
     offset: int
     value: bytes
     timestamp: int = 0
+    key: bytes = b"u"
 
 
 class FakeShard:

@@ -19,7 +19,7 @@ from helpers_rows import GOLDEN_DIR  # noqa: E402
 from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
 from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
 from taskclf_daemon.config import load_settings  # noqa: E402
-from taskclf_daemon.shard import PipelineShard, RawBatch  # noqa: E402
+from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits  # noqa: E402
 from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError  # noqa: E402
 
 POLICY = GOLDEN_DIR / "models" / "inference_policy.json"
@@ -49,7 +49,7 @@ def _batches(lines: list[bytes], size: int = 200, start_offset: int = 0) -> list
         b = RawBatch("in")
         for line in lines[i : i + size]:
             p = _part(line)
-            b.add(p, next_off[p], line)
+            b.add(p, next_off[p], line, orjson.loads(line)["user_id"].encode())
             next_off[p] += 1
         out.append(b)
     return out
@@ -63,7 +63,7 @@ def test_shard_outputs_equal_the_pipeline_and_dead_letter_by_index(pipe, lines):
     v = RowValidator(pipe.bundle.schema)
     st = pipe.new_state_store()
     expected = [p.value for p in pipe.process([decode_window(l, v) for l in lines], st).predictions]
-    shard = PipelineShard(pipe, 1 << 20)
+    shard = PipelineShard(pipe)
     got = _values(shard.process(b) for b in _batches(lines))
     assert got == expected and len(got) == len(lines)
     bad = RawBatch("in")
@@ -71,14 +71,14 @@ def test_shard_outputs_equal_the_pipeline_and_dead_letter_by_index(pipe, lines):
     bad.add(1, 10_000, lines[0].replace(b'"v1"', b'"v9"'))
     bad.add(2, 10_000, None)
     bad.add(3, 10_000, b"x" * 5000)
-    res = PipelineShard(pipe, 4096).process(bad)
+    res = PipelineShard(pipe, ShardLimits(max_record_bytes=4096)).process(bad)
     assert [(i, r) for i, r, _d in res.dead] == [(0, "invalid_json"), (1, "schema_mismatch"), (2, "not_an_object"), (3, "oversize")]
     assert len(res.dead) == 4 and res.outputs == []
     assert sum(res.tally.values()) == 0
 
 
 def test_checkpoint_hands_out_each_changed_user_once_and_again_after_a_failure(pipe, lines):
-    shard = PipelineShard(pipe, 1 << 20)
+    shard = PipelineShard(pipe)
     first = _batches(lines[:300])
     for b in first:
         shard.process(b)
@@ -99,12 +99,12 @@ def test_restored_state_continues_byte_identically(pipe, lines):
     """Adopt a checkpoint into a fresh shard: the rest of the stream gives the same outputs."""
     batches = _batches(lines)
     k = len(batches) // 2
-    whole = PipelineShard(pipe, 1 << 20)
+    whole = PipelineShard(pipe)
     expected = _values(whole.process(b) for b in batches)
-    a = PipelineShard(pipe, 1 << 20)
+    a = PipelineShard(pipe)
     head = _values(a.process(b) for b in batches[:k])
     cp = a.checkpoint()
-    b = PipelineShard(pipe, 1 << 20)
+    b = PipelineShard(pipe)
     n, errors = b.adopt(cp.updates + [(0, b"broken-user", b"{not state")])
     assert n == len(cp.updates) and len(errors) == 1 and "partition 0" in errors[0]
     # a replay of the last batch before the checkpoint is skipped, not applied twice
@@ -114,7 +114,7 @@ def test_restored_state_continues_byte_identically(pipe, lines):
 
 
 def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):
-    shard = PipelineShard(pipe, 1 << 20)
+    shard = PipelineShard(pipe)
     for b in _batches(lines[:400]):
         shard.process(b)
     shard.checkpoint()
@@ -134,15 +134,48 @@ def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):
     assert shard.reuse([2]) == []
 
 
-def test_ttl_tombstones_idle_users(pipe, lines):
-    shard = PipelineShard(pipe, 1 << 20, ttl_seconds=3600)
-    for b in _batches(lines):
-        shard.process(b)
-    cp = shard.checkpoint()
+def test_retention_forgets_users_by_their_own_last_sight_not_by_anyone_elses_event_time(pipe, lines):
+    """Users not seen for state_retention_s (processing time) are tombstoned: exactly those."""
+    shard = PipelineShard(pipe, ShardLimits(state_retention_s=3600))
+    batches = _batches(lines)
+    for b in batches[:-1]:
+        shard.process(b, now_s=1_000)
+    late = {orjson.loads(l)["user_id"] for l in lines[-200:]}
+    shard.process(batches[-1], now_s=1_000 + 3_600)
+    assert shard.checkpoint(now_s=1_000 + 3_600).tombstones == []  # 3600 s is not *more* than the retention
+    cp = shard.checkpoint(now_s=1_000 + 3_601 + 60)
     users = {orjson.loads(l)["user_id"] for l in lines}
-    assert len(cp.updates) + len(cp.tombstones) == len(users)
-    assert cp.tombstones, "the golden stream spans days: some users are idle for > 1 h"
-    assert cp.state_users == len(users) - len(cp.tombstones)
+    assert {k.decode() for _p, k in cp.tombstones} == users - late
+    assert cp.evicted == {"idle": len(users - late)} and cp.state_users == len(late)
+
+
+def test_capacity_forgets_the_least_recently_seen_clean_users(pipe, lines):
+    shard = PipelineShard(pipe, ShardLimits(max_state_users=5))
+    order: list[str] = []
+    for t, b in enumerate(_batches(lines, size=1)):
+        shard.process(b, now_s=t)
+        u = orjson.loads(b.values[0])["user_id"]
+        if u in order:
+            order.remove(u)
+        order.append(u)
+        if len(order) == 10:
+            break
+    assert shard.checkpoint(now_s=100).tombstones == []  # every user is dirty: written, not evicted
+    cp = shard.checkpoint(now_s=100)
+    assert cp.evicted == {"capacity": 6} and cp.state_users == 4  # down to 90% of the cap
+    assert {k.decode() for _p, k in cp.tombstones} == set(order[:6])
+
+
+def test_state_too_large_to_produce_is_dropped_and_tombstoned_not_written(pipe, lines):
+    shard = PipelineShard(pipe, ShardLimits(max_produce_bytes=4096))
+    row = orjson.loads(lines[0])
+    for i in range(15):
+        row.update(app_id="a" * 1000 + str(i), bucket_start_ts=f"2026-04-06T10:{i:02d}:00Z", bucket_end_ts=f"2026-04-06T10:{i:02d}:59Z")
+        b = RawBatch("in")
+        b.add(0, i, orjson.dumps(row), row["user_id"].encode())
+        assert len(shard.process(b).outputs) == 1
+    cp = shard.checkpoint()
+    assert cp.updates == [] and cp.tombstones == [(0, row["user_id"].encode())] and cp.evicted == {"oversize": 1}
 
 
 def _settings(**kw):
@@ -151,7 +184,7 @@ def _settings(**kw):
 
 def test_worker_process_gives_the_same_bytes_and_reports_failures(pipe, lines):
     async def run() -> tuple[list[bytes], list[bytes]]:
-        local = LocalShard(PipelineShard(pipe, 1 << 20))
+        local = LocalShard(PipelineShard(pipe))
         remote = ProcessShard(_settings(), "pipeline-test")
         info = await remote.start()
         assert info["pid"] != os.getpid()

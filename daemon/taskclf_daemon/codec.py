@@ -59,6 +59,15 @@ REASONS = (
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 
+#: longest accepted ``user_id`` (characters; <= 1 KiB of UTF-8): it is the Kafka key of every
+#: output, dead letter and changelog record and a key of the in-memory state
+MAX_USER_ID_CHARS = 256
+#: longest accepted value of any other string field (``app_id`` enters the user's history, so
+#: this bounds the changelog record: 15 history rows x 1,024 characters)
+MAX_STR_CHARS = 1024
+#: unknown keys longer than this are never remembered by a validator (bounded memory)
+_MAX_LEARNED_KEY_CHARS = 64
+
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 
 _Check = Callable[[str, Any], Any]
@@ -154,7 +163,7 @@ _bool._fast_test = "({v} is True or {v} is False)"  # type: ignore[attr-defined]
 _bool._ms_type = bool  # type: ignore[attr-defined]
 
 
-def _str(nullable: bool = False, nonempty: bool = False) -> _Check:
+def _str(nullable: bool = False, nonempty: bool = False, max_chars: int = MAX_STR_CHARS) -> _Check:
     def check(name: str, v: Any) -> Any:
         if v is None and nullable:
             return None
@@ -162,11 +171,13 @@ def _str(nullable: bool = False, nonempty: bool = False) -> _Check:
             raise _bad_type(name, "a string", v)
         if nonempty and not v:
             raise InvalidRecord("out_of_range", f"field {name!r} must not be empty")
+        if len(v) > max_chars:
+            raise InvalidRecord("out_of_range", f"field {name!r} is {len(v)} characters long, limit {max_chars}")
         return v
 
-    test = "type({v}) is str" + (" and {v} != ''" if nonempty else "")
+    test = "type({v}) is str" + (" and {v} != ''" if nonempty else "") + f" and len({{v}}) <= {max_chars}"
     check._fast_test = f"({{v}} is None or ({test}))" if nullable else f"({test})"  # type: ignore[attr-defined]
-    ms: Any = Annotated[str, msgspec.Meta(min_length=1)] if nonempty else str
+    ms: Any = Annotated[str, msgspec.Meta(min_length=1 if nonempty else 0, max_length=max_chars)]
     check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]
     return check
 
@@ -363,7 +374,7 @@ def _build_decoder(version: str, schema_hash: str, fields: list[tuple[str, _Chec
 
 # (name) -> (checker, required, default)
 _FIELDS: dict[str, tuple[_Check, bool, Any]] = {
-    "user_id": (_str(nonempty=True), True, _MISSING),
+    "user_id": (_str(nonempty=True, max_chars=MAX_USER_ID_CHARS), True, _MISSING),
     "device_id": (_str(nullable=True), False, None),
     "session_id": (_str(nullable=True), False, None),
     "bucket_start_ts": (_ts, True, _MISSING),
@@ -446,7 +457,7 @@ class RowValidator:
             if type(k) is not str or k.startswith("raw_"):
                 return False
         if len(self._plain_keys) + len(obj) <= self._max_keys:
-            self._plain_keys.update(obj)
+            self._plain_keys.update(k for k in obj if len(k) <= _MAX_LEARNED_KEY_CHARS)
         return True
 
     def validate(self, obj: Any) -> FeatureWindow:

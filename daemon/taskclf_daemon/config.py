@@ -86,7 +86,9 @@ KEYS: dict[str, Key] = {
     "reject_threshold": Key("model", "threshold", "policy", "global reject threshold in [0,1], 'none' to disable, 'policy' = the policy's (else 0.55)"),
     "idle_gap_seconds": Key("model", "float", 300.0, "gap that starts a new session (taskclf: 300)", _min(0.0)),
     # --- state
-    "state_ttl_seconds": Key("state", "float", 604800.0, "a user idle (event time) longer than this starts from empty state and is evicted + tombstoned (0 = never)", _min(0.0)),
+    "state_ttl_seconds": Key("state", "float", 604800.0, "a window more than this after the user's previous one (event time, that user's own windows only) starts from empty state (0 = never)", _min(0.0)),
+    "state_retention_s": Key("state", "float", 2592000.0, "a user with no window for this long (processing time) is forgotten: dropped from memory and tombstoned in the changelog (0 = never)", _min(0.0)),
+    "max_state_users": Key("state", "int", 500000, "most users in memory per pipeline worker; beyond, the least recently seen are forgotten at the next checkpoint (0 = no limit)", _min(0)),
     "event_time_policy": Key("state", "str", "skip", "duplicate/late windows: skip (not applied, counted) or process (applied, as taskclf)", choices=("skip", "process")),
     "restore_timeout_s": Key("state", "float", 120.0, "bound on restoring one assignment's state from the changelog", _min(1.0)),
     # --- processing
@@ -95,6 +97,8 @@ KEYS: dict[str, Key] = {
     "max_in_flight_records": Key("processing", "int", 20000, "outputs awaiting broker acks before partitions are paused", _min(1)),
     "commit_interval_ms": Key("processing", "int", 500, "how often acknowledged offsets are committed", _min(10)),
     "max_record_bytes": Key("processing", "int", 1048576, "larger input records are dead-lettered as oversize", _min(64)),
+    "max_produce_bytes": Key("processing", "int", 1000000, "largest record the daemon produces (keep below the broker's message.max.bytes): larger predictions are dead-lettered (output_too_large), dead letters are truncated to fit", _min(4096)),
+    "max_event_ahead_s": Key("processing", "float", 86400.0, "windows whose bucket_start_ts is more than this after their record's Kafka timestamp are dead-lettered as event_time_ahead (0 = no check)", _min(0.0)),
     "max_invalid_ratio": Key("processing", "float", 0.5, "stop with an error when the share of invalid records in the last invalid_window records exceeds this (1.0 = never)", _range(0.0, 1.0)),
     "invalid_window": Key("processing", "int", 1000, "records over which max_invalid_ratio is measured", _min(10)),
     "shutdown_timeout_s": Key("processing", "float", 30.0, "bound on draining at SIGTERM", _min(0.1)),
@@ -153,7 +157,8 @@ def _convert(key: str, spec: Key, raw: Any, source: str) -> Any:
         raise
     except (TypeError, ValueError):
         want = {"threshold": "a number in [0,1], 'none' or 'policy'", "optstr": "a string", "str": "a non-empty string"}.get(t, f"a {t}")
-        raise ConfigError(key, f"{raw!r} is not {want}", f"set {key} to {want}", source) from None
+        shown = f"a {type(raw).__name__}" if key in SECRET_KEYS else repr(raw)  # never echo a secret
+        raise ConfigError(key, f"{shown} is not {want}", f"set {key} to {want}", source) from None
     if spec.choices and v not in spec.choices:
         raise ConfigError(key, f"{v!r} is not one of {', '.join(spec.choices)}", f"use one of {', '.join(spec.choices)}", source)
     if spec.check is not None and v is not None and not isinstance(v, str):

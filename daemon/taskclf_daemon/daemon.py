@@ -45,7 +45,7 @@ from taskclf_daemon.log import get_logger
 from taskclf_daemon.metrics import Metrics, observe_many
 from taskclf_daemon.offsets import OffsetTracker, PendingBatch
 from taskclf_daemon.pipeline.batch import InferencePipeline
-from taskclf_daemon.shard import CheckpointData, RawBatch, ShardResult
+from taskclf_daemon.shard import RECORD_OVERHEAD, CheckpointData, RawBatch, ShardResult
 from taskclf_daemon.workers import make_shards, tune_gc
 
 EXIT_OK = 0
@@ -111,6 +111,20 @@ class _InvalidRatio:
 
     def exceeded(self) -> bool:
         return self.limit < 1.0 and len(self._marks) >= self.window and self.ratio > self.limit
+
+
+def fit_dead_letter(key: bytes | None, value: bytes | None, limit: int) -> tuple[bytes | None, bytes, str]:
+    """The key and value of a dead letter cut to ``limit`` bytes together (value first, then the
+    key), and which were cut (``""``, ``"value"`` or ``"key,value"``): a dead letter is never
+    itself too large to produce."""
+    value = value if value is not None else b""
+    klen = len(key) if key is not None else 0
+    if klen + len(value) <= limit:
+        return key, value, ""
+    if klen <= limit // 2:
+        return key, value[: limit - klen], "value"
+    half = limit // 2
+    return (key or b"")[:half], value[: limit - half], "key,value"
 
 
 def changelog_topic_name(settings: Settings) -> str:
@@ -287,11 +301,14 @@ class Daemon:
             return max(0.05, end - reserve - time.monotonic())
 
         try:
-            if self.consumer is not None and self._fatal is None:
-                # a rebalance listener may hold the lock (its own checkpoint): bounded wait
+            if self.consumer is not None and self.exit_code in (EXIT_OK, EXIT_INVALID_FLOOD):
+                # a rebalance listener may hold the lock (its own checkpoint): bounded wait. After
+                # an invalid flood the dead letters are committed too, so a restart goes on
+                # after them instead of stopping on the same records again.
                 await asyncio.wait_for(self._lock.acquire(), left(keep))
                 try:
-                    await self._checkpoint(deadline=end - keep)
+                    # bounded as a whole: a hung worker never holds the exit
+                    await asyncio.wait_for(self._checkpoint(deadline=end - keep), left(keep))
                 finally:
                     self._lock.release()
         except Exception as exc:  # noqa: BLE001 - shutdown must go on
@@ -449,11 +466,14 @@ class Daemon:
                     b.partitions.extend([part] * len(take))
                     b.offsets.extend([msg.offset for msg in take])
                     b.values.extend([msg.value for msg in take])
-                    w.ts_ms.extend([msg.timestamp for msg in take])
+                    b.keys.extend([msg.key for msg in take])
+                    ts = [msg.timestamp if msg.timestamp is not None else -1 for msg in take]
+                    b.timestamps.extend(ts)
+                    w.ts_ms.extend(ts)
                     w.msgs.extend(take)
                     w.next_offsets[(tp.topic, part)] = take[-1].offset + 1
                 self._pending_n[i] -= len(b)
-                w.future = self.shards[i].submit("process", b)
+                w.future = self.shards[i].submit("process", b, int(time.time()))
                 q.append(w)
 
     def _drop_pending(self, keys: set[TP]) -> int:
@@ -526,11 +546,11 @@ class Daemon:
             ("taskclf-source-partition", str(msg.partition).encode()),
             ("taskclf-source-offset", str(msg.offset).encode()),
         ]
-        value = msg.value if msg.value is not None else b""
-        if len(value) > self.s.max_record_bytes:
-            value = value[: self.s.max_record_bytes]
-            headers.append(("taskclf-dlq-truncated", b"1"))
-        await self.sink.append(self.s.dlq_topic, msg.key, value, headers)
+        room = self.s.max_produce_bytes - RECORD_OVERHEAD - sum(len(k) + len(v) for k, v in headers)
+        key, value, cut = fit_dead_letter(msg.key, msg.value, room)
+        if cut:
+            headers.append(("taskclf-dlq-truncated", cut.encode()))
+        await self.sink.append(self.s.dlq_topic, key, value, headers)
         self.metrics.record_dead_letter(reason)
         self.log.debug("record_dead_lettered", reason=reason, detail=detail, topic=msg.topic, partition=msg.partition, offset=msg.offset)
 
@@ -566,7 +586,8 @@ class Daemon:
             return False
         # Step 2. Changelog: changed users, then tombstones of users idle past the TTL.
         parts = None if only is None else sorted(p for _, p in only)
-        cps: list[CheckpointData] = await asyncio.gather(*(sh.call("checkpoint", parts) for sh in self.shards))
+        now_s = int(time.time())
+        cps: list[CheckpointData] = await asyncio.gather(*(sh.call("checkpoint", parts, now_s) for sh in self.shards))
         n_upd = n_del = 0
         for i, cp in enumerate(cps):
             for part, key, value in cp.updates:
@@ -576,6 +597,8 @@ class Daemon:
             n_upd += len(cp.updates)
             n_del += len(cp.tombstones)
             self._shard_users[i] = cp.state_users
+            for reason, n in cp.evicted.items():
+                m.state_evictions.labels(reason).inc(n)
         self._state_bytes = sum(cp.state_bytes for cp in cps)
         # Step 3. Wait for the changelog; a failure aborts before anything is committed.
         cl_futs = await self.sink.flush()
@@ -640,7 +663,28 @@ class Daemon:
             self.consumer.resume(*[tp for tp in parts if tp in self.consumer.assignment()])
 
     # --- rebalance ---------------------------------------------------------------------------
+    async def _fail_loudly(self, what: str, exc: BaseException) -> None:
+        """A failure inside a rebalance callback: aiokafka would log and swallow it and go on
+        without the partitions' state, so the daemon stops instead (exit 1; ``/healthz`` red at
+        once). A restart restores the state from the changelog."""
+        self._fatal = f"{what} failed: {type(exc).__name__}: {exc}"
+        self.exit_code = EXIT_FATAL
+        self.log.error("rebalance_failed", step=what, error=self._fatal)
+        self._stop.set()
+
     async def on_revoked(self, revoked: list[Any]) -> None:
+        try:
+            await self._on_revoked(revoked)
+        except Exception as exc:  # noqa: BLE001 - never swallowed: see _fail_loudly
+            await self._fail_loudly("partition revocation", exc)
+
+    async def on_assigned(self, assigned: list[Any]) -> None:
+        try:
+            await self._on_assigned(assigned)
+        except Exception as exc:  # noqa: BLE001 - never swallowed: see _fail_loudly
+            await self._fail_loudly("partition assignment (state restore)", exc)
+
+    async def _on_revoked(self, revoked: list[Any]) -> None:
         keys = {(tp.topic, tp.partition) for tp in revoked}
         self.metrics.rebalances.labels("revoked").inc()
         async with self._lock:
@@ -675,7 +719,7 @@ class Daemon:
         self.metrics.state_users.set(self.state_users)
         self.metrics.state_bytes.set(self._state_bytes)
 
-    async def on_assigned(self, assigned: list[Any]) -> None:
+    async def _on_assigned(self, assigned: list[Any]) -> None:
         keys = {(tp.topic, tp.partition) for tp in assigned}
         self.metrics.rebalances.labels("assigned").inc()
         # Step 1. Pause before the first await: getmany runs concurrently with this listener.
@@ -714,11 +758,15 @@ class Daemon:
         for (part, key), value in latest.items():
             if value is not None:
                 per_shard.setdefault(self._shard_of(part), []).append((part, key, value))
-        got = await asyncio.gather(*(self.shards[i].call("adopt", recs) for i, recs in per_shard.items()))
+        now_s = int(time.time())
+        got = await asyncio.gather(*(self.shards[i].call("adopt", recs, now_s) for i, recs in per_shard.items()))
         users = sum(u for u, _ in got)
         errors = [e for _, errs in got for e in errs]
-        for e in errors[:10]:
-            self.log.warning("state_record_unreadable", error=e)
+        if errors:
+            # loud, not fatal: one corrupt record must not crash-loop the group; that user starts empty
+            self.metrics.state_unreadable.inc(len(errors))
+            for e in errors[:10]:
+                self.log.error("state_record_unreadable", error=e)
         took = time.monotonic() - t0
         self.metrics.restore_duration.observe(took)
         self.metrics.restored_records.inc(n)

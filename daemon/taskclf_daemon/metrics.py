@@ -84,8 +84,13 @@ class Metrics:
         self.backpressure = Counter("taskclf_backpressure_pauses_total", "Pauses of fetching due to in-flight limit", registry=r)
         # Gauge: bytes of serialized per-user state held in memory (as last checkpointed).
         self.state_bytes = Gauge("taskclf_state_bytes", "Serialized bytes of in-memory user state", registry=r)
+        # Counter: users forgotten (state dropped and tombstoned) by reason: idle (no window for
+        # state_retention_s), capacity (beyond max_state_users), oversize (state too large to write).
+        self.state_evictions = Counter("taskclf_state_evictions_total", "Users forgotten by reason", ["reason"], registry=r)
         # Counter: changelog records written (update, tombstone).
         self.changelog_records = Counter("taskclf_changelog_records_total", "State changelog records produced", ["kind"], registry=r)
+        # Counter: changelog records that could not be read at restore (those users start empty).
+        self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog records unreadable at restore", registry=r)
         # Counter: changelog records read while restoring partitions.
         self.restored_records = Counter("taskclf_state_restored_records_total", "Changelog records applied during restore", registry=r)
         # Counter: checkpoints (outputs acked -> changelog -> commit) by result.

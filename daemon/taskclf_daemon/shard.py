@@ -14,15 +14,49 @@ are applied by one shard, in input order.
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
-from taskclf_daemon.pipeline.batch import InferencePipeline
+from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline
 from taskclf_daemon.records import FeatureWindow, SourceRef
 from taskclf_daemon.state import StateFormatError, UserState
+
+#: bytes kept free for the record framing and headers when a record is checked against
+#: ``max_produce_bytes`` (a v2 record's overhead plus our headers is < 200 bytes)
+RECORD_OVERHEAD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ShardLimits:
+    """What one record or one user may cost a shard (``0`` = no limit)."""
+
+    #: larger input records are dead-lettered (``oversize``)
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    #: an output record larger than this is not produced; its input is dead-lettered
+    #: (``output_too_large``); a state larger than this is dropped instead of written
+    max_produce_bytes: int = 1_000_000
+    #: a window whose ``bucket_start_ts`` is more than this after its record's Kafka timestamp is
+    #: dead-lettered (``event_time_ahead``)
+    max_event_ahead_s: float = 86_400.0
+    #: a user not seen for this long (processing time) is forgotten and tombstoned
+    state_retention_s: float = 0.0
+    #: at most this many users in memory; beyond, the least recently seen are forgotten and
+    #: tombstoned at the next checkpoint
+    max_state_users: int = 0
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "ShardLimits":
+        return cls(
+            max_record_bytes=s.max_record_bytes,
+            max_produce_bytes=s.max_produce_bytes,
+            max_event_ahead_s=s.max_event_ahead_s,
+            state_retention_s=s.state_retention_s,
+            max_state_users=s.max_state_users,
+        )
 
 
 @dataclass(slots=True)
@@ -33,11 +67,16 @@ class RawBatch:
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    #: the records' Kafka timestamps (ms); -1 = none
+    timestamps: list[int] = field(default_factory=list)
 
-    def add(self, partition: int, offset: int, value: bytes | None) -> None:
+    def add(self, partition: int, offset: int, value: bytes | None, key: bytes | None = None, timestamp: int = -1) -> None:
         self.partitions.append(partition)
         self.offsets.append(offset)
         self.values.append(value)
+        self.keys.append(key)
+        self.timestamps.append(timestamp)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -49,7 +88,7 @@ class ShardResult:
 
     #: outputs in input order: (key, value, source header)
     outputs: list[tuple[bytes, bytes, bytes]]
-    #: dead letters: (index into the batch, reason, detail)
+    #: dead letters in input order: (index into the batch, reason, detail)
     dead: list[tuple[int, str, str]]
     #: skipped windows by outcome (``replayed``, ``duplicate``, ``late``)
     skipped: dict[str, int]
@@ -69,58 +108,96 @@ class CheckpointData:
     tombstones: list[tuple[int, bytes]]  # (partition, key)
     state_users: int
     state_bytes: int
+    #: users forgotten by this checkpoint, by reason (``idle``, ``capacity``, ``oversize``)
+    evicted: dict[str, int] = field(default_factory=dict)
 
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
 
 
-class PipelineShard:
-    """Per-user state of some partitions of one input topic, and the pipeline over it."""
+def _error_detail(exc: BaseException) -> str:
+    """What a dead letter says about an unexpected exception: its type and a short message,
+    never a traceback (the record itself is in the dead letter)."""
+    msg = str(exc).replace("\n", " ")[:160]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
-    def __init__(self, pipeline: InferencePipeline, max_record_bytes: int, ttl_seconds: float = 0.0) -> None:
+
+#: how often (processing-time seconds) the retention sweep looks at every user
+SWEEP_INTERVAL_S = 60
+
+
+class PipelineShard:
+    """Per-user state of some partitions of one input topic, and the pipeline over it.
+
+    No single record can stop it: a record that fails to decode, or whose processing raises
+    anything at all, is handed back as a dead letter and the rest of its batch goes on (the
+    batch is re-run one window at a time, every user's state as it was before the batch).
+    """
+
+    def __init__(self, pipeline: InferencePipeline, limits: ShardLimits | None = None) -> None:
         self.pipeline = pipeline
+        self.limits = limits = limits or ShardLimits()
         self.validator = RowValidator(pipeline.bundle.schema)
-        self.max_record_bytes = max_record_bytes
         self.states = pipeline.new_state_store()
-        self._ttl_us = int(ttl_seconds * 1_000_000) if ttl_seconds > 0 else None
+        self._ahead_us = int(limits.max_event_ahead_s * 1_000_000) if limits.max_event_ahead_s > 0 else None
         self._user_part: dict[str, int] = {}
         self._part_users: dict[int, set[str]] = {}
-        self._watermark: dict[int, int] = {}
         self._parked: dict[int, dict[str, UserState]] = {}
         self._state_size: dict[str, int] = {}
         self._state_bytes = 0
+        self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
 
     # --- processing ----------------------------------------------------------------------------
-    def process(self, batch: RawBatch) -> ShardResult:
+    def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
+        """Decode, check and run one batch. ``now_s``: processing time (epoch seconds), kept
+        per user for retention only -- never an input of an output."""
         t0 = time.perf_counter()
         windows: list[FeatureWindow] = []
+        index: list[int] = []
         dead: list[tuple[int, str, str]] = []
-        topic, validator, limit = batch.topic, self.validator, self.max_record_bytes
-        user_part, part_users, wm = self._user_part, self._part_users, self._watermark
-        for i, (part, off, value) in enumerate(zip(batch.partitions, batch.offsets, batch.values)):
+        topic, validator, limit, ahead = batch.topic, self.validator, self.limits.max_record_bytes, self._ahead_us
+        user_part, part_users = self._user_part, self._part_users
+        for i, (part, off, value, key, kts) in enumerate(zip(batch.partitions, batch.offsets, batch.values, batch.keys, batch.timestamps)):
             try:
                 if value is None:
                     raise InvalidRecord("not_an_object", "record has no value (tombstone)")
                 w = decode_window(value, validator, limit)
+                u = w.user_id
+                if key is None or key != u.encode():
+                    raise InvalidRecord(
+                        "key_mismatch",
+                        "record has no key" if key is None else f"record key ({len(key)} bytes) is not the UTF-8 of user_id ({len(u.encode())} bytes)",
+                    )
+                if ahead is not None and kts >= 0 and w.ts_us > kts * 1000 + ahead:
+                    raise InvalidRecord(
+                        "event_time_ahead",
+                        f"bucket_start_ts is {(w.ts_us - kts * 1000) / 3.6e9:.1f} h after the record's Kafka timestamp (limit {ahead / 3.6e9:g} h)",
+                    )
             except InvalidRecord as exc:
                 dead.append((i, exc.reason, exc.detail))
                 continue
+            except Exception as exc:  # noqa: BLE001 - one record never stops the shard
+                dead.append((i, "processing_error", _error_detail(exc)))
+                continue
             w.source = SourceRef(topic, part, off)
-            u = w.user_id
             if user_part.get(u) != part:
                 old = user_part.get(u)
                 if old is not None:
                     part_users.get(old, set()).discard(u)
                 user_part[u] = part
                 part_users.setdefault(part, set()).add(u)
-            if w.ts_us > wm.get(part, -(1 << 62)):
-                wm[part] = w.ts_us
             windows.append(w)
+            index.append(i)
         t1 = time.perf_counter()
-        res = self.pipeline.process(windows, self.states)
+        res = self._run(windows, index, dead)
+        users = self.states.users
+        for w in windows:
+            st = users.get(w.user_id)
+            if st is not None:
+                st.seen_s = now_s
         skipped: dict[str, int] = {}
         for _w, outcome in res.skipped:
             skipped[outcome] = skipped.get(outcome, 0) + 1
@@ -128,57 +205,139 @@ class PipelineShard:
         outputs = []
         confs = []
         rejected = 0
+        max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
         for p in res.predictions:
+            key = _key(p.user_id)
+            src = p.source
+            if max_out is not None and len(key) + len(p.value) > max_out:
+                at = index[[(x.source.partition, x.source.offset) for x in windows].index((src.partition, src.offset))] if src else -1
+                dead.append((at, "output_too_large", f"the prediction would be {len(key) + len(p.value)} bytes, limit {max_out}"))
+                continue
             k = (p.label, p.calibrator_scope)
             tally[k] = tally.get(k, 0) + 1
             confs.append(p.confidence)
             rejected += p.is_rejected
-            src = p.source
-            outputs.append((_key(p.user_id), p.value, f"{src.topic}:{src.partition}:{src.offset}".encode() if src else b""))
+            outputs.append((key, p.value, f"{src.topic}:{src.partition}:{src.offset}".encode() if src else b""))
+        dead.sort(key=lambda d: d[0])
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
         return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
 
+    def _run(self, windows: list[FeatureWindow], index: list[int], dead: list[tuple[int, str, str]]) -> BatchResult:
+        """The pipeline over ``windows``; if it raises, every user's state goes back to before
+        the batch and the windows run one at a time, a failing one dead-lettered
+        (``processing_error``) with its user's state as before it."""
+        users = self.states.users
+        snaps: dict[str, tuple | None] = {}
+        for w in windows:
+            u = w.user_id
+            if u not in snaps:
+                st = users.get(u)
+                snaps[u] = None if st is None else st.snapshot()
+        try:
+            return self.pipeline.process(windows, self.states)
+        except Exception:  # noqa: BLE001 - isolate the record that caused it, below
+            pass
+        for u, snap in snaps.items():
+            self._undo(u, snap)
+        preds: list[Any] = []
+        skipped: list[tuple[FeatureWindow, str]] = []
+        timings: dict[str, float] = {}
+        for i, w in zip(index, windows):
+            st = users.get(w.user_id)
+            snap = None if st is None else st.snapshot()
+            try:
+                r = self.pipeline.process([w], self.states)
+            except Exception as exc:  # noqa: BLE001
+                self._undo(w.user_id, snap)
+                dead.append((i, "processing_error", _error_detail(exc)))
+                continue
+            preds += r.predictions
+            skipped += r.skipped
+            for k, v in r.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        return BatchResult(preds, timings, skipped)
+
+    def _undo(self, u: str, snap: tuple | None) -> None:
+        if snap is None:
+            self.states.users.pop(u, None)
+            self.states.dirty.discard(u)
+        else:
+            self.states.get(u).restore(snap)
+
     # --- checkpoint ----------------------------------------------------------------------------
-    def checkpoint(self, only: list[int] | None = None) -> CheckpointData:
-        """Serialized state of every user changed since the last checkpoint, and tombstones
-        for users idle (event time) past the TTL, who are forgotten here."""
+    def checkpoint(self, only: list[int] | None = None, now_s: int = 0) -> CheckpointData:
+        """Serialized state of every user changed since the last checkpoint, and tombstones for
+        users forgotten now: not seen for ``state_retention_s`` (processing time), the least
+        recently seen beyond ``max_state_users``, or a state too large to write.
+
+        Forgetting never looks at another user's event time, so no window, however far in the
+        future, can evict anyone else."""
         dirty = self.states.take_dirty()
-        expired = self._expire_idle(only)
+        evicted, counts = self._evict(only, now_s, dirty)
         updates = []
+        max_rec = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
+        oversize = 0
         for u in dirty:
             st = self.states.users.get(u)
             part = self._user_part.get(u)
-            if st is None or part is None or u in expired:
+            if st is None or part is None or u in evicted:
                 continue
             value = st.to_bytes()
-            updates.append((part, _key(u), value))
+            key = _key(u)
+            if max_rec is not None and len(key) + len(value) > max_rec:
+                evicted[u] = part
+                self._forget_user(u)
+                oversize += 1
+                continue
+            updates.append((part, key, value))
             self._state_bytes += len(value) - self._state_size.get(u, 0)
             self._state_size[u] = len(value)
         self._in_checkpoint = dirty
-        tombs = [(part, _key(u)) for u, part in expired.items()]
-        return CheckpointData(updates, tombs, len(self.states), self._state_bytes)
+        tombs = [(part, _key(u)) for u, part in evicted.items()]
+        if oversize:
+            counts["oversize"] = oversize
+        return CheckpointData(updates, tombs, len(self.states), self._state_bytes, counts)
 
     def checkpoint_failed(self) -> None:
         """The changelog of the last checkpoint was not acknowledged: write it again next time."""
         self.states.dirty |= {u for u in self._in_checkpoint if u in self.states.users}
         self._in_checkpoint = set()
 
-    def _expire_idle(self, only: list[int] | None) -> dict[str, int]:
-        if self._ttl_us is None:
-            return {}
+    def _evict(self, only: list[int] | None, now_s: int, dirty: set[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Forget idle users (retention sweep, at most every :data:`SWEEP_INTERVAL_S`) and the
+        least recently seen beyond the capacity; returns ``user -> partition`` to tombstone and
+        the counts by reason."""
         out: dict[str, int] = {}
-        for part, users in self._part_users.items():
-            if only is not None and part not in only:
-                continue
-            wm = self._watermark.get(part)
-            if wm is None:
-                continue
-            for u in self.states.expired(users, wm, self._ttl_us):
-                out[u] = part
+        counts: dict[str, int] = {}
+        users = self.states.users
+        keep_s = self.limits.state_retention_s
+        if keep_s > 0 and now_s >= self._next_sweep:
+            if only is None:
+                self._next_sweep = now_s + SWEEP_INTERVAL_S
+            cutoff = now_s - keep_s
+            for u, part in self._user_part.items():
+                if only is not None and part not in only:
+                    continue
+                st = users.get(u)
+                if st is not None and st.seen_s < cutoff and u not in dirty:
+                    out[u] = part
+            if out:
+                counts["idle"] = len(out)
+        cap = self.limits.max_state_users
+        if cap > 0 and only is None and len(users) - len(out) > cap:
+            n = len(users) - len(out) - int(cap * 0.9)
+            cands = ((st.seen_s, u) for u, st in users.items() if u not in out and u not in dirty)
+            victims = [u for _s, u in heapq.nsmallest(n, cands)]
+            for u in victims:
+                part = self._user_part.get(u)
+                if part is not None:
+                    out[u] = part
+            if victims:
+                counts["capacity"] = len(victims)
         for u in out:
             self._forget_user(u)
-        return out
+        return out, counts
 
     def _forget_user(self, u: str) -> None:
         part = self._user_part.pop(u, None)
@@ -203,7 +362,6 @@ class PipelineShard:
             if keep:
                 self._parked[part] = keep
                 parked += len(keep)
-            self._watermark.pop(part, None)
         return parked
 
     def reuse(self, partitions: list[int]) -> list[int]:
@@ -220,7 +378,7 @@ class PipelineShard:
         self._parked.clear()
         return reused
 
-    def adopt(self, records: list[tuple[int, bytes, bytes]]) -> tuple[int, list[str]]:
+    def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int = 0) -> tuple[int, list[str]]:
         """Install restored states ``(partition, key, value)`` (latest per user). Returns the
         number of users installed and the errors of unreadable records."""
         sw = self.pipeline.config.smooth_window
@@ -228,7 +386,7 @@ class PipelineShard:
         errors = []
         for part, key, value in records:
             try:
-                st = UserState.from_bytes(value, sw)
+                st = UserState.from_bytes(value, sw, part, now_s)
             except StateFormatError as exc:
                 errors.append(f"partition {part}: {exc}")
                 continue
@@ -243,8 +401,6 @@ class PipelineShard:
         self.states.put(u, st)
         self._user_part[u] = part
         self._part_users.setdefault(part, set()).add(u)
-        if st.last_ts_us is not None and st.last_ts_us > self._watermark.get(part, -(1 << 62)):
-            self._watermark[part] = st.last_ts_us
 
     def stats(self) -> dict[str, Any]:
         return {"state_users": len(self.states), "state_bytes": self._state_bytes, "parked_partitions": sorted(self._parked)}

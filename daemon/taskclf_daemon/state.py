@@ -14,8 +14,11 @@ import orjson
 
 from taskclf_daemon.labels import HISTORY_ROWS
 
-#: version of the serialized user state (changelog value); bump on incompatible change
-STATE_FORMAT = 1
+#: version of the serialized user state (changelog value); bump on incompatible change.
+#: 2 added the partition of ``last_offset`` (``p``) and the processing-time second the user was
+#: last seen (``k``); version-1 values are still read (see :meth:`UserState.from_bytes`).
+STATE_FORMAT = 2
+_READABLE = (1, 2)
 
 
 class StateFormatError(ValueError):
@@ -35,7 +38,7 @@ class HistoryEntry(NamedTuple):
 class UserState:
     """Rolling state of one user. Mutated only by the pipeline, in the user's window order."""
 
-    __slots__ = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset")
+    __slots__ = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset", "last_partition", "seen_s")
 
     def __init__(self, smooth_window: int) -> None:
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_ROWS)
@@ -45,6 +48,18 @@ class UserState:
         self.windows_seen = 0
         #: input offset of the last window applied (idempotent replays); -1 = none / unknown
         self.last_offset = -1
+        #: input partition ``last_offset`` belongs to; -1 = none / unknown
+        self.last_partition = -1
+        #: processing time (epoch seconds) the user's last window was processed: memory and
+        #: changelog retention only, never an input of an output
+        self.seen_s = 0
+
+    def snapshot(self) -> tuple:
+        """Everything :meth:`restore` needs to undo later changes (cheap: two deque copies)."""
+        return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s)
+
+    def restore(self, snap: tuple) -> None:
+        (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s) = snap
 
     def to_bytes(self) -> bytes:
         """The whole state as a versioned JSON document (the changelog value)."""
@@ -58,26 +73,33 @@ class UserState:
                 "t": self.last_ts_us,
                 "n": self.windows_seen,
                 "o": self.last_offset,
+                "p": self.last_partition,
+                "k": self.seen_s,
             }
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, smooth_window: int) -> "UserState":
+    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0) -> "UserState":
         """Inverse of :meth:`to_bytes`; the smoothing deque is resized to ``smooth_window``.
+
+        A version-1 value has no partition or last-seen time: ``partition`` (the changelog
+        partition it was read from, which is the input partition) and ``now_s`` stand in.
 
         :raises StateFormatError: unknown version or malformed document
         """
         try:
             d = orjson.loads(data)
-            if not isinstance(d, dict) or d.get("v") != STATE_FORMAT:
-                raise StateFormatError(f"unsupported user state format {d.get('v') if isinstance(d, dict) else type(d).__name__!r} (this build reads {STATE_FORMAT})")
+            if not isinstance(d, dict) or d.get("v") not in _READABLE:
+                raise StateFormatError(f"unsupported user state format {d.get('v') if isinstance(d, dict) else type(d).__name__!r} (this build reads {', '.join(map(str, _READABLE))})")
             st = cls(smooth_window)
-            st.history.extend(HistoryEntry(int(h[0]), str(h[1]), h[2], h[3], h[4]) for h in d["h"])
-            st.session_start_us = d["s"]
+            st.history.extend(HistoryEntry(int(h[0]), _str(h[1]), _opt_float(h[2]), _opt_float(h[3]), _opt_float(h[4])) for h in d["h"])
+            st.session_start_us = _opt_int(d["s"])
             st.smooth.extend(int(x) for x in d["m"])
-            st.last_ts_us = d["t"]
+            st.last_ts_us = _opt_int(d["t"])
             st.windows_seen = int(d["n"])
             st.last_offset = int(d["o"])
+            st.last_partition = int(d.get("p", partition))
+            st.seen_s = int(d.get("k", now_s))
             return st
         except StateFormatError:
             raise
@@ -87,6 +109,28 @@ class UserState:
     def resize_smoothing(self, smooth_window: int) -> None:
         if self.smooth.maxlen != max(smooth_window, 1):
             self.smooth = deque(self.smooth, maxlen=max(smooth_window, 1))
+
+
+def _str(x: object) -> str:
+    if type(x) is not str:
+        raise TypeError(f"expected a string, got {type(x).__name__}")
+    return x
+
+
+def _opt_float(x: object) -> float | None:
+    if x is None:
+        return None
+    if type(x) is int or type(x) is float:
+        return float(x)
+    raise TypeError(f"expected a number or null, got {type(x).__name__}")
+
+
+def _opt_int(x: object) -> int | None:
+    if x is None:
+        return None
+    if type(x) is not int:
+        raise TypeError(f"expected an integer or null, got {type(x).__name__}")
+    return x
 
 
 class StateStore:
@@ -121,16 +165,6 @@ class StateStore:
     def take_dirty(self) -> set[str]:
         d, self.dirty = self.dirty, set()
         return d
-
-    def expired(self, user_ids: "set[str] | list[str]", watermark_us: int, ttl_us: int) -> list[str]:
-        """Users among ``user_ids`` whose last window is older than ``watermark - ttl``."""
-        cutoff = watermark_us - ttl_us
-        out = []
-        for u in user_ids:
-            st = self.users.get(u)
-            if st is not None and st.last_ts_us is not None and st.last_ts_us < cutoff:
-                out.append(u)
-        return out
 
     def __len__(self) -> int:
         return len(self.users)

@@ -9,9 +9,26 @@ _US = dt.timedelta(microseconds=1)
 # epoch values above this are taken as milliseconds (year 5138 in seconds)
 _MS_CUTOFF = 1e11
 
+#: the accepted range of timestamps: [1970-01-01T00:00:00Z, 2200-01-01T00:00:00Z). Anything
+#: outside is refused at decode time (``bad_timestamp``): every later stage (formatting, dates,
+#: arithmetic) is then total, and no single window can drag a clock decades away.
+MIN_TS_US = 0
+MAX_TS_US = 7_258_118_400_000_000  # 2200-01-01T00:00:00Z
+#: longer ISO strings are refused before parsing (the longest valid form is ~32 characters)
+MAX_TS_CHARS = 64
+
+
+def _in_range(us: int, value: object) -> int:
+    if not MIN_TS_US <= us < MAX_TS_US:
+        shown = value[:40] if isinstance(value, str) else value
+        raise ValueError(f"timestamp {shown!r} is outside the accepted range 1970-01-01 .. 2199-12-31 (UTC)")
+    return us
+
 
 def parse_ts_us(value: object) -> int:
     """Parse an ISO-8601 string (any offset; naive = UTC) or epoch seconds into epoch microseconds.
+
+    Only instants in [:data:`MIN_TS_US`, :data:`MAX_TS_US`) are accepted.
 
     :raises ValueError: with a message saying what is wrong
     """
@@ -24,12 +41,14 @@ def parse_ts_us(value: object) -> int:
         if abs(x) > _MS_CUTOFF:
             x /= 1000.0
         if isinstance(value, int) and abs(value) <= _MS_CUTOFF:
-            return value * 1_000_000
+            return _in_range(value * 1_000_000, value)
         if abs(x) > 1e13:  # beyond year 318,000 even as milliseconds
             raise ValueError(f"epoch timestamp {value!r} is out of range")
-        return round(x * 1_000_000)
+        return _in_range(round(x * 1_000_000), value)
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO-8601 string or epoch seconds, got {type(value).__name__}")
+    if len(value) > MAX_TS_CHARS:
+        raise ValueError(f"timestamp string of {len(value)} characters (limit {MAX_TS_CHARS})")
     s = value.strip()
     try:
         ts = dt.datetime.fromisoformat(s)
@@ -37,7 +56,11 @@ def parse_ts_us(value: object) -> int:
         raise ValueError(f"not an ISO-8601 timestamp: {value[:40]!r}") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=dt.timezone.utc)
-    return (ts - _EPOCH) // _US
+    try:
+        us = (ts - _EPOCH) // _US
+    except OverflowError:  # e.g. an offset that moves year 9999 past the end
+        raise ValueError(f"timestamp {value[:40]!r} is out of range") from None
+    return _in_range(us, value)
 
 
 _FORMATTED: dict[int, str] = {}

@@ -24,7 +24,7 @@ import traceback
 from typing import Any
 
 from taskclf_daemon.errors import TaskclfDaemonError
-from taskclf_daemon.shard import PipelineShard
+from taskclf_daemon.shard import PipelineShard, ShardLimits
 
 START_TIMEOUT_S = 300.0  # a first lleaves compile takes ~30 s; loading is ~1 s
 
@@ -91,7 +91,7 @@ def _worker_main(conn: Any, values: dict[str, Any], sources: dict[str, str]) -> 
 
         settings = Settings(values, sources)
         pipe, _desc = pipeline_from_settings(settings)
-        shard = PipelineShard(pipe, settings.max_record_bytes, settings.state_ttl_seconds)
+        shard = PipelineShard(pipe, ShardLimits.from_settings(settings))
     except Exception as exc:  # noqa: BLE001 - reported to the daemon, which fails fast
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -173,5 +173,5 @@ def make_shards(settings: Any, pipeline: Any) -> list[Any]:
     """``pipeline_workers`` worker-process shards, or one in-process shard when it is 0."""
     n = int(settings.pipeline_workers)
     if n <= 0:
-        return [LocalShard(PipelineShard(pipeline, settings.max_record_bytes, settings.state_ttl_seconds))]
+        return [LocalShard(PipelineShard(pipeline, ShardLimits.from_settings(settings)))]
     return [ProcessShard(settings, f"pipeline-{i}") for i in range(n)]

@@ -102,10 +102,15 @@ class InferencePipeline:
     def process(self, windows: Sequence[FeatureWindow], states: StateStore) -> BatchResult:
         """Run a batch of validated windows; mutates the users' states in ``states``.
 
-        Windows are applied in order; a window whose input offset the user's state already
-        holds is skipped as ``replayed`` (idempotent restarts), and with the ``skip`` event-time
-        policy a window not newer than the user's last one is skipped as ``duplicate``/``late``.
-        Skipped windows change no state and produce no output.
+        Windows are applied in order; a window the user's state already holds is skipped as
+        ``replayed`` (idempotent restarts: same input partition, offset not past the last one
+        applied, and not newer in event time than the last one -- so a recreated topic or a
+        window arriving on another partition is never mistaken for a replay), and with the
+        ``skip`` event-time policy a window not newer than the user's last one is skipped as
+        ``duplicate``/``late``. Skipped windows change no state and produce no output.
+
+        Idle reset: a window more than ``state_ttl_seconds`` (event time) after the user's last
+        one starts from empty state -- decided from that user's own history only.
         """
         cfg = self.config
         t0 = time.perf_counter()
@@ -120,10 +125,10 @@ class InferencePipeline:
         for w in windows:
             st = get(w.user_id)
             src = w.source
-            if src is not None and src.offset <= st.last_offset:
+            last = st.last_ts_us
+            if src is not None and src.offset <= st.last_offset and src.partition == st.last_partition and last is not None and w.ts_us <= last:
                 skipped.append((w, "replayed"))
                 continue
-            last = st.last_ts_us
             if last is not None:
                 if ttl_us is not None and w.ts_us - last > ttl_us:
                     st = states.reset(w.user_id)
@@ -135,6 +140,7 @@ class InferencePipeline:
             st.last_ts_us = w.ts_us if last is None else max(last, w.ts_us)
             if src is not None:
                 st.last_offset = src.offset
+                st.last_partition = src.partition
             st.windows_seen += 1
             dirty.add(w.user_id)
             applied.append(w)

@@ -349,6 +349,28 @@ def _looks_like_object(path: Path) -> bool:
     return head == b"\x7fELF" if platform.system() == "Linux" else len(head) == 4
 
 
+def untrusted_cache_reason(cache_file: Path) -> str | None:
+    """Why loading native code from ``cache_file`` would be unsafe, or ``None``: on POSIX the
+    file and its directory must belong to this user (or root) and be writable by nobody else --
+    otherwise anyone who can write there could make the daemon run their code (the rule ssh
+    applies to its keys). A missing file is not a reason (it is a cache miss)."""
+    if os.name != "posix":  # pragma: no cover - POSIX only here
+        return None
+    uid = os.geteuid()
+    for path in (cache_file.parent, cache_file):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"cannot stat {path} ({exc})"
+        if st.st_uid not in (uid, 0):
+            return f"{path} belongs to uid {st.st_uid}, not to this user ({uid})"
+        if st.st_mode & 0o022:
+            return f"{path} is writable by group or others (mode {st.st_mode & 0o777:o})"
+    return None
+
+
 def _compile_options() -> dict[str, Any]:
     return {k: v for k, v in _LLEAVES_OPTIONS.items() if k != "format"}
 
@@ -364,6 +386,13 @@ def _load_with_lleaves(cls: Any, backend: str, model_path: Path, cache_dir: str 
             bundle.backend_note = f"lleaves not importable ({exc.__class__.__name__}: {exc}); using lightgbm"
             return bundle
         raise ArtifactError(model_path, f"model backend 'lleaves' needs the lleaves package, which cannot be imported ({exc.__class__.__name__}: {exc})", FAST_EXTRA_FIX, field="model_backend") from None
+    unsafe = untrusted_cache_reason(cache_file)
+    if unsafe is not None:
+        if backend == "auto":
+            bundle = cls(*args)
+            bundle.backend_note = f"lleaves cache not trusted: {unsafe}; using lightgbm"
+            return bundle
+        raise ArtifactError(cache_file.parent, f"the lleaves cache is not safe to load native code from: {unsafe}", "run `chmod go-w` on the directory and file (or remove them), or set model_cache_dir to a private directory", field="model_cache_dir")
     cached = cache_file.is_file() and _looks_like_object(cache_file)
     if backend == "auto" and not cached:
         bundle = cls(*args)
@@ -398,7 +427,7 @@ def _compile_to_cache(model: Any, model_path: Path, cache_file: Path) -> None:
     the cache directory, which is fsynced and renamed over ``cache_file`` (concurrent starts each
     compile and rename; readers only ever see a complete file)."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ArtifactError(cache_file.parent, f"cannot create the lleaves cache directory ({exc})", "make it writable, set another cache directory, or pre-populate it with a compile made on an identical machine", field="model_backend") from None
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # must not exist: lleaves would load it
