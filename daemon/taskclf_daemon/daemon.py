@@ -74,6 +74,9 @@ PENDING_BATCHES = 2
 #: records (its partitions are fetched together with the others'); beyond, its partitions are
 #: left out of the fetch
 HARD_FACTOR = 3
+#: a pipeline worker that has not answered a batch for this long is taken as hung: fatal
+#: (a batch of 1,000 windows takes ~50 ms; a worker paused by the OS or deadlocked never ends)
+WORKER_STALL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -84,6 +87,7 @@ class _Work:
     msgs: list[Any]
     next_offsets: dict[TP, int]
     ts_ms: list[int]
+    submitted: float = 0.0  # time.monotonic() at submit
 
 
 class InvalidFlood(TaskclfDaemonError):
@@ -286,8 +290,9 @@ class Daemon:
             if now >= next_checkpoint:
                 next_checkpoint = now + s.commit_interval_ms / 1000.0
                 async with self._lock:
-                    await self._checkpoint(deadline=now + 10.0)
+                    await self._checkpoint(deadline=now + 10.0, interruptible=True)
                 self._refresh_gauges()
+                self._check_workers()
 
     async def _shutdown(self) -> None:
         """Checkpoint, stop the clients and the workers, all within ``shutdown_timeout_s``
@@ -474,6 +479,7 @@ class Daemon:
                     w.next_offsets[(tp.topic, part)] = take[-1].offset + 1
                 self._pending_n[i] -= len(b)
                 w.future = self.shards[i].submit("process", b, int(time.time()))
+                w.submitted = time.monotonic()
                 q.append(w)
 
     def _drop_pending(self, keys: set[TP]) -> int:
@@ -496,10 +502,33 @@ class Daemon:
                     await self._finish_head(i)
                     progress = True
 
-    async def _finish_all(self) -> None:
+    async def _finish_all(self, deadline: float, interruptible: bool = False) -> bool:
+        """Finish every submitted batch; False if one is not done by ``deadline`` (or, when
+        ``interruptible``, a stop is requested meanwhile): a hung worker never holds a
+        checkpoint, or the exit, for longer than that."""
+        stop = asyncio.ensure_future(self._stop.wait()) if interruptible else None
+        try:
+            for i, q in enumerate(self._queues):
+                while q:
+                    fut = q[0].future
+                    if not fut.done():
+                        waits = {fut} if stop is None else {fut, stop}
+                        await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+                        if not fut.done():
+                            return False
+                    await self._finish_head(i)
+            return True
+        finally:
+            if stop is not None:
+                stop.cancel()
+
+    def _check_workers(self) -> None:
+        """A pipeline worker that has not answered a batch for :data:`WORKER_STALL_S` is a
+        fatal error (exit 1, restart restores its state), never a silent stall."""
+        now = time.monotonic()
         for i, q in enumerate(self._queues):
-            while q:
-                await self._finish_head(i)
+            if q and not q[0].future.done() and now - q[0].submitted > WORKER_STALL_S:
+                raise TaskclfDaemonError(f"pipeline worker {i} has not answered a batch for {now - q[0].submitted:.0f}s (limit {WORKER_STALL_S:.0f}s)")
 
     async def _finish_head(self, i: int) -> None:
         """Produce the outputs and dead letters of shard ``i``'s oldest batch; track its offsets.
@@ -566,7 +595,7 @@ class Daemon:
             observe_many(self.metrics.e2e_latency, lat)
             self.metrics.in_flight.set(self._tracker.in_flight_records)
 
-    async def _checkpoint(self, deadline: float, only: set[TP] | None = None) -> bool:
+    async def _checkpoint(self, deadline: float, only: set[TP] | None = None, interruptible: bool = False) -> bool:
         """The ordered checkpoint (module docstring). Call with ``self._lock`` held.
 
         :return: False when outputs were not all acknowledged before ``deadline`` (nothing is
@@ -575,7 +604,9 @@ class Daemon:
         assert self.sink is not None
         m = self.metrics
         # Step 0. The batches in the shards finish and their outputs are produced.
-        await self._finish_all()
+        if not await self._finish_all(deadline, interruptible=interruptible):
+            m.checkpoints.labels("outputs_pending").inc()
+            return False
         # Step 1. Every produced output and dead letter acknowledged.
         futs = self._tracker.all_futures()
         if futs:

@@ -200,7 +200,7 @@ class OutputSink:
         if p is None:
             parts = self._partitions[topic]
             p = self._part_cache[ck] = self._partitioner(key, parts, parts)
-            if len(self._part_cache) > 1_000_000:
+            if len(self._part_cache) > 200_000:  # keys are user ids of at most 1 KiB
                 self._part_cache.clear()
         return p
 
