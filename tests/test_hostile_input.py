@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,23 @@ def test_a_non_string_secret_is_not_echoed_in_the_config_error():
     with pytest.raises(ConfigError) as ei:
         load_settings(None, env={}, flags={"sasl_password": 123456789, "policy": "x"})
     assert "123456789" not in str(ei.value) and "sasl_password" in str(ei.value)
+
+
+def test_a_worker_silent_past_the_stall_limit_is_a_fatal_error():
+    s = load_settings(None, env={}, flags={"pipeline_workers": 0}, require_model=False)
+    d = dmod.Daemon.__new__(dmod.Daemon)  # only the queues matter here
+    d.s = s
+
+    async def run() -> None:
+        fut = asyncio.get_running_loop().create_future()
+        w = dmod._Work(fut, [], {}, [], submitted=0.0)
+        d._queues = [deque([w])]
+        w.submitted = dmod.time.monotonic() - dmod.WORKER_STALL_S + 5
+        d._check_workers()  # 55 s: still fine
+        w.submitted = dmod.time.monotonic() - dmod.WORKER_STALL_S - 1
+        with pytest.raises(dmod.TaskclfDaemonError, match="pipeline worker 0 has not answered a batch for 61s"):
+            d._check_workers()
+        fut.set_result(None)
+        d._check_workers()  # answered: fine again
+
+    asyncio.run(run())

@@ -16,7 +16,7 @@ Checkpoint order (every ``commit_interval_ms``, on revoke and at shutdown):
 
 1. wait until every produced output and dead letter is acknowledged (acks=all);
 2. produce the changelog: one record per user changed since the last checkpoint, tombstones
-   for users idle past the TTL -- each state now reflects only windows whose outputs are acked;
+   for users forgotten (retention, capacity) -- each state now reflects only windows whose outputs are acked;
 3. wait for the changelog acks (a failure aborts the checkpoint: nothing is committed);
 4. commit the input offsets of the acknowledged batches.
 
@@ -615,7 +615,7 @@ class Daemon:
         if len(self._tracker):
             m.checkpoints.labels("outputs_pending").inc()
             return False
-        # Step 2. Changelog: changed users, then tombstones of users idle past the TTL.
+        # Step 2. Changelog: changed users, then tombstones of users forgotten (retention, capacity).
         parts = None if only is None else sorted(p for _, p in only)
         now_s = int(time.time())
         cps: list[CheckpointData] = await asyncio.gather(*(sh.call("checkpoint", parts, now_s) for sh in self.shards))

@@ -2,7 +2,7 @@
 
 A :class:`PipelineShard` owns the per-user state of some input partitions and everything that
 touches it: decoding and validating records, the pipeline, the output encoding, the changelog
-values, TTL expiry, parking state of revoked partitions and adopting restored state. The daemon
+values, forgetting idle users, parking state of revoked partitions and adopting restored state. The daemon
 (``daemon.py``) keeps Kafka, offsets, checkpoints and metrics; it talks to one shard per
 pipeline worker through :mod:`taskclf_daemon.workers`, which runs shards in this process (a
 thread) or in worker processes. Everything that crosses that boundary is plain picklable data
@@ -210,7 +210,7 @@ class PipelineShard:
             key = _key(p.user_id)
             src = p.source
             if max_out is not None and len(key) + len(p.value) > max_out:
-                at = index[[(x.source.partition, x.source.offset) for x in windows].index((src.partition, src.offset))] if src else -1
+                at = next(i for i, w in zip(index, windows) if w.source is src)  # rare: a linear search is fine
                 dead.append((at, "output_too_large", f"the prediction would be {len(key) + len(p.value)} bytes, limit {max_out}"))
                 continue
             k = (p.label, p.calibrator_scope)
@@ -259,9 +259,8 @@ class PipelineShard:
         return BatchResult(preds, timings, skipped)
 
     def _undo(self, u: str, snap: tuple | None) -> None:
-        if snap is None:
-            self.states.users.pop(u, None)
-            self.states.dirty.discard(u)
+        if snap is None:  # the user had no state before: none now either
+            self._forget_user(u)
         else:
             self.states.get(u).restore(snap)
 
