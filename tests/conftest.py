@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from golden_fixture import golden_home
 from taskclf_daemon.devbroker import LocalBroker
 
 # tests/ has no __init__.py, so pytest puts it on sys.path (rootdir/prepend import
@@ -31,6 +32,14 @@ from taskclf_daemon.devbroker import LocalBroker
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("fixtures_*.py"))
 
 ENV_TEST_BOOTSTRAP = "TASKCLF_TEST_BOOTSTRAP"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build (once) and verify the plain copy of the in-repo golden fixture before collection.
+
+    Test modules refer to ``helpers_rows.GOLDEN_DIR`` / ``fixtures_daemon.GOLDEN`` at import time.
+    """
+    golden_home()
 
 
 @pytest.fixture(scope="session")

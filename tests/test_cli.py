@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_daemon import GOLDEN, compare_files
+from golden_fixture import golden_home
 from taskclf_daemon.cli import main
 
 POLICY = GOLDEN / "models" / "inference_policy.json"
@@ -21,7 +22,7 @@ N_GOLDEN = 3030
 
 @pytest.fixture(autouse=True)
 def _golden_present() -> None:
-    assert INPUTS.is_file() and POLICY.is_file(), f"golden fixture missing at {GOLDEN}"
+    assert golden_home() == GOLDEN and INPUTS.is_file() and POLICY.is_file(), f"golden fixture missing at {GOLDEN}"
 
 
 def read_jsonl(path: Path) -> list[dict]:

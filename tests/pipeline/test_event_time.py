@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import orjson
 import pytest
 
+from helpers_rows import golden_dir
 from taskclf_daemon.artifacts import build_pipeline
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.records import SourceRef
 from taskclf_daemon.state import StateFormatError, UserState
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "taskclf-v1-temperature"
-
 
 @pytest.fixture(scope="module")
 def golden_windows():
-    pipe, _ = build_pipeline(policy=GOLDEN / "models" / "inference_policy.json")
+    g = golden_dir()
+    pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json")
     v = RowValidator(pipe.bundle.schema)
-    ws = [decode_window(l, v) for l in (GOLDEN / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+    ws = [decode_window(l, v) for l in (g / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
     for i, w in enumerate(ws):
         w.source = SourceRef("in", 0, i)
     return pipe, ws
