@@ -27,8 +27,8 @@ import pytest
 from golden_fixture import golden_home
 from taskclf_daemon.devbroker import LocalBroker
 
-# tests/ has no __init__.py, so pytest puts it on sys.path (rootdir/prepend import
-# mode) before importing this conftest; the modules are importable by their stem.
+# tests/ is on sys.path (pytest's `pythonpath` option in pyproject.toml), so the
+# modules are importable by their stem.
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("fixtures_*.py"))
 
 ENV_TEST_BOOTSTRAP = "TASKCLF_TEST_BOOTSTRAP"

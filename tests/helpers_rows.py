@@ -1,8 +1,7 @@
 """Shared test helpers: a canonical valid v1 ``FeatureRow`` and the golden fixture location.
 
-Import from tests in sub-directories after putting ``tests/`` on ``sys.path``::
+``tests/`` is on ``sys.path`` for every test (pytest's ``pythonpath`` option in pyproject.toml)::
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from helpers_rows import make_row, make_window
 """
 

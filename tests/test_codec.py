@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers_rows import V1_HASH, V2_HASH, V3_HASH, make_row, make_window, validator  # noqa: E402
-
-from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, REASONS, RowValidator, decode_window  # noqa: E402
-from taskclf_daemon.errors import InvalidRecord  # noqa: E402
-from taskclf_daemon.records import FeatureWindow  # noqa: E402
-from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS  # noqa: E402
-from taskclf_daemon.timeutil import format_ts_us  # noqa: E402
+from helpers_rows import V1_HASH, V2_HASH, V3_HASH, make_row, make_window, validator
+from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, REASONS, RowValidator, decode_window
+from taskclf_daemon.errors import InvalidRecord
+from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS
+from taskclf_daemon.timeutil import format_ts_us
 
 V1 = validator("v1")
 T10_US = 1775469600 * 1_000_000  # 2026-04-06T10:00:00Z
@@ -343,10 +339,10 @@ def test_huge_epoch_timestamp_is_refused_not_raised():
     """1.7e308 is valid JSON; it must become a refusal, never an exception out of the codec."""
     import orjson as _oj
 
+    from helpers_rows import make_row
     from taskclf_daemon.codec import RowValidator as _RV, decode_window as _dw
     from taskclf_daemon.errors import InvalidRecord as _IR
     from taskclf_daemon.schema import SCHEMAS as _S
-    from helpers_rows import make_row
 
     for ts in (1.7e308, -1.7e308, 10**18):
         row = make_row(bucket_start_ts=ts)

@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import zlib
-from pathlib import Path
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from helpers_rows import GOLDEN_DIR  # noqa: E402
-
-from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
-from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
-from taskclf_daemon.config import load_settings  # noqa: E402
-from taskclf_daemon.shard import PipelineShard, RawBatch  # noqa: E402
-from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError  # noqa: E402
+from helpers_rows import GOLDEN_DIR
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.config import load_settings
+from taskclf_daemon.shard import PipelineShard, RawBatch
+from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError
 
 POLICY = GOLDEN_DIR / "models" / "inference_policy.json"
 PARTS = 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +10,17 @@ import numpy as np
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from golden_compare import compare  # noqa: E402
-from helpers_rows import golden_dir, make_row, validator  # noqa: E402
-
-from taskclf_daemon.codec import decode_window  # noqa: E402
-from taskclf_daemon.errors import InvalidRecord  # noqa: E402
-from taskclf_daemon.labels import LABELS, MIXED_UNKNOWN  # noqa: E402
-from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig  # noqa: E402
-from taskclf_daemon.pipeline.calibration import CalibratorStore  # noqa: E402
-from taskclf_daemon.pipeline.model import ModelBundle  # noqa: E402
-from taskclf_daemon.pipeline.policy import resolve_inference  # noqa: E402
-from taskclf_daemon.records import FeatureWindow  # noqa: E402
-from taskclf_daemon.state import StateStore  # noqa: E402
+from golden_compare import compare
+from helpers_rows import golden_dir, make_row, validator
+from taskclf_daemon.codec import decode_window
+from taskclf_daemon.errors import InvalidRecord
+from taskclf_daemon.labels import LABELS, MIXED_UNKNOWN
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
+from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.model import ModelBundle
+from taskclf_daemon.pipeline.policy import resolve_inference
+from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.state import StateStore
 
 V1 = validator("v1")
 

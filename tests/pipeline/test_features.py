@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from golden_compare import compare  # noqa: E402
-from helpers_rows import golden_dir, make_window, validator  # noqa: E402
-
-from taskclf_daemon.codec import decode_window  # noqa: E402
-from taskclf_daemon.pipeline.features import push_window, rolling_mean  # noqa: E402
-from taskclf_daemon.records import FeatureWindow  # noqa: E402
-from taskclf_daemon.schema import OVERLAY_COLUMNS  # noqa: E402
-from taskclf_daemon.state import StateStore, UserState  # noqa: E402
-from taskclf_daemon.timeutil import format_ts_us  # noqa: E402
+from golden_compare import compare
+from helpers_rows import golden_dir, make_window, validator
+from taskclf_daemon.codec import decode_window
+from taskclf_daemon.pipeline.features import push_window, rolling_mean
+from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.schema import OVERLAY_COLUMNS
+from taskclf_daemon.state import StateStore, UserState
+from taskclf_daemon.timeutil import format_ts_us
 
 IDX = {c: i for i, c in enumerate(OVERLAY_COLUMNS)}
 

@@ -16,19 +16,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from golden_compare import compare  # noqa: E402
-from helpers_rows import golden_dir  # noqa: E402
-
-from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
-from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
-from taskclf_daemon.errors import ArtifactError  # noqa: E402
-from taskclf_daemon.pipeline import model as model_mod  # noqa: E402
-from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig  # noqa: E402
-from taskclf_daemon.pipeline.calibration import CalibratorStore  # noqa: E402
-from taskclf_daemon.pipeline.features import push_window  # noqa: E402
-from taskclf_daemon.pipeline.model import BACKENDS, ModelBundle, default_lleaves_cache_dir, softmax_like_lightgbm  # noqa: E402
-from taskclf_daemon.pipeline.policy import resolve_inference  # noqa: E402
+from golden_compare import compare
+from helpers_rows import golden_dir
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.errors import ArtifactError
+from taskclf_daemon.pipeline import model as model_mod
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
+from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.features import push_window
+from taskclf_daemon.pipeline.model import BACKENDS, ModelBundle, default_lleaves_cache_dir, softmax_like_lightgbm
+from taskclf_daemon.pipeline.policy import resolve_inference
 
 RUN = "2026-04-06_000000_run-0001"
 FIX = "pip install 'taskclf-daemon[fast]'"
