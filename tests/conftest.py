@@ -111,7 +111,7 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
         try:
             for fut in admin.delete_topics(created, operation_timeout=5, request_timeout=5).values():
                 fut.result(timeout=10)
-        except Exception:  # best effort: the broker may be gone or suspended
+        except Exception:  # noqa: BLE001 - best effort: the broker may be gone or suspended
             pass
 
 

@@ -11,8 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from golden_fixture import GOLDEN_DIR as GOLDEN_DIR  # re-exported
-from golden_fixture import golden_home
+from golden_fixture import GOLDEN_DIR as GOLDEN_DIR, golden_home  # GOLDEN_DIR: re-exported
 from taskclf_daemon.codec import RowValidator
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.schema import SCHEMAS

@@ -115,7 +115,7 @@ def test_naive_timestamp_is_utc_whatever_the_local_zone(monkeypatch: pytest.Monk
 def test_offset_timestamp_is_normalised_to_utc() -> None:
     w = _dec(make_row(bucket_start_ts="2026-04-06T03:00:00+02:00", bucket_end_ts="2026-04-06T01:01:00Z"))
     assert format_ts_us(w.ts_us) == "2026-04-06T01:00:00Z"
-    assert dt.datetime.fromtimestamp(w.ts_us / 1e6, dt.timezone.utc).hour == 1
+    assert dt.datetime.fromtimestamp(w.ts_us / 1e6, dt.UTC).hour == 1
 
 
 def test_end_timestamp_forms_and_optional() -> None:
@@ -363,9 +363,9 @@ def test_format_ts_us_matches_datetime_everywhere() -> None:
         out = ts.strftime("%Y-%m-%dT%H:%M:%S")
         return out + (f".{ts.microsecond:06d}" if ts.microsecond else "") + "Z"
 
-    us_of = lambda t: (t - timeutil._EPOCH) // dt.timedelta(microseconds=1)  # noqa: E731
-    lo = us_of(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
-    hi = us_of(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+    us_of = lambda t: (t - timeutil._EPOCH) // dt.timedelta(microseconds=1)
+    lo = us_of(dt.datetime(1, 1, 1, tzinfo=dt.UTC))
+    hi = us_of(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC))
     rng = random.Random(20261123)
     values = [rng.randint(lo, hi) for _ in range(20000)] + [rng.randint(-10**15, 10**15) // 60_000_000 * 60_000_000 for _ in range(20000)]
     values += [lo, hi, 0, -1, 1, 59_999_999, 86_399_999_999, 86_400_000_000]

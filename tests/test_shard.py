@@ -29,7 +29,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def lines() -> list[bytes]:
-    return [l for l in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+    return [ln for ln in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
 
 
 def _part(line: bytes) -> int:
@@ -57,7 +57,7 @@ def _values(results) -> list[bytes]:
 def test_shard_outputs_equal_the_pipeline_and_dead_letter_by_index(pipe, lines):
     v = RowValidator(pipe.bundle.schema)
     st = pipe.new_state_store()
-    expected = [p.value for p in pipe.process([decode_window(l, v) for l in lines], st).predictions]
+    expected = [p.value for p in pipe.process([decode_window(ln, v) for ln in lines], st).predictions]
     shard = PipelineShard(pipe, 1 << 20)
     got = _values(shard.process(b) for b in _batches(lines))
     assert got == expected and len(got) == len(lines)
@@ -77,10 +77,10 @@ def test_checkpoint_hands_out_each_changed_user_once_and_again_after_a_failure(p
     first = _batches(lines[:300])
     for b in first:
         shard.process(b)
-    users = {orjson.loads(l)["user_id"] for l in lines[:300]}
+    users = {orjson.loads(ln)["user_id"] for ln in lines[:300]}
     cp = shard.checkpoint()
     assert {k.decode() for _p, k, _v in cp.updates} == users
-    assert all(p == _part(next(l for l in lines if orjson.loads(l)["user_id"] == k.decode())) for p, k, _v in cp.updates)
+    assert all(p == _part(next(ln for ln in lines if orjson.loads(ln)["user_id"] == k.decode())) for p, k, _v in cp.updates)
     assert cp.state_users == len(users) and cp.state_bytes == sum(len(v) for _p, _k, v in cp.updates)
     assert shard.checkpoint().updates == []
     shard.process(_batches(lines[300:310], start_offset=10_000)[0])
@@ -115,7 +115,7 @@ def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):
     shard.checkpoint()
     before = shard.stats()["state_users"]
     per_part = {p: 0 for p in range(PARTS)}
-    for u in {orjson.loads(l)["user_id"] for l in lines[:400]}:
+    for u in {orjson.loads(ln)["user_id"] for ln in lines[:400]}:
         per_part[zlib.crc32(u.encode()) % PARTS] += 1
     assert per_part[0] > 0 and per_part[2] > 0
     parked = shard.release([0, 2], durable=True)
@@ -134,7 +134,7 @@ def test_ttl_tombstones_idle_users(pipe, lines):
     for b in _batches(lines):
         shard.process(b)
     cp = shard.checkpoint()
-    users = {orjson.loads(l)["user_id"] for l in lines}
+    users = {orjson.loads(ln)["user_id"] for ln in lines}
     assert len(cp.updates) + len(cp.tombstones) == len(users)
     assert cp.tombstones, "the golden stream spans days: some users are idle for > 1 h"
     assert cp.state_users == len(users) - len(cp.tombstones)

@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from typing import Annotated, Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
 import orjson
@@ -126,13 +127,13 @@ def _bounded(convert: Callable[[str, Any, Any, Any], Any], lo: Any, hi: Any, nul
     if convert is _as_float:
         flo = -sys.float_info.max if lo is None else float(lo)
         fhi = sys.float_info.max if hi is None else float(hi)
-        ms: Any = Union[
+        ms: Any = Union[  # noqa: UP007 - a runtime type for msgspec, left as built
             Annotated[int, msgspec.Meta(ge=max(_I64_MIN, math.ceil(flo)), le=min(_I64_MAX, math.floor(fhi)))],
             Annotated[float, msgspec.Meta(ge=flo, le=fhi)],
         ]
     else:
         ms = Annotated[int, msgspec.Meta(ge=_I64_MIN if lo is None else max(_I64_MIN, lo), le=_I64_MAX if hi is None else min(_I64_MAX, hi))]
-    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]
+    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]  # noqa: UP045
     return check
 
 
@@ -167,7 +168,7 @@ def _str(nullable: bool = False, nonempty: bool = False) -> _Check:
     test = "type({v}) is str" + (" and {v} != ''" if nonempty else "")
     check._fast_test = f"({{v}} is None or ({test}))" if nullable else f"({test})"  # type: ignore[attr-defined]
     ms: Any = Annotated[str, msgspec.Meta(min_length=1)] if nonempty else str
-    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]
+    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]  # noqa: UP045
     return check
 
 

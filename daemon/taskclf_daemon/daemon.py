@@ -80,7 +80,7 @@ HARD_FACTOR = 3
 class _Work:
     """One micro-batch submitted to one shard."""
 
-    future: "asyncio.Future[ShardResult]"
+    future: asyncio.Future[ShardResult]
     msgs: list[Any]
     next_offsets: dict[TP, int]
     ts_ms: list[int]
@@ -215,7 +215,7 @@ class Daemon:
             self._fatal = str(exc)
             self.exit_code = EXIT_INVALID_FLOOD
             self.log.error("invalid_input_flood", detail=str(exc))
-        except (TaskclfDaemonError, kio.KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, TaskclfDaemonError, kio.KafkaError, OSError) as exc:
             self._fatal = f"{type(exc).__name__}: {exc}"
             self.exit_code = EXIT_FATAL
             self.log.error("daemon_failed", error=self._fatal)
@@ -662,7 +662,7 @@ class Daemon:
             await self._refresh_state_stats()
         self.log.info("partitions_revoked", partitions=sorted(p for _, p in keys), users_parked=parked)
 
-    def _split(self, keys: "set[TP] | list[TP]") -> dict[int, list[int]]:
+    def _split(self, keys: set[TP] | list[TP]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         for _, p in sorted(keys):
             out.setdefault(self._shard_of(p), []).append(p)

@@ -62,7 +62,7 @@ class UserState:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, smooth_window: int) -> "UserState":
+    def from_bytes(cls, data: bytes, smooth_window: int) -> UserState:
         """Inverse of :meth:`to_bytes`; the smoothing deque is resized to ``smooth_window``.
 
         :raises StateFormatError: unknown version or malformed document
@@ -122,7 +122,7 @@ class StateStore:
         d, self.dirty = self.dirty, set()
         return d
 
-    def expired(self, user_ids: "set[str] | list[str]", watermark_us: int, ttl_us: int) -> list[str]:
+    def expired(self, user_ids: set[str] | list[str], watermark_us: int, ttl_us: int) -> list[str]:
         """Users among ``user_ids`` whose last window is older than ``watermark - ttl``."""
         cutoff = watermark_us - ttl_us
         out = []

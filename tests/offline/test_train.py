@@ -136,7 +136,7 @@ def test_categorical_encoders_sorted_with_unknown(trained: tuple[Path, list], ro
     bundle, _ = trained
     enc = _json(bundle / "categorical_encoders.json")
     assert list(enc) == ["app_id", "app_category", "domain_category", "user_id"]
-    for col, vocab in enc.items():
+    for vocab in enc.values():
         assert vocab == sorted(vocab) and UNKNOWN_CATEGORY in vocab and len(set(vocab)) == len(vocab)
     assert enc["domain_category"] == ["__unknown__", "non_browser", "unknown"]
     assert set(enc["user_id"]) - {UNKNOWN_CATEGORY} == {r["user_id"] for r in rows}
@@ -195,7 +195,7 @@ def test_same_seed_same_model(trained: tuple[Path, list], rows: list[dict], tmp_
     ma, mb_ = _json(first / "metadata.json"), _json(second / "metadata.json")
     ma.pop("created_at"), mb_.pop("created_at")
     assert ma == mb_
-    trees = lambda p: (p / "model.txt").read_text().split("end of trees")[0]  # noqa: E731
+    trees = lambda p: (p / "model.txt").read_text().split("end of trees")[0]
     assert trees(first) == trees(second)
 
 

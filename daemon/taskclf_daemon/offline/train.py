@@ -34,9 +34,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -102,8 +103,8 @@ def _check_label(row: dict[str, Any], path: Path, where: str) -> None:
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dt.datetime):
         if v.tzinfo is None:
-            v = v.replace(tzinfo=dt.timezone.utc)
-        us = (v - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+            v = v.replace(tzinfo=dt.UTC)
+        us = (v - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
         return format_ts_us(us)
     if isinstance(v, float) and v != v:
         return None  # Parquet/pandas NaN means "missing"
@@ -515,7 +516,7 @@ def train_bundle(
         "unknown_category_mask_rate": UNKNOWN_MASK_RATE,
     }
     out.mkdir(parents=True, exist_ok=True)
-    run_id, final = _reserve_run_dir(out, seed, dt.datetime.now(dt.timezone.utc))
+    run_id, final = _reserve_run_dir(out, seed, dt.datetime.now(dt.UTC))
     tmp = out / f".{run_id}.tmp"
     tmp.mkdir()
     try:

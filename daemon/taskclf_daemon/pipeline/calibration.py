@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -283,7 +284,7 @@ class CalibratorStore:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "CalibratorStore":
+    def load(cls, directory: str | Path) -> CalibratorStore:
         """Load a store directory (taskclf's or ours).
 
         Users listed in ``store.json`` whose file is absent fall back to the global calibrator,
@@ -326,6 +327,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def utc_now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 

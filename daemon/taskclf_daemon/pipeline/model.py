@@ -42,10 +42,11 @@ import platform
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -82,7 +83,7 @@ class CategoricalCodes:
     unknown: int  # code of "__unknown__", or -1 for legacy vocabularies without it
 
     @classmethod
-    def from_vocab(cls, vocab: Sequence[str]) -> "CategoricalCodes":
+    def from_vocab(cls, vocab: Sequence[str]) -> CategoricalCodes:
         codes = {str(v): i for i, v in enumerate(vocab)}
         return cls(codes, codes.get(UNKNOWN_CATEGORY, -1))
 
@@ -131,7 +132,7 @@ class ModelBundle:
         self._row = _compile_row(self._plan)
 
     @classmethod
-    def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> "ModelBundle":
+    def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> ModelBundle:
         """Load and validate a bundle.
 
         :param backend: ``lightgbm`` (default), ``lleaves`` (compile ``model.txt``, or reuse the
@@ -353,7 +354,7 @@ def _compile_options() -> dict[str, Any]:
     return {k: v for k, v in _LLEAVES_OPTIONS.items() if k != "format"}
 
 
-def _load_with_lleaves(cls: Any, backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple) -> "ModelBundle":
+def _load_with_lleaves(cls: Any, backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple) -> ModelBundle:
     """``lleaves``: compile (or reuse the cache); ``auto``: reuse the cache or fall back to LightGBM."""
     try:
         lleaves = _import_lleaves()
