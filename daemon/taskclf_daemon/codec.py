@@ -325,7 +325,7 @@ def _build_decoder(version: str, schema_hash: str, fields: list[tuple[str, _Chec
         ms = check._ms_type  # type: ignore[attr-defined]
         spec.append((name, ms) if required else (name, ms, default))
     row_type = msgspec.defstruct(f"FeatureRow_{version}", spec, kw_only=True, forbid_unknown_fields=True)
-    decode_row = msgspec.json.Decoder(row_type).decode
+    decode_row: Callable[[bytes | str], Any] = msgspec.json.Decoder(row_type).decode  # a generated Struct
     asdict = msgspec.structs.asdict
     names = [n for n, *_ in fields]
     has_end = "bucket_end_ts" in names
@@ -437,6 +437,8 @@ class RowValidator:
         self._max_keys = len(self._plain_keys) + _MAX_LEARNED_KEYS
         self._names = tuple(names)
         built = _build_fast(schema.version, schema.hash, self._fields)
+        self._fast: Callable[[dict], Any] | None
+        self._fast_exact: Callable[[dict], Any] | None
         self._fast, self._fast_exact, self._fast_source = built if built is not None else (None, None, "")
         #: bytes -> FeatureWindow or None: the msgspec fast path (see :func:`_build_decoder`)
         self.fast_decode: Callable[[bytes | str], FeatureWindow | None] | None = _build_decoder(schema.version, schema.hash, self._fields)
@@ -452,7 +454,7 @@ class RowValidator:
 
     def validate(self, obj: Any) -> FeatureWindow:
         """Check one decoded JSON value; return a :class:`FeatureWindow` or raise InvalidRecord."""
-        if type(obj) is dict and self._fast is not None:
+        if type(obj) is dict and self._fast is not None and self._fast_exact is not None:
             if len(obj) == len(self._names) and tuple(obj) == self._names:  # keys = the fields, in order
                 w = self._fast_exact(obj)
             elif self._plain_keys.issuperset(obj) or self._no_raw_keys(obj):

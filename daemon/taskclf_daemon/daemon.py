@@ -729,10 +729,10 @@ class _Listener(kio.ConsumerRebalanceListener):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    async def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
+    async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.daemon.on_revoked(list(revoked))
 
-    async def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.daemon.on_assigned(list(assigned))
 
 

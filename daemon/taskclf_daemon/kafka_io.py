@@ -220,7 +220,7 @@ class OutputSink:
             await self._submit(tp)
             b = self._builders[tp] = self._producer.create_batch()
             if b.append(key=key, value=value, timestamp=ts, headers=list(headers)) is None:
-                raise KafkaError(f"record of {len(value)} bytes does not fit an empty batch")
+                raise KafkaError(f"record of {len(value or b'')} bytes does not fit an empty batch")
 
     async def _submit(self, tp: tuple[str, int]) -> None:
         b = self._builders.pop(tp)

@@ -463,8 +463,8 @@ class _UserSim:
         if self.block_noinput:
             keys = clicks = scroll = mouse = kb = ms = act = idle = dens = None
         else:
-            a = min(1.0, max(0.0, prof.active + 0.12 * z[4]))
-            act_n = int(round(12 * a))
+            active = min(1.0, max(0.0, prof.active + 0.12 * z[4]))
+            act_n = int(round(12 * active))
             act = 5.0 * act_n
             if act_n == 0:
                 keys = clicks = scroll = mouse = kb = ms = 0.0

@@ -47,7 +47,7 @@ from taskclf_daemon.codec import RowValidator
 from taskclf_daemon.errors import ArtifactError, InvalidRecord
 from taskclf_daemon.labels import DEFAULT_IDLE_GAP_SECONDS, DEFAULT_REJECT_THRESHOLD, LABEL_INDEX, LABELS, N_LABELS
 from taskclf_daemon.pipeline.calibration import utc_now_iso
-from taskclf_daemon.pipeline.features import push_window
+from taskclf_daemon.pipeline.features import Overlay, push_window
 from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, CategoricalCodes, ModelBundle
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS, FeatureSchema
@@ -74,7 +74,7 @@ __all__ = [
 #: ``progress(stage, done, total)``
 Progress = Callable[[str, int, int], None]
 #: ``(validated window, the 9 overlay values, label index in LABELS)``
-LabelledWindow = tuple[FeatureWindow, tuple, int]
+LabelledWindow = tuple[FeatureWindow, Overlay, int]
 
 MIN_CATEGORY_FREQ = 5
 UNKNOWN_MASK_RATE = 0.05
@@ -141,7 +141,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
         return rows
     opener = gzip.open if p.suffix == ".gz" else open
     try:
-        with opener(p, "rb") as fh:  # type: ignore[operator]
+        with opener(p, "rb") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -209,7 +209,7 @@ def fill_overlay(rows: Sequence[dict[str, Any]], schema: FeatureSchema | str, *,
 # ---------------------------------------------------------------------------------------------
 
 
-def split_by_time(windows: Sequence[LabelledWindow] | Sequence[FeatureWindow], train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO) -> dict[str, list[int]]:
+def split_by_time(windows: Sequence[LabelledWindow | FeatureWindow], train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO) -> dict[str, list[int]]:
     """taskclf's per-user chronological split: first ``int(n*0.70)`` rows of each user train,
     up to ``int(n*(0.70+0.15))`` validation, the rest test. Returns sorted index lists."""
     if train_ratio + val_ratio > 1.0:

@@ -116,7 +116,7 @@ class InferencePipeline:
         get = states.get
         dirty = states.dirty
         applied: list[FeatureWindow] = []
-        overlays: list[tuple] = []
+        overlays: list[tuple[float | None, ...]] = []
         skipped: list[tuple[FeatureWindow, str]] = []
         for w in windows:
             st = get(w.user_id)

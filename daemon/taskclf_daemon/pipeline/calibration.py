@@ -41,7 +41,9 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
 
 
 class Calibrator(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str:
+        """``identity``, ``temperature`` or ``isotonic`` (read-only: calibrators are frozen)."""
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
         """Calibrate (n, K) or (K,) probabilities; same shape out."""
@@ -64,7 +66,8 @@ class IdentityCalibrator:
 def _softmax_rows(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class IsotonicCurve:
     increasing: bool = True
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
-        return np.interp(np.clip(p, self.x_min, self.x_max), self.x, self.y)
+        out: np.ndarray = np.interp(np.clip(p, self.x_min, self.x_max), self.x, self.y)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,7 +133,8 @@ class IsotonicCalibrator:
             out[:, c] = curve(P[:, c])
         out = np.clip(out, _FLOOR, None)
         out = out / out.sum(axis=1, keepdims=True)
-        return out[0] if one else out
+        res: np.ndarray = out[0] if one else out
+        return res
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "isotonic", "regressors": [c.to_json() for c in self.curves]}

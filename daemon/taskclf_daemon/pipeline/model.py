@@ -221,7 +221,7 @@ class ModelBundle:
     def width(self) -> int:
         return len(self.schema.feature_columns)
 
-    def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple]) -> np.ndarray:
+    def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple[float | None, ...]]) -> np.ndarray:
         """Build the float64 model input matrix (n, width): categorical codes, None -> 0.0, bool -> 1/0."""
         if not windows:
             return np.empty((0, self.width), dtype=np.float64)
@@ -281,11 +281,11 @@ def softmax_like_lightgbm(raw: np.ndarray) -> np.ndarray:
         out = []
         for row in raw.tolist():
             wmax = max(row)
-            e = [math.exp(x - wmax) for x in row]
+            ex = [math.exp(x - wmax) for x in row]
             wsum = 0.0
-            for x in e:
+            for x in ex:
                 wsum += x
-            out.append([x / wsum for x in e])
+            out.append([x / wsum for x in ex])
         return np.array(out, dtype=np.float64).reshape(n, k)
     d = raw - raw.max(axis=1, keepdims=True)
     e = np.fromiter(map(math.exp, d.ravel().tolist()), dtype=np.float64, count=n * k).reshape(n, k)
@@ -354,7 +354,7 @@ def _compile_options() -> dict[str, Any]:
     return {k: v for k, v in _LLEAVES_OPTIONS.items() if k != "format"}
 
 
-def _load_with_lleaves(cls: Any, backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple) -> ModelBundle:
+def _load_with_lleaves(cls: type[ModelBundle], backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple[Any, ...]) -> ModelBundle:
     """``lleaves``: compile (or reuse the cache); ``auto``: reuse the cache or fall back to LightGBM."""
     try:
         lleaves = _import_lleaves()
