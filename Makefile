@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make demo   - install and run the daemon on an embedded broker with a demo model and synthetic traffic
-#   make test   - install and run the whole test suite (what CI runs)
+#   make test   - install, run the gates (lint, typecheck, imports), then the whole test suite (what CI runs)
+# The gates alone: make lint | make typecheck | make imports | make gates (all three)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint typecheck imports gates demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +17,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# ruff with the rule set documented in pyproject.toml (a checker only: nothing is reformatted)
+lint: install
+	$(VENV)/bin/ruff check .
+
+# mypy over every module of the package; --strict flags for the pure core (pyproject.toml)
+typecheck: install
+	$(VENV)/bin/mypy
+
+# import-linter contracts (pyproject.toml); PYTHONPATH: analyse this checkout's package
+imports: install
+	PYTHONPATH=daemon $(VENV)/bin/lint-imports --no-cache
+
+gates: lint typecheck imports
+
+test: install gates
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
@@ -26,4 +41,4 @@ bench: install
 	$(PY) scripts/bench_replay.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -331,7 +331,7 @@ class Bench:
                 self.mon.tag(f"generator_{who}", gen.pid)
                 try:
                     grc = gen.wait(timeout=a.latency_seconds * 3 + 60)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     raise BenchError(f"load generator did not finish: {exc}") from None
                 if grc != 0:
                     raise BenchError(f"load generator exited with {grc}:\n{self.tail(self.tmp / f'generator-{who}.log')}")

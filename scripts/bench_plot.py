@@ -36,7 +36,7 @@ def _panel(x0: float, width: float, title: str, subtitle: str, groups: list[tupl
     slot = width / max(1, len(groups))
     for gi, (glabel, bars) in enumerate(groups):
         bw = slot * 0.8 / max(1, len(bars))
-        for bi, (series, v, color) in enumerate(bars):
+        for bi, (_series, v, color) in enumerate(bars):
             h = (PANEL_BOTTOM - PANEL_TOP) * v / top
             x = x0 + gi * slot + slot * 0.1 + bi * bw
             out.append(_bar(x, PANEL_BOTTOM - h, bw * 0.92, h, color, f"{v:,.0f}{unit}"))

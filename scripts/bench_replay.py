@@ -41,7 +41,7 @@ def main() -> int:
     a = ap.parse_args()
     g = Path(a.golden)
     data = (g / "inputs.jsonl").read_bytes()
-    lines = [l for l in data.splitlines() if l.strip()]
+    lines = [ln for ln in data.splitlines() if ln.strip()]
     pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json", model_backend=a.model_backend)
     n = len(lines)
 
@@ -62,7 +62,7 @@ def main() -> int:
     st = pipe.new_state_store()
     from taskclf_daemon.pipeline.features import push_window
 
-    ws = [decode_window(l, v) for l in lines]
+    ws = [decode_window(ln, v) for ln in lines]
     X = pipe.bundle.encode(ws, [push_window(st.get(w.user_id), w) for w in ws])
 
     def run_predict_1() -> float:

@@ -42,7 +42,7 @@ GOLDEN = REPO.parent / "shared" / "golden" / "taskclf-v1-temperature"
 def realistic_states(pipe) -> list[bytes]:
     v = RowValidator(pipe.bundle.schema)
     st = pipe.new_state_store()
-    ws = [decode_window(l, v) for l in (GOLDEN / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+    ws = [decode_window(ln, v) for ln in (GOLDEN / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
     for i in range(0, len(ws), 512):
         pipe.process(ws[i : i + 512], st)
     return [s.to_bytes() for s in st.users.values()]

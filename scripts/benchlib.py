@@ -39,9 +39,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -73,7 +74,7 @@ def _parse_ts(s: str) -> dt.datetime:
 
 
 def _fmt_ts(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -456,7 +457,7 @@ def run_async(coro: Any, timeout: float | None = None) -> Any:
         if STOP.is_set():
             raise KeyboardInterrupt from None
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if STOP.is_set():
             raise KeyboardInterrupt from None
         raise TimeoutError(f"async phase exceeded {timeout:.0f}s") from None
@@ -754,7 +755,7 @@ async def naive_daemon(s: Any, pipeline: Any, input_topic: str, output_topic: st
                 raise TimeoutError(f"naive: only {res['consumed']}/{expect} records after {timeout:.0f}s")
             try:
                 msg = await asyncio.wait_for(consumer.getone(), timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if "join_s" not in res:
                 res["join_s"] = round(time.monotonic() - t0, 3)

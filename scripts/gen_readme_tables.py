@@ -25,7 +25,7 @@ def config_table() -> str:
 def metrics_table() -> str:
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for mf in Metrics().registry.collect():
-        labels = sorted({l for s in mf.samples for l in s.labels if l != "le"})
+        labels = sorted({lb for s in mf.samples for lb in s.labels if lb != "le"})
         name = mf.name + ("_total" if mf.type == "counter" else "")
         rows.append(f"| `{name}` | {mf.type} | {', '.join(labels) or '—'} | {mf.documentation} |")
     return "\n".join(rows)
@@ -35,7 +35,7 @@ def main() -> int:
     p = REPO / "README.md"
     text = p.read_text()
     for name, body in (("config-table", config_table()), ("metrics-table", metrics_table())):
-        text, n = re.subn(rf"(<!-- {name} -->\n).*?(\n<!-- /{name} -->)", lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
+        text, n = re.subn(rf"(<!-- {name} -->\n).*?(\n<!-- /{name} -->)", lambda m, body=body: m.group(1) + body + m.group(2), text, flags=re.S)
         if n != 1:
             raise SystemExit(f"README.md has no <!-- {name} --> ... <!-- /{name} --> block")
     p.write_text(text)

@@ -24,13 +24,22 @@ from pathlib import Path
 
 import pytest
 
+from golden_fixture import golden_home
 from taskclf_daemon.devbroker import LocalBroker
 
-# tests/ has no __init__.py, so pytest puts it on sys.path (rootdir/prepend import
-# mode) before importing this conftest; the modules are importable by their stem.
+# tests/ is on sys.path (pytest's `pythonpath` option in pyproject.toml), so the
+# modules are importable by their stem.
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("fixtures_*.py"))
 
 ENV_TEST_BOOTSTRAP = "TASKCLF_TEST_BOOTSTRAP"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build (once) and verify the plain copy of the in-repo golden fixture before collection.
+
+    Test modules refer to ``helpers_rows.GOLDEN_DIR`` / ``fixtures_daemon.GOLDEN`` at import time.
+    """
+    golden_home()
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +111,7 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
         try:
             for fut in admin.delete_topics(created, operation_timeout=5, request_timeout=5).values():
                 fut.result(timeout=10)
-        except Exception:  # best effort: the broker may be gone or suspended
+        except Exception:  # noqa: BLE001 - best effort: the broker may be gone or suspended
             pass
 
 

@@ -6,7 +6,6 @@ produced and output read back with confluent-kafka (librdkafka), a third-party c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,34 +15,34 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pytest
 
+import golden_compare
+from golden_fixture import GOLDEN_DIR, golden_home
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-GOLDEN = SHARED / "golden" / "taskclf-v1-temperature"
+#: the plain copy of the in-repo golden fixture (``golden_fixture``); the ``golden`` fixture builds it
+GOLDEN = GOLDEN_DIR
 
 
 @pytest.fixture(scope="session")
 def golden() -> Path:
-    """The taskclf golden fixture directory (fails, never skips, when absent)."""
-    assert (GOLDEN / "inputs.jsonl").is_file(), f"golden fixture missing at {GOLDEN}"
-    return GOLDEN
+    """The taskclf golden fixture directory (built from tests/fixtures/golden and verified)."""
+    return golden_home()
 
 
 def load_compare() -> Any:
-    spec = importlib.util.spec_from_file_location("taskclf_compare", SHARED / "tools" / "compare.py")
-    assert spec and spec.loader, "shared/tools/compare.py missing"
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The comparison module, ``tests/golden_compare.py`` (``main(argv)``, ``compare(...)``)."""
+    return golden_compare
 
 
 def compare_files(expected: Path, actual: Path, *extra: str) -> int:
-    """Run shared/tools/compare.py; returns its exit status."""
-    return load_compare().main(["--expected", str(expected), "--actual", str(actual), *extra])
+    """``golden_compare`` on two files with its command-line flags; prints the report, returns 0 = pass."""
+    return golden_compare.main(["--expected", str(expected), "--actual", str(actual), *extra])
 
 
 def produce_values(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:

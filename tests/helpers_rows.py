@@ -1,8 +1,7 @@
 """Shared test helpers: a canonical valid v1 ``FeatureRow`` and the golden fixture location.
 
-Import from tests in sub-directories after putting ``tests/`` on ``sys.path``::
+``tests/`` is on ``sys.path`` for every test (pytest's ``pythonpath`` option in pyproject.toml)::
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from helpers_rows import make_row, make_window
 """
 
@@ -12,16 +11,16 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from golden_fixture import GOLDEN_DIR as GOLDEN_DIR, golden_home  # GOLDEN_DIR: re-exported
 from taskclf_daemon.codec import RowValidator
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.schema import SCHEMAS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: in CI the checkout sits beside ``shared/``
-GOLDEN_DIR = REPO_ROOT / ".." / "shared" / "golden" / "taskclf-v1-temperature"
-TOOLS_DIR = REPO_ROOT / ".." / "shared" / "tools"
+#: ``GOLDEN_DIR`` (re-exported): the plain copy of ``tests/fixtures/golden/taskclf-v1-temperature``
+#: that ``golden_fixture`` builds; use :func:`golden_dir` to have it built and verified.
+#: ``TOOLS_DIR / "compare.py"``: an alias of ``tests/golden_compare.py`` (``main(argv)``).
+TOOLS_DIR = REPO_ROOT / "tests" / "tools"
 
 V1_HASH = "4077fe0dba70"
 V2_HASH = "a15f4751a947"
@@ -103,7 +102,5 @@ def make_window(**overrides: Any) -> FeatureWindow:
 
 
 def golden_dir() -> Path:
-    """The golden fixture directory; fails (never skips) when it is absent."""
-    if not (GOLDEN_DIR / "inputs.jsonl").is_file():
-        pytest.fail(f"golden fixture missing: {GOLDEN_DIR.resolve()} (expected <repo_root>/../shared/golden/taskclf-v1-temperature)")
-    return GOLDEN_DIR
+    """The golden fixture directory (plain files, checked against its manifest's sha256 sums)."""
+    return golden_home()

@@ -27,11 +27,11 @@ BENCH_LINE = re.compile(
 
 @pytest.mark.slow
 @pytest.mark.broker
-def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str, golden: Path, tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k == "TASKCLF_TANSU_BIN"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--json", str(out_json), "--plot", str(tmp_path / "bench.svg")],
+        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--golden", str(golden), "--json", str(out_json), "--plot", str(tmp_path / "bench.svg")],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,

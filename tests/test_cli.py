@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_daemon import GOLDEN, compare_files
+from golden_fixture import golden_home
 from taskclf_daemon.cli import main
 
 POLICY = GOLDEN / "models" / "inference_policy.json"
@@ -21,17 +22,17 @@ N_GOLDEN = 3030
 
 @pytest.fixture(autouse=True)
 def _golden_present() -> None:
-    assert INPUTS.is_file() and POLICY.is_file(), f"golden fixture missing at {GOLDEN}"
+    assert golden_home() == GOLDEN and INPUTS.is_file() and POLICY.is_file(), f"golden fixture missing at {GOLDEN}"
 
 
 def read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
-        return [json.loads(l) for l in f if l.strip()]
+        return [json.loads(ln) for ln in f if ln.strip()]
 
 
 def summary_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if re.match(r"^replay: \d+ lines", l)]
+    lines = [ln for ln in err.splitlines() if re.match(r"^replay: \d+ lines", ln)]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -103,8 +104,8 @@ def test_replay_reports_bad_lines_and_keeps_good_rows(tmp_path: Path, capsys: py
     assert rc == 0, err
 
     reported = {}
-    for l in err.splitlines():
-        m = re.match(rf"^{re.escape(str(src))}:(\d+): (\w+): (.+)$", l)
+    for ln in err.splitlines():
+        m = re.match(rf"^{re.escape(str(src))}:(\d+): (\w+): (.+)$", ln)
         if m:
             reported[int(m.group(1))] = (m.group(2), m.group(3))
     assert {n: r for n, (r, _) in reported.items()} == expected_bad, err

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers_rows import V1_HASH, V2_HASH, V3_HASH, make_row, make_window, validator  # noqa: E402
-
-from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, REASONS, RowValidator, decode_window  # noqa: E402
-from taskclf_daemon.errors import InvalidRecord  # noqa: E402
-from taskclf_daemon.records import FeatureWindow  # noqa: E402
-from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS  # noqa: E402
-from taskclf_daemon.timeutil import format_ts_us  # noqa: E402
+from helpers_rows import V1_HASH, V2_HASH, V3_HASH, make_row, make_window, validator
+from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, REASONS, RowValidator, decode_window
+from taskclf_daemon.errors import InvalidRecord
+from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS
+from taskclf_daemon.timeutil import format_ts_us
 
 V1 = validator("v1")
 T10_US = 1775469600 * 1_000_000  # 2026-04-06T10:00:00Z
@@ -119,7 +115,7 @@ def test_naive_timestamp_is_utc_whatever_the_local_zone(monkeypatch: pytest.Monk
 def test_offset_timestamp_is_normalised_to_utc() -> None:
     w = _dec(make_row(bucket_start_ts="2026-04-06T03:00:00+02:00", bucket_end_ts="2026-04-06T01:01:00Z"))
     assert format_ts_us(w.ts_us) == "2026-04-06T01:00:00Z"
-    assert dt.datetime.fromtimestamp(w.ts_us / 1e6, dt.timezone.utc).hour == 1
+    assert dt.datetime.fromtimestamp(w.ts_us / 1e6, dt.UTC).hour == 1
 
 
 def test_end_timestamp_forms_and_optional() -> None:
@@ -343,10 +339,10 @@ def test_huge_epoch_timestamp_is_refused_not_raised():
     """1.7e308 is valid JSON; it must become a refusal, never an exception out of the codec."""
     import orjson as _oj
 
+    from helpers_rows import make_row
     from taskclf_daemon.codec import RowValidator as _RV, decode_window as _dw
     from taskclf_daemon.errors import InvalidRecord as _IR
     from taskclf_daemon.schema import SCHEMAS as _S
-    from helpers_rows import make_row
 
     for ts in (1.7e308, -1.7e308, 10**18):
         row = make_row(bucket_start_ts=ts)
@@ -367,9 +363,9 @@ def test_format_ts_us_matches_datetime_everywhere() -> None:
         out = ts.strftime("%Y-%m-%dT%H:%M:%S")
         return out + (f".{ts.microsecond:06d}" if ts.microsecond else "") + "Z"
 
-    us_of = lambda t: (t - timeutil._EPOCH) // dt.timedelta(microseconds=1)  # noqa: E731
-    lo = us_of(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
-    hi = us_of(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+    us_of = lambda t: (t - timeutil._EPOCH) // dt.timedelta(microseconds=1)
+    lo = us_of(dt.datetime(1, 1, 1, tzinfo=dt.UTC))
+    hi = us_of(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC))
     rng = random.Random(20261123)
     values = [rng.randint(lo, hi) for _ in range(20000)] + [rng.randint(-10**15, 10**15) // 60_000_000 * 60_000_000 for _ in range(20000)]
     values += [lo, hi, 0, -1, 1, 59_999_999, 86_399_999_999, 86_400_000_000]

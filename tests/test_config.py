@@ -303,12 +303,12 @@ def test_config_file_documents_every_key_and_loads() -> None:
 
 def test_readme_config_table_lists_every_key() -> None:
     lines = README.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, l in enumerate(lines) if re.match(r"^\|\s*key\s*\|\s*section\s*\|", l))
+    start = next(i for i, ln in enumerate(lines) if re.match(r"^\|\s*key\s*\|\s*section\s*\|", ln))
     rows = []
-    for l in lines[start + 2 :]:
-        if not l.startswith("|"):
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
             break
-        rows.append(l)
+        rows.append(ln)
     documented = {m.group(1) for r in rows if (m := re.match(r"^\|\s*`([a-z0-9_]+)`\s*\|", r))}
     missing = [k for k in KEYS if k not in documented]
     assert not missing, f"keys missing from README.md's configuration table: {missing}"

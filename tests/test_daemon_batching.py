@@ -36,7 +36,7 @@ class FakeShard:
     def __init__(self) -> None:
         self.batches: list[Any] = []
 
-    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
         assert method == "process"
         self.batches.append(args[0])
         return asyncio.get_running_loop().create_future()

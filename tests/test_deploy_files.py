@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -331,7 +332,7 @@ def test_grafana_provisioning_matches_compose() -> None:
     dash_dir = prov["options"]["path"]
     dash_targets = [t for t, src in mounts.items() if src.endswith("taskclf-daemon.json")]
     assert dash_targets and all(t.startswith(dash_dir.rstrip("/") + "/") for t in dash_targets)
-    for target, src in mounts.items():
+    for src in mounts.values():
         if src.startswith("."):
             assert (DEPLOY / src).exists(), f"grafana mounts missing {src}"
 
@@ -385,7 +386,7 @@ def test_compose_prometheus_loads_the_rules_and_scrapes_the_daemon() -> None:
     cfg = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     for rf in cfg["rule_files"]:
         assert mounts.get(rf) == "./prometheus/rules.yml", f"rule file {rf} is not rules.yml in the container"
-    for target, src in mounts.items():
+    for src in mounts.values():
         if src.startswith("."):
             assert (DEPLOY / src).exists(), f"prometheus mounts missing {src}"
     daemon_env = {k: compose_interpolate(str(v)) for k, v in compose["services"]["daemon"]["environment"].items()}
@@ -449,7 +450,7 @@ def test_statefulset_env_loads_with_the_configmap(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 def test_dockerfile_entrypoint_cmd_user() -> None:
     ins = dockerfile_instructions()
-    get = lambda k: [a for i, a in ins if i == k]  # noqa: E731
+    get = lambda k: [a for i, a in ins if i == k]
     assert json.loads(get("ENTRYPOINT")[-1]) == ["taskclf-daemon"]
     assert json.loads(get("CMD")[-1]) == ["run", "--config", "/etc/taskclf-daemon/taskclf-daemon.toml"]
     user = get("USER")[-1].split(":")[0]
@@ -618,7 +619,7 @@ def test_compose_daemon_service() -> None:
     targets = {compose_interpolate(v).split(":")[1]: v for v in d["volumes"]}
     assert targets["/models"].endswith(":ro")
     assert d.get("read_only") is True and "/tmp" in d.get("tmpfs", [])
-    for name, cond in d["depends_on"].items():
+    for name in d["depends_on"]:
         assert name in compose["services"]
 
 

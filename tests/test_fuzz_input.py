@@ -22,8 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helpers_rows import golden_dir
 from taskclf_daemon.artifacts import build_pipeline

@@ -5,24 +5,19 @@ callbacks directly. Every test here failed on the code before the fix."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from helpers_rows import GOLDEN_DIR  # noqa: E402
-
-from taskclf_daemon import daemon as dmod  # noqa: E402
-from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
-from taskclf_daemon.config import load_settings  # noqa: E402
-from taskclf_daemon.errors import ConfigError  # noqa: E402
-from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits  # noqa: E402
-from taskclf_daemon.timeutil import format_ts_us, parse_ts_us  # noqa: E402
+from helpers_rows import GOLDEN_DIR
+from taskclf_daemon import daemon as dmod
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.config import load_settings
+from taskclf_daemon.errors import ConfigError
+from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits
+from taskclf_daemon.timeutil import format_ts_us, parse_ts_us
 
 POLICY = GOLDEN_DIR / "models" / "inference_policy.json"
 DAY_MS = 86_400_000
@@ -255,7 +250,7 @@ def test_a_failed_restore_stops_the_daemon_and_turns_healthz_red(pipe, monkeypat
     d = dmod.Daemon(s, pipe)
 
     async def slow_restore(keys):
-        raise asyncio.TimeoutError("restore did not finish in 120s")
+        raise TimeoutError("restore did not finish in 120s")
 
     async def run() -> None:
         d.consumer = _FakeConsumer()

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from pathlib import Path
 
 import lightgbm as lgb
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers_rows import golden_dir  # noqa: E402
-
-from taskclf_daemon import labels  # noqa: E402
-from taskclf_daemon.labels import LABEL_INDEX, LABELS, MIXED_UNKNOWN, N_LABELS  # noqa: E402
-from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS, get_schema, schema_hash  # noqa: E402
+from helpers_rows import golden_dir
+from taskclf_daemon import labels
+from taskclf_daemon.labels import LABEL_INDEX, LABELS, MIXED_UNKNOWN, N_LABELS
+from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS, get_schema, schema_hash
 
 # spec 1.3 table, indices 0..37 (shared by all versions); v1 appends user_id at 38
 MODEL_COLUMNS_0_37 = [

@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import zlib
-from pathlib import Path
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from helpers_rows import GOLDEN_DIR  # noqa: E402
-
-from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
-from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
-from taskclf_daemon.config import load_settings  # noqa: E402
-from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits  # noqa: E402
-from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError  # noqa: E402
+from helpers_rows import GOLDEN_DIR
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.config import load_settings
+from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits
+from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError
 
 POLICY = GOLDEN_DIR / "models" / "inference_policy.json"
 PARTS = 4
@@ -34,7 +29,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def lines() -> list[bytes]:
-    return [l for l in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+    return [ln for ln in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
 
 
 def _part(line: bytes) -> int:
@@ -62,7 +57,7 @@ def _values(results) -> list[bytes]:
 def test_shard_outputs_equal_the_pipeline_and_dead_letter_by_index(pipe, lines):
     v = RowValidator(pipe.bundle.schema)
     st = pipe.new_state_store()
-    expected = [p.value for p in pipe.process([decode_window(l, v) for l in lines], st).predictions]
+    expected = [p.value for p in pipe.process([decode_window(ln, v) for ln in lines], st).predictions]
     shard = PipelineShard(pipe)
     got = _values(shard.process(b) for b in _batches(lines))
     assert got == expected and len(got) == len(lines)
@@ -82,10 +77,10 @@ def test_checkpoint_hands_out_each_changed_user_once_and_again_after_a_failure(p
     first = _batches(lines[:300])
     for b in first:
         shard.process(b)
-    users = {orjson.loads(l)["user_id"] for l in lines[:300]}
+    users = {orjson.loads(ln)["user_id"] for ln in lines[:300]}
     cp = shard.checkpoint()
     assert {k.decode() for _p, k, _v in cp.updates} == users
-    assert all(p == _part(next(l for l in lines if orjson.loads(l)["user_id"] == k.decode())) for p, k, _v in cp.updates)
+    assert all(p == _part(next(ln for ln in lines if orjson.loads(ln)["user_id"] == k.decode())) for p, k, _v in cp.updates)
     assert cp.state_users == len(users) and cp.state_bytes == sum(len(v) for _p, _k, v in cp.updates)
     assert shard.checkpoint().updates == []
     shard.process(_batches(lines[300:310], start_offset=10_000)[0])
@@ -120,7 +115,7 @@ def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):
     shard.checkpoint()
     before = shard.stats()["state_users"]
     per_part = {p: 0 for p in range(PARTS)}
-    for u in {orjson.loads(l)["user_id"] for l in lines[:400]}:
+    for u in {orjson.loads(ln)["user_id"] for ln in lines[:400]}:
         per_part[zlib.crc32(u.encode()) % PARTS] += 1
     assert per_part[0] > 0 and per_part[2] > 0
     parked = shard.release([0, 2], durable=True)
@@ -140,11 +135,11 @@ def test_retention_forgets_users_by_their_own_last_sight_not_by_anyone_elses_eve
     batches = _batches(lines)
     for b in batches[:-1]:
         shard.process(b, now_s=1_000)
-    late = {orjson.loads(l)["user_id"] for l in lines[-200:]}
+    late = {orjson.loads(ln)["user_id"] for ln in lines[-200:]}
     shard.process(batches[-1], now_s=1_000 + 3_600)
     assert shard.checkpoint(now_s=1_000 + 3_600).tombstones == []  # 3600 s is not *more* than the retention
     cp = shard.checkpoint(now_s=1_000 + 3_601 + 60)
-    users = {orjson.loads(l)["user_id"] for l in lines}
+    users = {orjson.loads(ln)["user_id"] for ln in lines}
     assert {k.decode() for _p, k in cp.tombstones} == users - late
     assert cp.evicted == {"idle": len(users - late)} and cp.state_users == len(late)
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from taskclf_daemon import __version__
 from taskclf_daemon.errors import TaskclfDaemonError

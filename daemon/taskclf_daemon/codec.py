@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from typing import Annotated, Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
 import orjson
@@ -135,13 +136,13 @@ def _bounded(convert: Callable[[str, Any, Any, Any], Any], lo: Any, hi: Any, nul
     if convert is _as_float:
         flo = -sys.float_info.max if lo is None else float(lo)
         fhi = sys.float_info.max if hi is None else float(hi)
-        ms: Any = Union[
+        ms: Any = Union[  # noqa: UP007 - a runtime type for msgspec, left as built
             Annotated[int, msgspec.Meta(ge=max(_I64_MIN, math.ceil(flo)), le=min(_I64_MAX, math.floor(fhi)))],
             Annotated[float, msgspec.Meta(ge=flo, le=fhi)],
         ]
     else:
         ms = Annotated[int, msgspec.Meta(ge=_I64_MIN if lo is None else max(_I64_MIN, lo), le=_I64_MAX if hi is None else min(_I64_MAX, hi))]
-    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]
+    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]  # noqa: UP045
     return check
 
 
@@ -178,7 +179,7 @@ def _str(nullable: bool = False, nonempty: bool = False, max_chars: int = MAX_ST
     test = "type({v}) is str" + (" and {v} != ''" if nonempty else "") + f" and len({{v}}) <= {max_chars}"
     check._fast_test = f"({{v}} is None or ({test}))" if nullable else f"({test})"  # type: ignore[attr-defined]
     ms: Any = Annotated[str, msgspec.Meta(min_length=1 if nonempty else 0, max_length=max_chars)]
-    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]
+    check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]  # noqa: UP045
     return check
 
 
@@ -335,7 +336,7 @@ def _build_decoder(version: str, schema_hash: str, fields: list[tuple[str, _Chec
         ms = check._ms_type  # type: ignore[attr-defined]
         spec.append((name, ms) if required else (name, ms, default))
     row_type = msgspec.defstruct(f"FeatureRow_{version}", spec, kw_only=True, forbid_unknown_fields=True)
-    decode_row = msgspec.json.Decoder(row_type).decode
+    decode_row: Callable[[bytes | str], Any] = msgspec.json.Decoder(row_type).decode  # a generated Struct
     asdict = msgspec.structs.asdict
     names = [n for n, *_ in fields]
     has_end = "bucket_end_ts" in names
@@ -447,6 +448,8 @@ class RowValidator:
         self._max_keys = len(self._plain_keys) + _MAX_LEARNED_KEYS
         self._names = tuple(names)
         built = _build_fast(schema.version, schema.hash, self._fields)
+        self._fast: Callable[[dict], Any] | None
+        self._fast_exact: Callable[[dict], Any] | None
         self._fast, self._fast_exact, self._fast_source = built if built is not None else (None, None, "")
         #: bytes -> FeatureWindow or None: the msgspec fast path (see :func:`_build_decoder`)
         self.fast_decode: Callable[[bytes | str], FeatureWindow | None] | None = _build_decoder(schema.version, schema.hash, self._fields)
@@ -462,7 +465,7 @@ class RowValidator:
 
     def validate(self, obj: Any) -> FeatureWindow:
         """Check one decoded JSON value; return a :class:`FeatureWindow` or raise InvalidRecord."""
-        if type(obj) is dict and self._fast is not None:
+        if type(obj) is dict and self._fast is not None and self._fast_exact is not None:
             if len(obj) == len(self._names) and tuple(obj) == self._names:  # keys = the fields, in order
                 w = self._fast_exact(obj)
             elif self._plain_keys.issuperset(obj) or self._no_raw_keys(obj):

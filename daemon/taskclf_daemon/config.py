@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from taskclf_daemon.errors import ConfigError
 
@@ -185,7 +186,7 @@ class Settings(Mapping[str, Any]):
         except KeyError:
             raise AttributeError(k) from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
     def __len__(self) -> int:
@@ -195,7 +196,7 @@ class Settings(Mapping[str, Any]):
         """Values safe to log: secrets replaced by ``***``."""
         return {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self._values.items()}
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         vals = dict(self._values)
         src = dict(self.sources)
         for k, v in changes.items():

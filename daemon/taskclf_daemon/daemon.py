@@ -83,7 +83,7 @@ WORKER_STALL_S = 60.0
 class _Work:
     """One micro-batch submitted to one shard."""
 
-    future: "asyncio.Future[ShardResult]"
+    future: asyncio.Future[ShardResult]
     msgs: list[Any]
     next_offsets: dict[TP, int]
     ts_ms: list[int]
@@ -233,7 +233,7 @@ class Daemon:
             self._fatal = str(exc)
             self.exit_code = EXIT_INVALID_FLOOD
             self.log.error("invalid_input_flood", detail=str(exc))
-        except (TaskclfDaemonError, kio.KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, TaskclfDaemonError, kio.KafkaError, OSError) as exc:
             self._fatal = f"{type(exc).__name__}: {exc}"
             self.exit_code = EXIT_FATAL
             self.log.error("daemon_failed", error=self._fatal)
@@ -512,7 +512,7 @@ class Daemon:
                 while q:
                     fut = q[0].future
                     if not fut.done():
-                        waits = {fut} if stop is None else {fut, stop}
+                        waits: set[asyncio.Future[Any]] = {fut} if stop is None else {fut, stop}
                         await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
                         if not fut.done():
                             return False
@@ -737,7 +737,7 @@ class Daemon:
             await self._refresh_state_stats()
         self.log.info("partitions_revoked", partitions=sorted(p for _, p in keys), users_parked=parked)
 
-    def _split(self, keys: "set[TP] | list[TP]") -> dict[int, list[int]]:
+    def _split(self, keys: set[TP] | list[TP]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         for _, p in sorted(keys):
             out.setdefault(self._shard_of(p), []).append(p)
@@ -808,10 +808,10 @@ class _Listener(kio.ConsumerRebalanceListener):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    async def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
+    async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.daemon.on_revoked(list(revoked))
 
-    async def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.daemon.on_assigned(list(assigned))
 
 

@@ -7,7 +7,8 @@ metrics exposition bytes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -97,5 +98,5 @@ class HealthServer:
             head = f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError, ValueError, asyncio.LimitOverrunError):
+        except (TimeoutError, ConnectionError, UnicodeDecodeError, ValueError, asyncio.LimitOverrunError):
             pass

@@ -8,7 +8,8 @@ key is Kafka's default murmur2 partitioner, as the Java client and aiokafka comp
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -117,9 +118,9 @@ async def read_partitions_to_end(reader: AIOKafkaConsumer, tps: list[TopicPartit
     deadline = asyncio.get_running_loop().time() + timeout
     while remaining:
         if asyncio.get_running_loop().time() > deadline:
-            raise asyncio.TimeoutError(f"restore of {sorted(str(t) for t in remaining)} did not finish in {timeout}s")
+            raise TimeoutError(f"restore of {sorted(str(t) for t in remaining)} did not finish in {timeout}s")
         data = await reader.getmany(*remaining, timeout_ms=200, max_records=10000)
-        for tp, msgs in data.items():
+        for msgs in data.values():
             if msgs:
                 yield msgs
         for tp in list(remaining):
@@ -133,7 +134,7 @@ async def probe_broker(producer: AIOKafkaProducer, timeout: float = 5.0) -> bool
     """True when a metadata round trip to the cluster succeeds within ``timeout``."""
     try:
         return bool(await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout))
-    except (asyncio.TimeoutError, KafkaError, OSError):
+    except (TimeoutError, KafkaError, OSError):
         return False
 
 
@@ -219,7 +220,7 @@ class OutputSink:
             await self._submit(tp)
             b = self._builders[tp] = self._producer.create_batch()
             if b.append(key=key, value=value, timestamp=ts, headers=list(headers)) is None:
-                raise KafkaError(f"record of {len(value)} bytes does not fit an empty batch")
+                raise KafkaError(f"record of {len(value or b'')} bytes does not fit an empty batch")
 
     async def _submit(self, tp: tuple[str, int]) -> None:
         b = self._builders.pop(tp)

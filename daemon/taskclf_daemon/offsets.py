@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class PendingBatch:
     """One processed micro-batch: its producer futures and the next offset per partition."""
 
-    futures: list[asyncio.Future]
+    futures: list[asyncio.Future[Any]]
     next_offsets: dict[tuple[str, int], int]
     records: int = 0
     first_ts_ms: list[int] = field(default_factory=list)
@@ -68,7 +69,7 @@ class OffsetTracker:
     def oldest(self) -> PendingBatch | None:
         return self._pending[0] if self._pending else None
 
-    def all_futures(self) -> list[asyncio.Future]:
+    def all_futures(self) -> list[asyncio.Future[Any]]:
         return [f for b in self._pending for f in b.futures]
 
     def take_committable(self, owned: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:

@@ -23,7 +23,7 @@ from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, RowValidator, decode_
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline
 from taskclf_daemon.records import FeatureWindow, SourceRef
-from taskclf_daemon.state import StateFormatError, UserState
+from taskclf_daemon.state import Snapshot, StateFormatError, UserState
 
 #: bytes kept free for the record framing and headers when a record is checked against
 #: ``max_produce_bytes`` (a v2 record's overhead plus our headers is < 200 bytes)
@@ -49,7 +49,7 @@ class ShardLimits:
     max_state_users: int = 0
 
     @classmethod
-    def from_settings(cls, s: Any) -> "ShardLimits":
+    def from_settings(cls, s: Any) -> ShardLimits:
         return cls(
             max_record_bytes=s.max_record_bytes,
             max_produce_bytes=s.max_produce_bytes,
@@ -228,7 +228,7 @@ class PipelineShard:
         the batch and the windows run one at a time, a failing one dead-lettered
         (``processing_error``) with its user's state as before it."""
         users = self.states.users
-        snaps: dict[str, tuple | None] = {}
+        snaps: dict[str, Snapshot | None] = {}
         for w in windows:
             u = w.user_id
             if u not in snaps:
@@ -258,7 +258,7 @@ class PipelineShard:
                 timings[k] = timings.get(k, 0.0) + v
         return BatchResult(preds, timings, skipped)
 
-    def _undo(self, u: str, snap: tuple | None) -> None:
+    def _undo(self, u: str, snap: Snapshot | None) -> None:
         if snap is None:  # the user had no state before: none now either
             self._forget_user(u)
         else:
@@ -329,9 +329,9 @@ class PipelineShard:
             cands = ((st.seen_s, u) for u, st in users.items() if u not in out and u not in dirty)
             victims = [u for _s, u in heapq.nsmallest(n, cands)]
             for u in victims:
-                part = self._user_part.get(u)
-                if part is not None:
-                    out[u] = part
+                vp = self._user_part.get(u)
+                if vp is not None:
+                    out[u] = vp
             if victims:
                 counts["capacity"] = len(victims)
         for u in out:

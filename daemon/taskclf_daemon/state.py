@@ -35,6 +35,10 @@ class HistoryEntry(NamedTuple):
     mouse: float | None
 
 
+#: what :meth:`UserState.snapshot` returns: every field, the deques copied
+Snapshot = tuple[deque[HistoryEntry], int | None, deque[int], int | None, int, int, int, int]
+
+
 class UserState:
     """Rolling state of one user. Mutated only by the pipeline, in the user's window order."""
 
@@ -54,11 +58,11 @@ class UserState:
         #: changelog retention only, never an input of an output
         self.seen_s = 0
 
-    def snapshot(self) -> tuple:
+    def snapshot(self) -> Snapshot:
         """Everything :meth:`restore` needs to undo later changes (cheap: two deque copies)."""
         return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s)
 
-    def restore(self, snap: tuple) -> None:
+    def restore(self, snap: Snapshot) -> None:
         (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s) = snap
 
     def to_bytes(self) -> bytes:
@@ -79,7 +83,7 @@ class UserState:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0) -> "UserState":
+    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0) -> UserState:
         """Inverse of :meth:`to_bytes`; the smoothing deque is resized to ``smooth_window``.
 
         A version-1 value has no partition or last-seen time: ``partition`` (the changelog

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
 # epoch values above this are taken as milliseconds (year 5138 in seconds)
 _MS_CUTOFF = 1e11
@@ -55,7 +55,7 @@ def parse_ts_us(value: object) -> int:
     except ValueError:
         raise ValueError(f"not an ISO-8601 timestamp: {value[:40]!r}") from None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=dt.timezone.utc)
+        ts = ts.replace(tzinfo=dt.UTC)
     try:
         us = (ts - _EPOCH) // _US
     except OverflowError:  # e.g. an offset that moves year 9999 past the end

@@ -52,7 +52,7 @@ class WorkerError(TaskclfDaemonError):
 class _Host:
     """Calls to one shard: ``submit`` returns a future; calls run one at a time, in order."""
 
-    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
         raise NotImplementedError
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -70,7 +70,7 @@ class LocalShard(_Host):
     async def start(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "in_process": True}
 
-    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._ex, getattr(self.shard, method), *args)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -153,7 +153,7 @@ class ProcessShard(_Host):
             raise WorkerError(f"pipeline worker {self.name}: {method} failed: {value}")
         return value
 
-    def submit(self, method: str, *args: Any) -> "asyncio.Future[Any]":
+    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._ex, self._call, method, args)
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from fixtures_daemon import compare_files, keyed_lines, produce_values, read_topic, write_values
 
 pytestmark = pytest.mark.broker
@@ -156,7 +157,7 @@ def test_sigterm_mid_stream_then_restart_loses_no_window(golden, kafka_bootstrap
     d2.wait_ready()
     msgs = read_topic(kafka_bootstrap, tout, expect=3030, timeout=90)
     keys = {(json.loads(m.value())["user_id"], json.loads(m.value())["bucket_start_ts"]) for m in msgs}
-    expected = {(json.loads(l)["user_id"], json.loads(l)["bucket_start_ts"]) for l in (golden / "expected_w3.jsonl").read_bytes().splitlines()}
+    expected = {(json.loads(ln)["user_id"], json.loads(ln)["bucket_start_ts"]) for ln in (golden / "expected_w3.jsonl").read_bytes().splitlines()}
     assert keys == expected  # no window lost
     # a clean stop commits what it produced: the restart re-emits little or nothing
     assert len(msgs) - 3030 <= 20 * 4

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
 from fixtures_daemon import compare_files, keyed_lines, produce_values, read_topic
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -111,7 +111,6 @@ def test_rebalance_kill_one_of_three_then_a_fourth_joins(golden, kafka_bootstrap
 def test_broker_stall_30s_recovers_by_itself(golden, topic_factory, tmp_path, daemon_factory):
     """SIGSTOP the broker for 30 s mid-stream: readiness reflects it, then the daemon recovers."""
     from fixtures_daemon import DaemonProcess  # noqa: F401  (documentation: same runner)
-
     from taskclf_daemon.devbroker import LocalBroker
 
     broker = LocalBroker()
@@ -122,7 +121,7 @@ def test_broker_stall_30s_recovers_by_itself(golden, topic_factory, tmp_path, da
 
         admin = AdminClient({"bootstrap.servers": bs, "log_level": 3})
         names = ["stall-in", "stall-out", "stall-dlq"]
-        for n, fut in admin.create_topics([NewTopic(n, 4 if n != "stall-dlq" else 1, 1) for n in names]).items():
+        for fut in admin.create_topics([NewTopic(n, 4 if n != "stall-dlq" else 1, 1) for n in names]).values():
             fut.result(15)
         lines = list(keyed_lines(golden / "inputs.jsonl"))
         produce_values(bs, "stall-in", lines[:1500])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from fixtures_daemon import compare_files, keyed_lines, produce_values, read_topic, write_values
 
 pytestmark = pytest.mark.broker
@@ -32,7 +33,7 @@ def _hostile(base: dict) -> list[tuple[str, bytes | None, bytes | None]]:
         r.pop("bucket_end_ts", None)
         return orjson.dumps(r)
 
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:00Z")
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:00Z")
     huge_user = "u" * 600_000
     out = [
         ("dlq:bad_timestamp", b"evil-ts", row("evil-ts", "9999-12-31T23:59:00-05:00")),

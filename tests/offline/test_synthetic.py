@@ -63,7 +63,7 @@ def test_days_are_independent_so_a_later_start_gives_new_days_for_the_same_users
     later = generate_labelled(seed=2, n_users=3, days=2, start="2026-03-09")
     assert {r["user_id"] for r in later} <= set(user_ids(2, 3))
     assert min(r["bucket_start_ts"] for r in later) >= "2026-03-09"
-    strip = lambda rows: [(r["app_id"], r["keys_per_min"], r["label"]) for r in rows]  # noqa: E731
+    strip = lambda rows: [(r["app_id"], r["keys_per_min"], r["label"]) for r in rows]
     assert strip(short) != strip(later)
 
 

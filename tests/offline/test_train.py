@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
+from helpers_rows import GOLDEN_DIR
 from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import LABELS
 from taskclf_daemon.offline.synthetic import generate_labelled
@@ -27,7 +28,7 @@ from taskclf_daemon.offline.train import (
 from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, ModelBundle
 from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "taskclf-v1-temperature"
+GOLDEN = GOLDEN_DIR  # the in-repo golden fixture (built before collection by conftest)
 GOLDEN_BUNDLE = GOLDEN / "models" / "2026-04-06_000000_run-0001"
 ROUNDS = 40
 
@@ -91,13 +92,13 @@ def test_bundle_files_and_fields_match_taskclf(trained: tuple[Path, list], rows:
     assert table[0] == [""] + list(LABELS)
     assert [r[0] for r in table[1:]] == list(LABELS)
     assert np.array_equal(np.asarray([[int(v) for v in r[1:]] for r in table[1:]]), cm)
-    if GOLDEN_BUNDLE.is_dir():  # same key sets as the real taskclf bundle
-        gmeta = _json(GOLDEN_BUNDLE / "metadata.json")
-        assert list(gmeta) == list(meta) and list(gmeta["params"]) == list(meta["params"])
-        assert list(_json(GOLDEN_BUNDLE / "metrics.json")) == list(metrics)
-        assert (GOLDEN_BUNDLE / "confusion_matrix.csv").read_text().splitlines()[0] == (bundle / "confusion_matrix.csv").read_text().splitlines()[0]
-        assert list(_json(GOLDEN_BUNDLE / "categorical_encoders.json")) == list(_json(bundle / "categorical_encoders.json"))
-        assert list(_json(GOLDEN / "models" / "inference_policy.json")) == POLICY_KEYS
+    # same key sets as the real taskclf bundle
+    gmeta = _json(GOLDEN_BUNDLE / "metadata.json")
+    assert list(gmeta) == list(meta) and list(gmeta["params"]) == list(meta["params"])
+    assert list(_json(GOLDEN_BUNDLE / "metrics.json")) == list(metrics)
+    assert (GOLDEN_BUNDLE / "confusion_matrix.csv").read_text().splitlines()[0] == (bundle / "confusion_matrix.csv").read_text().splitlines()[0]
+    assert list(_json(GOLDEN_BUNDLE / "categorical_encoders.json")) == list(_json(bundle / "categorical_encoders.json"))
+    assert list(_json(GOLDEN / "models" / "inference_policy.json")) == POLICY_KEYS
 
 
 def test_validation_metrics_well_above_chance(trained: tuple[Path, list], rows: list[dict]) -> None:
@@ -135,7 +136,7 @@ def test_categorical_encoders_sorted_with_unknown(trained: tuple[Path, list], ro
     bundle, _ = trained
     enc = _json(bundle / "categorical_encoders.json")
     assert list(enc) == ["app_id", "app_category", "domain_category", "user_id"]
-    for col, vocab in enc.items():
+    for vocab in enc.values():
         assert vocab == sorted(vocab) and UNKNOWN_CATEGORY in vocab and len(set(vocab)) == len(vocab)
     assert enc["domain_category"] == ["__unknown__", "non_browser", "unknown"]
     assert set(enc["user_id"]) - {UNKNOWN_CATEGORY} == {r["user_id"] for r in rows}
@@ -194,7 +195,7 @@ def test_same_seed_same_model(trained: tuple[Path, list], rows: list[dict], tmp_
     ma, mb_ = _json(first / "metadata.json"), _json(second / "metadata.json")
     ma.pop("created_at"), mb_.pop("created_at")
     assert ma == mb_
-    trees = lambda p: (p / "model.txt").read_text().split("end of trees")[0]  # noqa: E731
+    trees = lambda p: (p / "model.txt").read_text().split("end of trees")[0]
     assert trees(first) == trees(second)
 
 
@@ -216,7 +217,6 @@ def test_fill_overlay_matches_online_semantics_and_keeps_given_values(rows: list
     assert got["keys_per_min_rolling_5"] == base["keys_per_min_rolling_5"]  # computed ones unchanged
 
 
-@pytest.mark.skipif(not (GOLDEN / "expected_features.jsonl").is_file(), reason="golden fixture not available")
 def test_fill_overlay_reproduces_taskclf_online_features() -> None:
     inputs = [orjson.loads(line) for line in (GOLDEN / "inputs.jsonl").read_bytes().splitlines()]
     for r in inputs:

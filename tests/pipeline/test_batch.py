@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import TOOLS_DIR, golden_dir, make_row, validator  # noqa: E402
-
-from taskclf_daemon.codec import decode_window  # noqa: E402
-from taskclf_daemon.errors import InvalidRecord  # noqa: E402
-from taskclf_daemon.labels import LABELS, MIXED_UNKNOWN  # noqa: E402
-from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig  # noqa: E402
-from taskclf_daemon.pipeline.calibration import CalibratorStore  # noqa: E402
-from taskclf_daemon.pipeline.model import ModelBundle  # noqa: E402
-from taskclf_daemon.pipeline.policy import resolve_inference  # noqa: E402
-from taskclf_daemon.records import FeatureWindow  # noqa: E402
-from taskclf_daemon.state import StateStore  # noqa: E402
+from golden_compare import compare
+from helpers_rows import golden_dir, make_row, validator
+from taskclf_daemon.codec import decode_window
+from taskclf_daemon.errors import InvalidRecord
+from taskclf_daemon.labels import LABELS, MIXED_UNKNOWN
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
+from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.model import ModelBundle
+from taskclf_daemon.pipeline.policy import resolve_inference
+from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.state import StateStore
 
 V1 = validator("v1")
 
@@ -52,16 +48,6 @@ def lines(g: Path) -> list[bytes]:
 @pytest.fixture(scope="module")
 def windows(lines: list[bytes]) -> list[FeatureWindow]:
     return [decode_window(ln, V1) for ln in lines]
-
-
-@pytest.fixture(scope="module")
-def compare() -> ModuleType:
-    path = TOOLS_DIR / "compare.py"
-    spec = importlib.util.spec_from_file_location("taskclf_compare_tool", path)
-    assert spec is not None and spec.loader is not None, f"missing {path}"
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _pipe(bundle: ModelBundle, store: CalibratorStore | None, w: int) -> InferencePipeline:
@@ -92,14 +78,15 @@ def _golden_run(bundle: ModelBundle, store: CalibratorStore, windows: list[Featu
 
 
 @pytest.mark.parametrize("w", [3, 5])
-def test_golden_predictions_pass_compare_tool(w: int, g: Path, bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow], compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_golden_predictions_pass_compare_tool(w: int, g: Path, bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow], tmp_path: Path) -> None:
     values = _golden_run(bundle, store, windows, w)
     out = tmp_path / f"daemon_w{w}.jsonl"
     out.write_bytes(b"".join(v + b"\n" for v in values))
-    rc = compare.main(["--expected", str(g / f"expected_w{w}.jsonl"), "--actual", str(out), "--fail-on-extra", "--strict-meta"])
-    text = capsys.readouterr().out
-    assert rc == 0, text
-    assert "SUMMARY: PASS" in text and "matched=3030" in text
+    report = compare(g / f"expected_w{w}.jsonl", out, fail_on_extra=True)
+    assert report.ok, str(report)
+    assert report.matched == 3030 and report.max_abs_diff <= 1e-5
+    # the check is able to fail: the other window's golden differs
+    assert not compare(g / f"expected_w{8 - w}.jsonl", out).ok
 
 
 @pytest.mark.parametrize("w", [3, 5])

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import golden_dir  # noqa: E402
-
-from taskclf_daemon.errors import ArtifactError  # noqa: E402
-from taskclf_daemon.pipeline.calibration import (  # noqa: E402
+from helpers_rows import golden_dir
+from taskclf_daemon.errors import ArtifactError
+from taskclf_daemon.pipeline.calibration import (
     CalibratorStore,
     IdentityCalibrator,
     IsotonicCalibrator,

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import random
-import sys
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import golden_dir, make_window  # noqa: E402
-
-from taskclf_daemon.labels import DEFAULT_REJECT_THRESHOLD, LABELS, MIXED_UNKNOWN, REJECT_ID  # noqa: E402
-from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig  # noqa: E402
-from taskclf_daemon.pipeline.calibration import CalibratorStore, IdentityCalibrator, TemperatureCalibrator  # noqa: E402
-from taskclf_daemon.pipeline.decision import reject_mask, rolling_majority, smooth_trailing, thresholds_for  # noqa: E402
-from taskclf_daemon.pipeline.model import ModelBundle  # noqa: E402
+from helpers_rows import golden_dir, make_window
+from taskclf_daemon.labels import DEFAULT_REJECT_THRESHOLD, LABELS, MIXED_UNKNOWN, REJECT_ID
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
+from taskclf_daemon.pipeline.calibration import CalibratorStore, IdentityCalibrator, TemperatureCalibrator
+from taskclf_daemon.pipeline.decision import reject_mask, rolling_majority, smooth_trailing, thresholds_for
+from taskclf_daemon.pipeline.model import ModelBundle
 
 
 def _rej(conf: list[float], uids: list[str], global_t: float | None, per_user: dict[str, float] | None = None) -> list[bool]:

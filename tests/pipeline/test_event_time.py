@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import orjson
 import pytest
 
+from helpers_rows import golden_dir
 from taskclf_daemon.artifacts import build_pipeline
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.records import SourceRef
 from taskclf_daemon.state import StateFormatError, UserState
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "taskclf-v1-temperature"
-
 
 @pytest.fixture(scope="module")
 def golden_windows():
-    pipe, _ = build_pipeline(policy=GOLDEN / "models" / "inference_policy.json")
+    g = golden_dir()
+    pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json")
     v = RowValidator(pipe.bundle.schema)
-    ws = [decode_window(l, v) for l in (GOLDEN / "inputs.jsonl").read_bytes().splitlines() if l.strip()]
+    ws = [decode_window(ln, v) for ln in (g / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
     for i, w in enumerate(ws):
         w.source = SourceRef("in", 0, i)
     return pipe, ws
@@ -100,7 +99,7 @@ def test_ttl_resets_a_user_idle_longer_than_the_ttl(golden_windows):
 def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
     pipe, ws = golden_windows
     _, states = _run(pipe, ws[:2000])
-    for u, st in states.users.items():
+    for st in states.users.values():
         b = st.to_bytes()
         assert UserState.from_bytes(b, 3).to_bytes() == b
         assert len(b) < 2000

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,15 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import TOOLS_DIR, golden_dir, make_window, validator  # noqa: E402
-
-from taskclf_daemon.codec import decode_window  # noqa: E402
-from taskclf_daemon.pipeline.features import push_window, rolling_mean  # noqa: E402
-from taskclf_daemon.records import FeatureWindow  # noqa: E402
-from taskclf_daemon.schema import OVERLAY_COLUMNS  # noqa: E402
-from taskclf_daemon.state import StateStore, UserState  # noqa: E402
-from taskclf_daemon.timeutil import format_ts_us  # noqa: E402
+from golden_compare import compare
+from helpers_rows import golden_dir, make_window, validator
+from taskclf_daemon.codec import decode_window
+from taskclf_daemon.pipeline.features import push_window, rolling_mean
+from taskclf_daemon.records import FeatureWindow
+from taskclf_daemon.schema import OVERLAY_COLUMNS
+from taskclf_daemon.state import StateStore, UserState
+from taskclf_daemon.timeutil import format_ts_us
 
 IDX = {c: i for i, c in enumerate(OVERLAY_COLUMNS)}
 
@@ -314,14 +311,9 @@ def test_golden_overlay_equals_expected_features(golden_windows: list[FeatureWin
     assert all(isinstance(r["app_switch_count_last_15m"], int) for r in recs)
 
 
-def test_golden_overlay_passes_compare_tool(golden_windows: list[FeatureWindow], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("taskclf_compare_tool_features", TOOLS_DIR / "compare.py")
-    assert spec is not None and spec.loader is not None, f"missing {TOOLS_DIR / 'compare.py'}"
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+def test_golden_overlay_passes_compare_tool(golden_windows: list[FeatureWindow], tmp_path: Path) -> None:
     out = tmp_path / "overlay.jsonl"
     out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in _overlay_records(golden_windows)))
-    rc = compare.main(["--mode", "features", "--tol", "1e-9", "--expected", str(golden_dir() / "expected_features.jsonl"), "--actual", str(out)])
-    text = capsys.readouterr().out
-    assert rc == 0, text
-    assert "SUMMARY: PASS" in text
+    report = compare(golden_dir() / "expected_features.jsonl", out, mode="features", tol=1e-9, fail_on_extra=True)
+    assert report.ok, str(report)
+    assert report.matched == 3030

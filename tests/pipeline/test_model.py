@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import V2_HASH, golden_dir, make_window, validator  # noqa: E402
-
-from taskclf_daemon.codec import decode_window  # noqa: E402
-from taskclf_daemon.errors import ArtifactError  # noqa: E402
-from taskclf_daemon.labels import LABELS  # noqa: E402
-from taskclf_daemon.pipeline.features import push_window  # noqa: E402
-from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, CategoricalCodes, ModelBundle  # noqa: E402
-from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS  # noqa: E402
-from taskclf_daemon.state import StateStore  # noqa: E402
+from helpers_rows import V2_HASH, golden_dir, make_window, validator
+from taskclf_daemon.codec import decode_window
+from taskclf_daemon.errors import ArtifactError
+from taskclf_daemon.labels import LABELS
+from taskclf_daemon.pipeline.features import push_window
+from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, CategoricalCodes, ModelBundle
+from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS
+from taskclf_daemon.state import StateStore
 
 RUN = "2026-04-06_000000_run-0001"
 COLS = SCHEMAS["v1"].feature_columns

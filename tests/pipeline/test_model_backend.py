@@ -7,29 +7,26 @@ cache directory. Everything else runs everywhere.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import TOOLS_DIR, golden_dir  # noqa: E402
-
-from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
-from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
-from taskclf_daemon.errors import ArtifactError  # noqa: E402
-from taskclf_daemon.pipeline import model as model_mod  # noqa: E402
-from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig  # noqa: E402
-from taskclf_daemon.pipeline.calibration import CalibratorStore  # noqa: E402
-from taskclf_daemon.pipeline.features import push_window  # noqa: E402
-from taskclf_daemon.pipeline.model import BACKENDS, ModelBundle, default_lleaves_cache_dir, softmax_like_lightgbm  # noqa: E402
-from taskclf_daemon.pipeline.policy import resolve_inference  # noqa: E402
+from golden_compare import compare
+from helpers_rows import golden_dir
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.errors import ArtifactError
+from taskclf_daemon.pipeline import model as model_mod
+from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
+from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.features import push_window
+from taskclf_daemon.pipeline.model import BACKENDS, ModelBundle, default_lleaves_cache_dir, softmax_like_lightgbm
+from taskclf_daemon.pipeline.policy import resolve_inference
 
 RUN = "2026-04-06_000000_run-0001"
 FIX = "pip install 'taskclf-daemon[fast]'"
@@ -171,17 +168,7 @@ def test_lleaves_predicts_on_one_thread(fast: ModelBundle, golden_X: tuple[np.nd
     assert fast.predict_proba(golden_X[0][:0]).shape == (0, 8)
 
 
-@pytest.fixture(scope="module")
-def compare() -> ModuleType:
-    path = TOOLS_DIR / "compare.py"
-    spec = importlib.util.spec_from_file_location("taskclf_compare_tool_backend", path)
-    assert spec is not None and spec.loader is not None, f"missing {path}"
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_lleaves_golden_replay_passes_compare_tool(fast: ModelBundle, compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lleaves_golden_replay_passes_compare_tool(fast: ModelBundle, tmp_path: Path) -> None:
     g = golden_dir()
     r = resolve_inference(policy_path=g / "models" / "inference_policy.json")
     assert Path(r.model_dir).resolve() == fast.path.resolve()
@@ -194,10 +181,9 @@ def test_lleaves_golden_replay_passes_compare_tool(fast: ModelBundle, compare: M
         for i in range(0, len(ws), 512):
             for p in pipe.process(ws[i:i + 512], states).predictions:
                 f.write(p.value + b"\n")
-    rc = compare.main(["--expected", str(g / "expected_w3.jsonl"), "--actual", str(out), "--fail-on-extra", "--strict-meta", "--tol", "1e-5"])
-    text = capsys.readouterr().out
-    assert rc == 0, text
-    assert "SUMMARY: PASS" in text and "matched=3030" in text
+    report = compare(g / "expected_w3.jsonl", out, fail_on_extra=True, tol=1e-5)
+    assert report.ok, str(report)
+    assert report.matched == 3030
 
 
 def test_second_load_reuses_the_cache(fast: ModelBundle, lleaves_cache: Path, golden_X: tuple[np.ndarray, np.ndarray]) -> None:

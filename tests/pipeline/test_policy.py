@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers_rows import golden_dir  # noqa: E402
-
-from taskclf_daemon.errors import ArtifactError  # noqa: E402
-from taskclf_daemon.labels import LABELS  # noqa: E402
-from taskclf_daemon.pipeline.calibration import CalibratorStore  # noqa: E402
-from taskclf_daemon.pipeline.model import ModelBundle  # noqa: E402
-from taskclf_daemon.pipeline.policy import check_policy_against_model, load_policy, resolve_inference  # noqa: E402
+from helpers_rows import golden_dir
+from taskclf_daemon.errors import ArtifactError
+from taskclf_daemon.labels import LABELS
+from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.model import ModelBundle
+from taskclf_daemon.pipeline.policy import check_policy_against_model, load_policy, resolve_inference
 
 RUN = "2026-04-06_000000_run-0001"
 

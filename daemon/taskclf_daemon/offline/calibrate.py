@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import MIN_DISTINCT_LABELS, MIN_LABELED_DAYS, MIN_LABELED_WINDOWS, N_LABELS
+from taskclf_daemon.offline.train import Progress, fill_overlay
 from taskclf_daemon.pipeline.calibration import (
     Calibrator,
     CalibratorStore,
@@ -38,7 +40,6 @@ from taskclf_daemon.pipeline.calibration import (
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.timeutil import parse_ts_us, utc_date
-from taskclf_daemon.offline.train import Progress, fill_overlay
 
 __all__ = ["ELIGIBILITY_FILE", "calibrate_store", "eligibility", "fit_isotonic", "fit_temperature", "nll", "raw_probabilities"]
 

@@ -10,9 +10,10 @@ import gzip
 import io
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord

@@ -44,8 +44,9 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -462,8 +463,8 @@ class _UserSim:
         if self.block_noinput:
             keys = clicks = scroll = mouse = kb = ms = act = idle = dens = None
         else:
-            a = min(1.0, max(0.0, prof.active + 0.12 * z[4]))
-            act_n = int(round(12 * a))
+            active = min(1.0, max(0.0, prof.active + 0.12 * z[4]))
+            act_n = int(round(12 * active))
             act = 5.0 * act_n
             if act_n == 0:
                 keys = clicks = scroll = mouse = kb = ms = 0.0
@@ -548,11 +549,11 @@ class _UserSim:
 def _parse_start(start: str) -> dt.datetime:
     s = start.strip()
     if len(s) == 10:
-        return dt.datetime.fromisoformat(s).replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.fromisoformat(s).replace(tzinfo=dt.UTC)
     ts = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=dt.timezone.utc)
-    return ts.astimezone(dt.timezone.utc)
+        ts = ts.replace(tzinfo=dt.UTC)
+    return ts.astimezone(dt.UTC)
 
 
 def _check_version(schema_version: str) -> None:

@@ -34,9 +34,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -46,7 +47,7 @@ from taskclf_daemon.codec import RowValidator
 from taskclf_daemon.errors import ArtifactError, InvalidRecord
 from taskclf_daemon.labels import DEFAULT_IDLE_GAP_SECONDS, DEFAULT_REJECT_THRESHOLD, LABEL_INDEX, LABELS, N_LABELS
 from taskclf_daemon.pipeline.calibration import utc_now_iso
-from taskclf_daemon.pipeline.features import push_window
+from taskclf_daemon.pipeline.features import Overlay, push_window
 from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, CategoricalCodes, ModelBundle
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS, FeatureSchema
@@ -73,7 +74,7 @@ __all__ = [
 #: ``progress(stage, done, total)``
 Progress = Callable[[str, int, int], None]
 #: ``(validated window, the 9 overlay values, label index in LABELS)``
-LabelledWindow = tuple[FeatureWindow, tuple, int]
+LabelledWindow = tuple[FeatureWindow, Overlay, int]
 
 MIN_CATEGORY_FREQ = 5
 UNKNOWN_MASK_RATE = 0.05
@@ -102,8 +103,8 @@ def _check_label(row: dict[str, Any], path: Path, where: str) -> None:
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dt.datetime):
         if v.tzinfo is None:
-            v = v.replace(tzinfo=dt.timezone.utc)
-        us = (v - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+            v = v.replace(tzinfo=dt.UTC)
+        us = (v - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
         return format_ts_us(us)
     if isinstance(v, float) and v != v:
         return None  # Parquet/pandas NaN means "missing"
@@ -140,7 +141,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
         return rows
     opener = gzip.open if p.suffix == ".gz" else open
     try:
-        with opener(p, "rb") as fh:  # type: ignore[operator]
+        with opener(p, "rb") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -208,7 +209,7 @@ def fill_overlay(rows: Sequence[dict[str, Any]], schema: FeatureSchema | str, *,
 # ---------------------------------------------------------------------------------------------
 
 
-def split_by_time(windows: Sequence[LabelledWindow] | Sequence[FeatureWindow], train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO) -> dict[str, list[int]]:
+def split_by_time(windows: Sequence[LabelledWindow | FeatureWindow], train_ratio: float = TRAIN_RATIO, val_ratio: float = VAL_RATIO) -> dict[str, list[int]]:
     """taskclf's per-user chronological split: first ``int(n*0.70)`` rows of each user train,
     up to ``int(n*(0.70+0.15))`` validation, the rest test. Returns sorted index lists."""
     if train_ratio + val_ratio > 1.0:
@@ -515,7 +516,7 @@ def train_bundle(
         "unknown_category_mask_rate": UNKNOWN_MASK_RATE,
     }
     out.mkdir(parents=True, exist_ok=True)
-    run_id, final = _reserve_run_dir(out, seed, dt.datetime.now(dt.timezone.utc))
+    run_id, final = _reserve_run_dir(out, seed, dt.datetime.now(dt.UTC))
     tmp = out / f".{run_id}.tmp"
     tmp.mkdir()
     try:

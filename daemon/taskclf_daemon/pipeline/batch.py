@@ -11,8 +11,9 @@ clock, no batch composition, no other user enters it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class InferencePipeline:
         get = states.get
         dirty = states.dirty
         applied: list[FeatureWindow] = []
-        overlays: list[tuple] = []
+        overlays: list[tuple[float | None, ...]] = []
         skipped: list[tuple[FeatureWindow, str]] = []
         for w in windows:
             st = get(w.user_id)

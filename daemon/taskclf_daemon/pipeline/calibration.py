@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,7 +41,9 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
 
 
 class Calibrator(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str:
+        """``identity``, ``temperature`` or ``isotonic`` (read-only: calibrators are frozen)."""
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
         """Calibrate (n, K) or (K,) probabilities; same shape out."""
@@ -63,7 +66,8 @@ class IdentityCalibrator:
 def _softmax_rows(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class IsotonicCurve:
     increasing: bool = True
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
-        return np.interp(np.clip(p, self.x_min, self.x_max), self.x, self.y)
+        out: np.ndarray = np.interp(np.clip(p, self.x_min, self.x_max), self.x, self.y)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,7 +133,8 @@ class IsotonicCalibrator:
             out[:, c] = curve(P[:, c])
         out = np.clip(out, _FLOOR, None)
         out = out / out.sum(axis=1, keepdims=True)
-        return out[0] if one else out
+        res: np.ndarray = out[0] if one else out
+        return res
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "isotonic", "regressors": [c.to_json() for c in self.curves]}
@@ -283,7 +289,7 @@ class CalibratorStore:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "CalibratorStore":
+    def load(cls, directory: str | Path) -> CalibratorStore:
         """Load a store directory (taskclf's or ours).
 
         Users listed in ``store.json`` whose file is absent fall back to the global calibrator,
@@ -326,6 +332,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def utc_now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 

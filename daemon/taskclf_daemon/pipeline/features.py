@@ -19,6 +19,9 @@ float without its decimal conversion in the usual cases.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 from taskclf_daemon.labels import (
     APP_SWITCH_LOOKBACK_SECONDS,
     DEFAULT_IDLE_GAP_SECONDS,
@@ -28,7 +31,7 @@ from taskclf_daemon.labels import (
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.state import HistoryEntry, UserState
 
-Overlay = tuple  # 9 values in schema.OVERLAY_COLUMNS order
+Overlay = tuple[float | None, ...]  # 9 values in schema.OVERLAY_COLUMNS order (the first an int)
 
 _LOOKBACK_US = APP_SWITCH_LOOKBACK_SECONDS * 1_000_000
 #: builds a HistoryEntry without the namedtuple's Python-level ``__new__`` (same object)
@@ -61,20 +64,21 @@ def _round_to(x: float, scale: float, ndigits: int) -> float:
     return round(x, ndigits)
 
 
-def rolling_mean(values: list[float | None], window: int) -> float | None:
+def rolling_mean(values: Sequence[float | None], window: int) -> float | None:
     """Mean of the non-null values among the last ``window`` entries, rounded to 4 dp."""
-    tail = values[-window:]
+    tail: Sequence[float | None] = values[-window:]
     if None in tail:  # only then filter (no number equals None)
         tail = [v for v in tail if v is not None]
         if not tail:
             return None
     elif not tail:
         return None
+    tail = cast("Sequence[float]", tail)  # no None left (filtered above, or there was none)
     mean = sum(tail) / len(tail)  # summed in buffer order, as always
     return _round_to(mean, 10000.0, 4) if type(mean) is float else round(mean, 4)
 
 
-def _short_long(col: list) -> tuple[float | None, float | None]:
+def _short_long(col: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Rolling 5- and 15-row means of one column (taskclf's semantics, see :func:`rolling_mean`).
 
     A column without nulls (the usual case) is averaged inline; ``all()`` is a quicker "no None"
@@ -82,6 +86,7 @@ def _short_long(col: list) -> tuple[float | None, float | None]:
     """
     if not all(col) and None in col:
         return rolling_mean(col, ROLLING_SHORT), rolling_mean(col, ROLLING_LONG)
+    col = cast("Sequence[float]", col)  # no None in it (checked above)
     short = col[-ROLLING_SHORT:]
     long_ = col[-ROLLING_LONG:]
     return _round_to(sum(short) / len(short), 10000.0, 4), _round_to(sum(long_) / len(long_), 10000.0, 4)

@@ -42,10 +42,11 @@ import platform
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -82,7 +83,7 @@ class CategoricalCodes:
     unknown: int  # code of "__unknown__", or -1 for legacy vocabularies without it
 
     @classmethod
-    def from_vocab(cls, vocab: Sequence[str]) -> "CategoricalCodes":
+    def from_vocab(cls, vocab: Sequence[str]) -> CategoricalCodes:
         codes = {str(v): i for i, v in enumerate(vocab)}
         return cls(codes, codes.get(UNKNOWN_CATEGORY, -1))
 
@@ -131,7 +132,7 @@ class ModelBundle:
         self._row = _compile_row(self._plan)
 
     @classmethod
-    def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> "ModelBundle":
+    def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> ModelBundle:
         """Load and validate a bundle.
 
         :param backend: ``lightgbm`` (default), ``lleaves`` (compile ``model.txt``, or reuse the
@@ -220,7 +221,7 @@ class ModelBundle:
     def width(self) -> int:
         return len(self.schema.feature_columns)
 
-    def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple]) -> np.ndarray:
+    def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple[float | None, ...]]) -> np.ndarray:
         """Build the float64 model input matrix (n, width): categorical codes, None -> 0.0, bool -> 1/0."""
         if not windows:
             return np.empty((0, self.width), dtype=np.float64)
@@ -280,11 +281,11 @@ def softmax_like_lightgbm(raw: np.ndarray) -> np.ndarray:
         out = []
         for row in raw.tolist():
             wmax = max(row)
-            e = [math.exp(x - wmax) for x in row]
+            ex = [math.exp(x - wmax) for x in row]
             wsum = 0.0
-            for x in e:
+            for x in ex:
                 wsum += x
-            out.append([x / wsum for x in e])
+            out.append([x / wsum for x in ex])
         return np.array(out, dtype=np.float64).reshape(n, k)
     d = raw - raw.max(axis=1, keepdims=True)
     e = np.fromiter(map(math.exp, d.ravel().tolist()), dtype=np.float64, count=n * k).reshape(n, k)
@@ -375,7 +376,7 @@ def _compile_options() -> dict[str, Any]:
     return {k: v for k, v in _LLEAVES_OPTIONS.items() if k != "format"}
 
 
-def _load_with_lleaves(cls: Any, backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple) -> "ModelBundle":
+def _load_with_lleaves(cls: type[ModelBundle], backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple[Any, ...]) -> ModelBundle:
     """``lleaves``: compile (or reuse the cache); ``auto``: reuse the cache or fall back to LightGBM."""
     try:
         lleaves = _import_lleaves()

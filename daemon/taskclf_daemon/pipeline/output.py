@@ -15,7 +15,8 @@ and scope names). About 2x faster than a dict per window.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 

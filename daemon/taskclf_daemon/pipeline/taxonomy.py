@@ -101,10 +101,12 @@ def _pairwise_sum(cols: Sequence[np.ndarray]) -> np.ndarray:
         while i < n:
             res += cols[i]
             i += 1
-        return res
+        total: np.ndarray = res
+        return total
     half = n // 2
     half -= half % 8
-    return _pairwise_sum(cols[:half]) + _pairwise_sum(cols[half:])
+    halves: np.ndarray = _pairwise_sum(cols[:half]) + _pairwise_sum(cols[half:])
+    return halves
 
 
 def _row_sum(mat: np.ndarray, indices: Sequence[int]) -> np.ndarray:
