@@ -97,9 +97,10 @@ def build_workload(records: int, users: int, golden_inputs: Path = GOLDEN / "inp
     """Clone the golden users' row sequences into ``users`` new users, ``records`` rows in all.
 
     Clone ``k`` of golden user ``g`` gets user id ``uuid5(BENCH_NS, f"{g}/{k}")``, a contiguous
-    slice of ``g``'s rows starting at a deterministic offset, and a time shift of ``k`` whole
-    weeks (so ``day_of_week`` and ``hour_of_day`` stay true). When a user needs more rows than
-    its golden user has, the sequence repeats, shifted by a further 520 weeks per lap. The
+    slice of ``g``'s rows starting at a deterministic offset, and a time shift of ``-(k + 1040)``
+    whole weeks (so ``day_of_week`` and ``hour_of_day`` stay true, and every window lies in the
+    past). When a user needs more rows than its golden user has, the sequence repeats, shifted by
+    a further 520 weeks per lap. The
     produce order is round-robin over users (row 0 of every user, then row 1, ...), i.e. all
     users active at once, as a fleet of agents would produce.
     """
@@ -129,7 +130,8 @@ def build_workload(records: int, users: int, golden_inputs: Path = GOLDEN / "inp
         for j in range(n):
             idx = start + j
             lap, pos = divmod(idx, len(src))
-            shift = dt.timedelta(weeks=k + 520 * lap)
+            # into the past (a window ahead of its record's Kafka timestamp is dead-lettered)
+            shift = dt.timedelta(weeks=520 * lap - k - 1040)
             row = dict(src[pos])
             row["user_id"] = uid
             row["bucket_start_ts"] = _fmt_ts(_parse_ts(row["bucket_start_ts"]) + shift)
