@@ -193,13 +193,13 @@ def test_isotonic_regressor_count_must_match_classes(n_regressors: int) -> None:
     # one regressor per class (8): a mismatched calibrator must fail loudly (taskclf's own output
     # would have the wrong width and fail its record validator), never emit made-up columns
     js = {"type": "isotonic", "regressors": [_curve_json([0.0, 1.0], [0.0, 1.0])] * n_regressors}
+    with pytest.raises(ArtifactError) as ei:
+        calibrator_from_json(js, "iso.json")
+    assert ei.value.field == "regressors" and "iso.json" in str(ei.value) and f"has {n_regressors} regressors" in str(ei.value)
+    # built directly (not from JSON), the calibrator refuses probabilities of another width
+    cal = IsotonicCalibrator((IsotonicCurve(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.0, 1.0),) * n_regressors)
     P = _rand_probs(4, seed=30)
-    try:
-        cal = calibrator_from_json(js, "iso.json")
-    except ArtifactError as exc:
-        assert exc.field == "regressors" and "iso.json" in str(exc)
-        return
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{n_regressors} regressors but the probabilities have 8 classes"):
         cal.apply(P)
     with pytest.raises(ValueError):
         cal.apply(P[0])
@@ -207,16 +207,18 @@ def test_isotonic_regressor_count_must_match_classes(n_regressors: int) -> None:
 
 @pytest.mark.parametrize("bad", [{"X_min_": float("nan")}, {"X_max_": float("nan")}, {"X_min_": float("-inf"), "X_max_": float("inf")}])
 def test_isotonic_non_finite_bounds_never_yield_nan(bad: dict[str, float]) -> None:
-    # taskclf rebuilds the regressor by refitting on the thresholds (X_min_/X_max_ recomputed); a
-    # corrupt bound must be refused at load or ignored -- never turn probabilities into NaN
-    js = {"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 1.0], [0.0, 0.4, 1.0], **bad)] + [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7}
+    # taskclf rebuilds the regressor by refitting on the thresholds (X_min_/X_max_ recomputed), so
+    # the stored bounds are ignored: a corrupt bound loads and never turns probabilities into NaN
+    good = {"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 1.0], [0.0, 0.4, 1.0])] + [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7}
+    js = {"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 1.0], [0.0, 0.4, 1.0], **bad)] + good["regressors"][1:]}
     text = json.dumps(js)  # Python's json writes/reads NaN and Infinity literals
-    try:
-        cal = calibrator_from_json(json.loads(text), "iso.json")
-    except ArtifactError:
-        return
-    out = cal.apply(_rand_probs(20, seed=31))
+    cal = calibrator_from_json(json.loads(text), "iso.json")
+    assert isinstance(cal, IsotonicCalibrator)
+    assert (cal.curves[0].x_min, cal.curves[0].x_max) == (0.0, 1.0)  # the first and last threshold
+    P = _rand_probs(20, seed=31)
+    out = cal.apply(P)
     assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, calibrator_from_json(good).apply(P))
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-9)
 
 
@@ -244,7 +246,12 @@ def test_json_round_trip_isotonic() -> None:
     cal = _roundtrip(orig)
     assert isinstance(cal, IsotonicCalibrator)
     P = _rand_probs(100, seed=8)
-    np.testing.assert_allclose(cal.apply(P), orig.apply(P), atol=1e-6)
+    # JSON floats round-trip exactly (repr), so the curves and every output are bit-identical
+    for a, b in zip(cal.curves, orig.curves):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        assert (a.x_min, a.x_max, a.increasing) == (b.x_min, b.x_max, b.increasing)
+    np.testing.assert_array_equal(cal.apply(P), orig.apply(P))
 
 
 def test_json_missing_type_is_identity() -> None:
@@ -495,3 +502,41 @@ def test_store_json_listing_traversal_id_without_file(tmp_path: Path) -> None:
     store = CalibratorStore.load(d)
     cal, scope = store.get("../../etc/passwd")
     assert scope == "global" and cal.temperature == 1.5
+
+
+def _symlinked_user_store(tmp_path: Path) -> tuple[Path, str]:
+    """A store whose ``users/<id>.json`` is a symlink to a calibrator outside the store."""
+    d = tmp_path / "s"
+    (d / "users").mkdir(parents=True)
+    uid = "mallory"
+    (d / "store.json").write_text(json.dumps({"method": "temperature", "user_count": 1, "user_ids": [uid]}))
+    (d / "global.json").write_text(json.dumps({"type": "temperature", "temperature": 1.5}))
+    outside = tmp_path / "elsewhere" / "planted.json"
+    outside.parent.mkdir()
+    outside.write_text(json.dumps({"type": "temperature", "temperature": 4.0}))
+    (d / "users" / user_file_name(uid)).symlink_to(outside)
+    assert (d / "users" / "mallory.json").is_file()  # the link resolves: only containment stops it
+    return d, uid
+
+
+def test_user_file_symlinked_outside_the_store_is_not_loaded(tmp_path: Path) -> None:
+    d, uid = _symlinked_user_store(tmp_path)
+    store = CalibratorStore.load(d)
+    assert uid not in store.user_calibrators
+    cal, scope = store.get(uid)
+    assert scope == "global" and cal.temperature == 1.5
+    # the batch path agrees: the user's rows are calibrated by the global calibrator
+    P = _rand_probs(3, seed=40)
+    out, scopes = store.calibrate_batch(P, [uid] * 3)
+    assert scopes == ["global"] * 3
+    np.testing.assert_array_equal(out, TemperatureCalibrator(1.5).apply(P))
+
+
+def test_user_file_symlinked_inside_the_store_is_loaded(tmp_path: Path) -> None:
+    # containment is about where the file is, not about links: a link within users/ is fine
+    d, uid = _symlinked_user_store(tmp_path)
+    (d / "users" / "shared-target.json").write_text(json.dumps({"type": "temperature", "temperature": 2.5}))
+    (d / "users" / "mallory.json").unlink()
+    (d / "users" / "mallory.json").symlink_to(d / "users" / "shared-target.json")
+    cal, scope = CalibratorStore.load(d).get(uid)
+    assert scope == "user" and cal.temperature == 2.5
