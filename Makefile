@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench mutate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,14 @@ demo: install
 bench: install
 	$(PY) scripts/bench_replay.py
 
+# mutmut, pinned in the `mutate` extra; writes docs/mutation-report.md. MUTATE_ARGS e.g.
+# "--fresh" (after changing code or tests), "--modules pipeline/decision.py", "--report-only"
+$(VENV)/.mutate-installed: $(VENV)/.installed
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test,fast,mutate]'
+	touch $@
+
+mutate: $(VENV)/.mutate-installed
+	nice -n 15 $(PY) scripts/mutate.py $(MUTATE_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mutate
