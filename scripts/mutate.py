@@ -60,6 +60,7 @@ TESTS = (
     "tests/test_codec.py",
     "tests/test_codec_fastdecode.py",
     "tests/test_offsets.py",
+    "tests/test_state.py",
     "tests/test_schema.py",
     "tests/test_shard.py",
     "tests/test_cli.py",
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="parallel mutmut workers (default 2)")
     ap.add_argument("--fresh", action="store_true", help="drop cached results first")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from cached results")
+    ap.add_argument("--rerun-survivors", action="store_true", help="run only the cached survivors again (after adding tests)")
     a = ap.parse_args(argv)
     unknown = [m for m in a.modules if m not in CORE]
     if unknown:
@@ -226,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         # all modules: cached results are kept (an interrupted run resumes); a subset: its mutants
         # are named (mutmut then re-runs them even if cached)
         names = [] if set(a.modules) == set(CORE) else ["taskclf_daemon." + m[:-3].replace("/", ".") + ".*" for m in a.modules]
-        mutmut("run", "--max-children", str(a.jobs), *names)
+        if a.rerun_survivors:
+            names = sorted(k for k, v in results().items() if module_of(k) in a.modules and v not in _STATUS_KILLED and v != "skipped")
+            if not names:
+                print("no survivors to re-run")
+        if names or not a.rerun_survivors:
+            mutmut("run", "--max-children", str(a.jobs), *names)
         elapsed = time.monotonic() - t0
     score, unexplained = write_report(a.modules, elapsed)
     print(f"mutation score {score:.1f}% over {', '.join(a.modules)}; {unexplained} unexplained survivor(s); report: {REPORT.relative_to(REPO)}")

@@ -166,7 +166,7 @@ def test_isotonic_1d_and_2d() -> None:
 
 
 def test_isotonic_empty_regressors_refused() -> None:
-    with pytest.raises(ValueError, match="regressors list must not be empty"):
+    with pytest.raises(ValueError, match="^regressors list must not be empty$"):
         IsotonicCalibrator(())
     with pytest.raises(ArtifactError) as ei:
         calibrator_from_json({"type": "isotonic", "regressors": []}, "iso.json")
@@ -377,6 +377,57 @@ def test_store_layout_on_save(tmp_path: Path) -> None:
     assert loaded.user_ids == ["amy", "zed"]
     assert loaded.get("zed")[0].temperature == 2.0 and loaded.get("nobody")[0].temperature == 1.2
     assert (loaded.model_bundle_id, loaded.model_schema_hash, loaded.created_at) == ("run-x", "4077fe0dba70", "2026-04-06T00:00:00+00:00")
+
+
+def test_store_files_are_taskclfs_json(tmp_path: Path) -> None:
+    # taskclf writes json.dumps(obj, indent=2); isotonic regressors carry out_of_bounds "clip"
+    store = CalibratorStore(_iso(seed=3), {"amy": TemperatureCalibrator(0.9)}, method="isotonic")
+    d = store.save(tmp_path / "store")
+    for f in (d / "store.json", d / "global.json", d / "users" / "amy.json"):
+        text = f.read_text(encoding="utf-8")
+        assert text == json.dumps(json.loads(text), indent=2), f
+    g = json.loads((d / "global.json").read_text())
+    assert [r["out_of_bounds"] for r in g["regressors"]] == ["clip"] * 8
+    assert all(r["increasing_"] is True for r in g["regressors"])
+
+
+def test_save_into_new_nested_directory_and_again(tmp_path: Path) -> None:
+    store = CalibratorStore(TemperatureCalibrator(1.2), {"amy": TemperatureCalibrator(0.9), "bob": TemperatureCalibrator(2.0)})
+    target = tmp_path / "a" / "b" / "store"
+    d = store.save(target)
+    assert d == target and store.path == str(target)
+    assert store.store_id.startswith("store@")
+    # saving again into the same directory (it and users/ exist) works; users no longer in the
+    # store lose their file, other files are left alone
+    (d / "users" / "notes.txt").write_text("kept")
+    smaller = CalibratorStore(TemperatureCalibrator(1.2), {"amy": TemperatureCalibrator(1.1)})
+    smaller.save(target)
+    assert sorted(p.name for p in (d / "users").iterdir()) == ["amy.json", "notes.txt"]
+    loaded = CalibratorStore.load(target)
+    assert loaded.user_ids == ["amy"] and loaded.get("amy")[0].temperature == 1.1
+    assert loaded.get("bob") == (loaded.global_calibrator, "global")
+
+
+def test_utc_now_iso_is_whole_seconds_utc() -> None:
+    import re
+
+    from taskclf_daemon.pipeline.calibration import utc_now_iso
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", utc_now_iso())
+
+
+def test_isotonic_apply_computes_in_float64() -> None:
+    cal = _iso(seed=5)
+    P = _rand_probs(10, seed=6)
+    want = cal.apply(P)
+    np.testing.assert_array_equal(cal.apply(P.astype(np.float32)), cal.apply(P.astype(np.float32).astype(np.float64)))
+    assert cal.apply(P.astype(np.float32)).dtype == np.float64
+    # probabilities given as a list of lists (e.g. parsed JSON) work the same
+    np.testing.assert_array_equal(cal.apply(P.tolist()), want)
+    # an integer (one-hot) row is not truncated to integers
+    onehot = np.eye(8, dtype=np.int64)[:2]
+    out = cal.apply(onehot)
+    assert out.dtype == np.float64 and np.allclose(out.sum(axis=1), 1.0) and (out > 0).all()
 
 
 def test_store_without_users_or_binding(tmp_path: Path) -> None:
