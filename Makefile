@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: install test lint typecheck imports gates demo bench clean
+.PHONY: install test lint typecheck imports gates demo bench mutate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,14 @@ demo: install
 bench: install
 	$(PY) scripts/bench_replay.py
 
+# mutmut, pinned in the `mutate` extra; writes docs/mutation-report.md. MUTATE_ARGS e.g.
+# "--fresh" (after changing code or tests), "--modules pipeline/decision.py", "--report-only"
+$(VENV)/.mutate-installed: $(VENV)/.installed
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test,fast,mutate]'
+	touch $@
+
+mutate: $(VENV)/.mutate-installed
+	nice -n 15 $(PY) scripts/mutate.py $(MUTATE_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .mutate

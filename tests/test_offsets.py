@@ -119,7 +119,7 @@ def test_cancelled_future_counts_as_failure(loop: asyncio.AbstractEventLoop) -> 
     b1 = batch(loop, 1, {A0: 10}, records=1)
     t.add(b1)
     b1.futures[0].cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(asyncio.CancelledError, match="^producer future cancelled$"):
         t.collect()
     assert t.take_committable() == {}
     assert t.in_flight_records == 1
@@ -159,3 +159,10 @@ def test_restore_puts_back_failed_commits_without_lowering_newer(loop: asyncio.A
     t.restore({A2: 3})
     t.restore({A2: 2})
     assert t.take_committable() == {A2: 3}
+
+
+def test_restore_of_the_lowest_positions(loop: asyncio.AbstractEventLoop) -> None:
+    # position 0 or 1 (nothing / only offset 0 processed) is a real position to put back
+    t = OffsetTracker()
+    t.restore({A0: 0, A1: 1})
+    assert t.take_committable() == {A0: 0, A1: 1}

@@ -27,7 +27,7 @@ def test_golden_stream_through_kafka_matches_taskclf(golden, kafka_bootstrap, to
     d.wait_ready()
     msgs = read_topic(kafka_bootstrap, tout, expect=3030, timeout=90)
     assert len(msgs) == 3030
-    assert compare_files(golden / "expected_w3.jsonl", write_values(msgs, tmp_path / "out.jsonl"), "--fail-on-extra") == 0
+    assert compare_files(golden / "expected_w3.jsonl", write_values(msgs, tmp_path / "out.jsonl"), "--fail-on-extra", "--tol", "1e-12") == 0
     # output keyed by user_id; provenance headers; value is the record (no processing time in it)
     for m in msgs[:50]:
         rec = orjson.loads(m.value())
@@ -115,14 +115,34 @@ def test_mixed_stream_dead_letters_exactly_the_bad_records(golden, kafka_bootstr
     time.sleep(1.0)
     assert len(read_topic(kafka_bootstrap, tout, timeout=10, idle=1.0)) == 3030  # nothing extra
     # the good rows' predictions are exactly taskclf's: bad rows disturbed no user's state
-    assert compare_files(golden / "expected_w3.jsonl", write_values(out, tmp_path / "out.jsonl"), "--fail-on-extra") == 0
+    assert compare_files(golden / "expected_w3.jsonl", write_values(out, tmp_path / "out.jsonl"), "--fail-on-extra", "--tol", "1e-12") == 0
     got = Counter(dict(m.headers())["taskclf-dlq-reason"].decode() for m in dlq)
     assert got == expected_reasons
+    # each dead letter is its input record: original key and value, headers pointing at it
+    inputs = {(m.partition(), m.offset()): m for m in read_topic(kafka_bootstrap, tin, expect=len(stream), timeout=30)}
+    assert len(inputs) == len(stream)
+    reason_of = {v: r for r, _k, v in bad}
+    bad_positions = {pos for pos, m in inputs.items() if m.value() in reason_of}
+    dlq_positions = []
     for m in dlq:
         h = dict(m.headers())
         assert h["taskclf-source-topic"].decode() == tin
-        assert int(h["taskclf-source-offset"]) >= 0
+        pos = (int(h["taskclf-source-partition"]), int(h["taskclf-source-offset"]))
+        dlq_positions.append(pos)
+        src = inputs[pos]
+        assert m.key() == src.key()
+        reason = h["taskclf-dlq-reason"].decode()
+        assert reason == reason_of[src.value()], (pos, reason)
         assert h["taskclf-dlq-detail"]
+        if src.value() is None:
+            assert m.value() in (None, b"")  # a null value is dead-lettered as an empty value
+        elif len(src.value()) > 65536:
+            assert reason == "oversize"
+            assert m.value() == src.value()[:65536] and h["taskclf-dlq-truncated"] == b"1"
+        else:
+            assert m.value() == src.value(), pos
+            assert "taskclf-dlq-truncated" not in h
+    assert sorted(dlq_positions) == sorted(bad_positions)  # every bad record once, no good one
     for reason, n in expected_reasons.items():
         assert d.metric("taskclf_dlq_records_total", f'reason="{reason}"') == n
     rc, _ = d.terminate()

@@ -218,6 +218,8 @@ def test_fill_overlay_matches_online_semantics_and_keeps_given_values(rows: list
 
 
 def test_fill_overlay_reproduces_taskclf_online_features() -> None:
+    # fails, never skips, without the fixture (as every golden test does)
+    assert (GOLDEN / "expected_features.jsonl").is_file(), f"golden fixture missing: {GOLDEN.resolve()}"
     inputs = [orjson.loads(line) for line in (GOLDEN / "inputs.jsonl").read_bytes().splitlines()]
     for r in inputs:
         r["label"] = "Build"

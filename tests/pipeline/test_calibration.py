@@ -163,7 +163,7 @@ def test_isotonic_1d_and_2d() -> None:
 
 
 def test_isotonic_empty_regressors_refused() -> None:
-    with pytest.raises(ValueError, match="regressors list must not be empty"):
+    with pytest.raises(ValueError, match="^regressors list must not be empty$"):
         IsotonicCalibrator(())
     with pytest.raises(ArtifactError) as ei:
         calibrator_from_json({"type": "isotonic", "regressors": []}, "iso.json")
@@ -190,13 +190,13 @@ def test_isotonic_regressor_count_must_match_classes(n_regressors: int) -> None:
     # one regressor per class (8): a mismatched calibrator must fail loudly (taskclf's own output
     # would have the wrong width and fail its record validator), never emit made-up columns
     js = {"type": "isotonic", "regressors": [_curve_json([0.0, 1.0], [0.0, 1.0])] * n_regressors}
+    with pytest.raises(ArtifactError) as ei:
+        calibrator_from_json(js, "iso.json")
+    assert ei.value.field == "regressors" and "iso.json" in str(ei.value) and f"has {n_regressors} regressors" in str(ei.value)
+    # built directly (not from JSON), the calibrator refuses probabilities of another width
+    cal = IsotonicCalibrator((IsotonicCurve(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.0, 1.0),) * n_regressors)
     P = _rand_probs(4, seed=30)
-    try:
-        cal = calibrator_from_json(js, "iso.json")
-    except ArtifactError as exc:
-        assert exc.field == "regressors" and "iso.json" in str(exc)
-        return
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{n_regressors} regressors but the probabilities have 8 classes"):
         cal.apply(P)
     with pytest.raises(ValueError):
         cal.apply(P[0])
@@ -204,16 +204,18 @@ def test_isotonic_regressor_count_must_match_classes(n_regressors: int) -> None:
 
 @pytest.mark.parametrize("bad", [{"X_min_": float("nan")}, {"X_max_": float("nan")}, {"X_min_": float("-inf"), "X_max_": float("inf")}])
 def test_isotonic_non_finite_bounds_never_yield_nan(bad: dict[str, float]) -> None:
-    # taskclf rebuilds the regressor by refitting on the thresholds (X_min_/X_max_ recomputed); a
-    # corrupt bound must be refused at load or ignored -- never turn probabilities into NaN
-    js = {"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 1.0], [0.0, 0.4, 1.0], **bad)] + [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7}
+    # taskclf rebuilds the regressor by refitting on the thresholds (X_min_/X_max_ recomputed), so
+    # the stored bounds are ignored: a corrupt bound loads and never turns probabilities into NaN
+    good = {"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 1.0], [0.0, 0.4, 1.0])] + [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7}
+    js = {"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 1.0], [0.0, 0.4, 1.0], **bad)] + good["regressors"][1:]}
     text = json.dumps(js)  # Python's json writes/reads NaN and Infinity literals
-    try:
-        cal = calibrator_from_json(json.loads(text), "iso.json")
-    except ArtifactError:
-        return
-    out = cal.apply(_rand_probs(20, seed=31))
+    cal = calibrator_from_json(json.loads(text), "iso.json")
+    assert isinstance(cal, IsotonicCalibrator)
+    assert (cal.curves[0].x_min, cal.curves[0].x_max) == (0.0, 1.0)  # the first and last threshold
+    P = _rand_probs(20, seed=31)
+    out = cal.apply(P)
     assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, calibrator_from_json(good).apply(P))
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-9)
 
 
@@ -241,7 +243,12 @@ def test_json_round_trip_isotonic() -> None:
     cal = _roundtrip(orig)
     assert isinstance(cal, IsotonicCalibrator)
     P = _rand_probs(100, seed=8)
-    np.testing.assert_allclose(cal.apply(P), orig.apply(P), atol=1e-6)
+    # JSON floats round-trip exactly (repr), so the curves and every output are bit-identical
+    for a, b in zip(cal.curves, orig.curves):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        assert (a.x_min, a.x_max, a.increasing) == (b.x_min, b.x_max, b.increasing)
+    np.testing.assert_array_equal(cal.apply(P), orig.apply(P))
 
 
 def test_json_missing_type_is_identity() -> None:
@@ -369,6 +376,57 @@ def test_store_layout_on_save(tmp_path: Path) -> None:
     assert (loaded.model_bundle_id, loaded.model_schema_hash, loaded.created_at) == ("run-x", "4077fe0dba70", "2026-04-06T00:00:00+00:00")
 
 
+def test_store_files_are_taskclfs_json(tmp_path: Path) -> None:
+    # taskclf writes json.dumps(obj, indent=2); isotonic regressors carry out_of_bounds "clip"
+    store = CalibratorStore(_iso(seed=3), {"amy": TemperatureCalibrator(0.9)}, method="isotonic")
+    d = store.save(tmp_path / "store")
+    for f in (d / "store.json", d / "global.json", d / "users" / "amy.json"):
+        text = f.read_text(encoding="utf-8")
+        assert text == json.dumps(json.loads(text), indent=2), f
+    g = json.loads((d / "global.json").read_text())
+    assert [r["out_of_bounds"] for r in g["regressors"]] == ["clip"] * 8
+    assert all(r["increasing_"] is True for r in g["regressors"])
+
+
+def test_save_into_new_nested_directory_and_again(tmp_path: Path) -> None:
+    store = CalibratorStore(TemperatureCalibrator(1.2), {"amy": TemperatureCalibrator(0.9), "bob": TemperatureCalibrator(2.0)})
+    target = tmp_path / "a" / "b" / "store"
+    d = store.save(target)
+    assert d == target and store.path == str(target)
+    assert store.store_id.startswith("store@")
+    # saving again into the same directory (it and users/ exist) works; users no longer in the
+    # store lose their file, other files are left alone
+    (d / "users" / "notes.txt").write_text("kept")
+    smaller = CalibratorStore(TemperatureCalibrator(1.2), {"amy": TemperatureCalibrator(1.1)})
+    smaller.save(target)
+    assert sorted(p.name for p in (d / "users").iterdir()) == ["amy.json", "notes.txt"]
+    loaded = CalibratorStore.load(target)
+    assert loaded.user_ids == ["amy"] and loaded.get("amy")[0].temperature == 1.1
+    assert loaded.get("bob") == (loaded.global_calibrator, "global")
+
+
+def test_utc_now_iso_is_whole_seconds_utc() -> None:
+    import re
+
+    from taskclf_daemon.pipeline.calibration import utc_now_iso
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", utc_now_iso())
+
+
+def test_isotonic_apply_computes_in_float64() -> None:
+    cal = _iso(seed=5)
+    P = _rand_probs(10, seed=6)
+    want = cal.apply(P)
+    np.testing.assert_array_equal(cal.apply(P.astype(np.float32)), cal.apply(P.astype(np.float32).astype(np.float64)))
+    assert cal.apply(P.astype(np.float32)).dtype == np.float64
+    # probabilities given as a list of lists (e.g. parsed JSON) work the same
+    np.testing.assert_array_equal(cal.apply(P.tolist()), want)
+    # an integer (one-hot) row is not truncated to integers
+    onehot = np.eye(8, dtype=np.int64)[:2]
+    out = cal.apply(onehot)
+    assert out.dtype == np.float64 and np.allclose(out.sum(axis=1), 1.0) and (out > 0).all()
+
+
 def test_store_without_users_or_binding(tmp_path: Path) -> None:
     d = CalibratorStore(IdentityCalibrator(), {}, method="isotonic").save(tmp_path / "s")
     assert not (d / "users").exists()
@@ -492,3 +550,41 @@ def test_store_json_listing_traversal_id_without_file(tmp_path: Path) -> None:
     store = CalibratorStore.load(d)
     cal, scope = store.get("../../etc/passwd")
     assert scope == "global" and cal.temperature == 1.5
+
+
+def _symlinked_user_store(tmp_path: Path) -> tuple[Path, str]:
+    """A store whose ``users/<id>.json`` is a symlink to a calibrator outside the store."""
+    d = tmp_path / "s"
+    (d / "users").mkdir(parents=True)
+    uid = "mallory"
+    (d / "store.json").write_text(json.dumps({"method": "temperature", "user_count": 1, "user_ids": [uid]}))
+    (d / "global.json").write_text(json.dumps({"type": "temperature", "temperature": 1.5}))
+    outside = tmp_path / "elsewhere" / "planted.json"
+    outside.parent.mkdir()
+    outside.write_text(json.dumps({"type": "temperature", "temperature": 4.0}))
+    (d / "users" / user_file_name(uid)).symlink_to(outside)
+    assert (d / "users" / "mallory.json").is_file()  # the link resolves: only containment stops it
+    return d, uid
+
+
+def test_user_file_symlinked_outside_the_store_is_not_loaded(tmp_path: Path) -> None:
+    d, uid = _symlinked_user_store(tmp_path)
+    store = CalibratorStore.load(d)
+    assert uid not in store.user_calibrators
+    cal, scope = store.get(uid)
+    assert scope == "global" and cal.temperature == 1.5
+    # the batch path agrees: the user's rows are calibrated by the global calibrator
+    P = _rand_probs(3, seed=40)
+    out, scopes = store.calibrate_batch(P, [uid] * 3)
+    assert scopes == ["global"] * 3
+    np.testing.assert_array_equal(out, TemperatureCalibrator(1.5).apply(P))
+
+
+def test_user_file_symlinked_inside_the_store_is_loaded(tmp_path: Path) -> None:
+    # containment is about where the file is, not about links: a link within users/ is fine
+    d, uid = _symlinked_user_store(tmp_path)
+    (d / "users" / "shared-target.json").write_text(json.dumps({"type": "temperature", "temperature": 2.5}))
+    (d / "users" / "mallory.json").unlink()
+    (d / "users" / "mallory.json").symlink_to(d / "users" / "shared-target.json")
+    cal, scope = CalibratorStore.load(d).get(uid)
+    assert scope == "user" and cal.temperature == 2.5

@@ -140,6 +140,12 @@ def test_ties_keep_original() -> None:
     assert rolling_majority(["A", "B"], 3) == ["A", "B"]
 
 
+def test_default_window_is_taskclfs_3() -> None:
+    seq = ["A", "B", "B", "A", "A"]
+    assert rolling_majority(seq) == rolling_majority(seq, 3) == seq  # w3 at the first row: a 1-1 tie keeps A
+    assert rolling_majority(seq, 4)[0] == "B"  # a wider default would change it
+
+
 def test_window_one_and_empty() -> None:
     seq = ["A", "B", "A", "C"]
     assert rolling_majority(seq, 1) == seq

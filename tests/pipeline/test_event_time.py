@@ -103,10 +103,18 @@ def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
         b = st.to_bytes()
         assert UserState.from_bytes(b, 3).to_bytes() == b
         assert len(b) < 2000
-    with pytest.raises(StateFormatError, match="unsupported"):
+    # the changelog format (STATE_FORMAT 1) is a contract: exactly these keys
+    d = orjson.loads(b)
+    assert list(d) == ["v", "h", "s", "m", "w", "t", "n", "o"]
+    assert d["v"] == 1 and d["w"] == 3 and d["n"] == st.windows_seen and d["o"] == st.last_offset
+    with pytest.raises(StateFormatError, match=r"^unsupported user state format 99 \(this build reads 1\)$"):
         UserState.from_bytes(b'{"v": 99}', 3)
-    with pytest.raises(StateFormatError):
+    with pytest.raises(StateFormatError, match=r"^unsupported user state format 'list' "):
+        UserState.from_bytes(b"[1]", 3)
+    with pytest.raises(StateFormatError, match="^malformed user state: "):
         UserState.from_bytes(b"not json", 3)
+    with pytest.raises(StateFormatError, match="^malformed user state: .*'h'"):
+        UserState.from_bytes(b'{"v": 1}', 3)
 
 
 def test_restored_state_continues_byte_identically(golden_windows):
