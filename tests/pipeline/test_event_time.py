@@ -103,11 +103,16 @@ def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
         b = st.to_bytes()
         assert UserState.from_bytes(b, 3).to_bytes() == b
         assert len(b) < 2000
-    # the changelog format (STATE_FORMAT 1) is a contract: exactly these keys
+    # the changelog format (STATE_FORMAT 2) is a contract: exactly these keys
     d = orjson.loads(b)
-    assert list(d) == ["v", "h", "s", "m", "w", "t", "n", "o"]
-    assert d["v"] == 1 and d["w"] == 3 and d["n"] == st.windows_seen and d["o"] == st.last_offset
-    with pytest.raises(StateFormatError, match=r"^unsupported user state format 99 \(this build reads 1\)$"):
+    assert list(d) == ["v", "h", "s", "m", "w", "t", "n", "o", "p", "k"]
+    assert d["v"] == 2 and d["w"] == 3 and d["n"] == st.windows_seen and d["o"] == st.last_offset and d["p"] == st.last_partition
+    # a version-1 value (no partition, no last-seen time) is still read: the caller's stand in
+    v1 = dict(d, v=1)
+    del v1["p"], v1["k"]
+    old = UserState.from_bytes(orjson.dumps(v1), 3, partition=7, now_s=123)
+    assert (old.last_partition, old.seen_s, old.last_offset) == (7, 123, st.last_offset)
+    with pytest.raises(StateFormatError, match=r"^unsupported user state format 99 \(this build reads 1, 2\)$"):
         UserState.from_bytes(b'{"v": 99}', 3)
     with pytest.raises(StateFormatError, match=r"^unsupported user state format 'list' "):
         UserState.from_bytes(b"[1]", 3)
