@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from taskclf_daemon.config import ENV_PREFIX, KEYS, SECRET_KEYS, Settings, load_settings, render_default_toml
+from taskclf_daemon.config import ENV_PREFIX, KEYS, SECRET_KEYS, Settings, _loggable, load_settings, render_default_toml
 from taskclf_daemon.errors import ConfigError
+from taskclf_daemon.pipeline.policy import FROM_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILE = REPO / "config" / "taskclf-daemon.toml"
@@ -42,18 +43,18 @@ def assert_config_error(exc: ConfigError, key: str, source: str | None) -> str:
 def test_defaults_load_with_model_dir_flag() -> None:
     s = load_settings(None, env={}, flags=MODEL)
     assert isinstance(s, Settings)
-    assert set(s) == set(KEYS)
+    assert set(s.values()) == set(KEYS)
     for k, spec in KEYS.items():
         if k == "model_dir":
             continue
-        assert s[k] == spec.default, k
+        assert _loggable(getattr(s, k)) == spec.default, k
         assert s.sources[k] == "default", k
     assert s.model_dir == "/models/run-1"
     assert s.sources["model_dir"] == "flag --model-dir"
     # a few concrete documented defaults
     assert s.bootstrap_servers == "127.0.0.1:9092"
     assert s.smooth_window == 3
-    assert s.reject_threshold == "policy"
+    assert s.reject_threshold is FROM_POLICY
     assert s.http_port == 8080
     assert s.create_topics is True
     assert s.group_instance_id is None
@@ -140,7 +141,7 @@ def test_model_from_env_or_file_satisfies_require_model(tmp_path: Path) -> None:
         ("create_topics", "no", False),
         ("reject_threshold", "none", None),
         ("reject_threshold", "None", None),
-        ("reject_threshold", "policy", "policy"),
+        ("reject_threshold", "policy", FROM_POLICY),
         ("reject_threshold", "0.6", 0.6),
         ("reject_threshold", "0", 0.0),
         ("group_instance_id", "", None),
@@ -151,7 +152,7 @@ def test_model_from_env_or_file_satisfies_require_model(tmp_path: Path) -> None:
 def test_env_strings_are_converted(key: str, raw: str, want: object) -> None:
     env_name = ENV_PREFIX + key.upper()
     s = load_settings(None, env={env_name: raw}, flags=MODEL)
-    got = s[key]
+    got = getattr(s, key)
     assert got == want and type(got) is type(want), (key, raw, got)
     assert s.sources[key] == f"env {env_name}"
 
@@ -295,7 +296,7 @@ def test_config_file_documents_every_key_and_loads() -> None:
     s = load_settings(CONFIG_FILE, env={}, flags=MODEL)
     for k, spec in KEYS.items():
         if k != "model_dir":
-            assert s[k] == spec.default, k
+            assert _loggable(getattr(s, k)) == spec.default, k
     # every non-optional key is set by the file itself (optional ones are commented out)
     file_keys = {k for k, src in s.sources.items() if src == str(CONFIG_FILE)}
     assert file_keys == {k for k, spec in KEYS.items() if spec.default is not None}
@@ -317,3 +318,21 @@ def test_readme_config_table_lists_every_key() -> None:
         assert m, r
         assert m.group(1) in KEYS, f"README documents unknown key {m.group(1)}"
         assert m.group(2) == KEYS[m.group(1)].section, r
+
+
+def test_settings_are_typed_immutable_and_match_the_key_table() -> None:
+    """One attribute per KEYS entry, annotated with the key's type; assignment is refused."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(Settings)
+    names = [f.name for f in dataclasses.fields(Settings) if f.name != "sources"]
+    assert names == list(KEYS)
+    want = {"str": str, "int": int, "float": float, "bool": bool, "optstr": str | None}
+    for k, spec in KEYS.items():
+        if spec.type in want:
+            assert hints[k] == want[spec.type], k
+    s = load_settings(None, env={}, flags=MODEL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.smooth_window = 5  # type: ignore[misc]
+    assert s.replace(smooth_window=5).smooth_window == 5 and s.smooth_window == 3

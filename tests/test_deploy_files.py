@@ -433,8 +433,8 @@ def test_configmap_toml_loads(tmp_path: Path) -> None:
     s = load_settings(cfg, env={})
     assert s.bootstrap_servers and s.input_topic and s.output_topic and s.group_id
     for key in ("model_dir", "calibrator_store", "policy", "taxonomy"):
-        if s[key] is not None:
-            assert s[key].startswith("/models/"), f"{key} = {s[key]} is not under the /models mount"
+        if getattr(s, key) is not None:
+            assert getattr(s, key).startswith("/models/"), f"{key} = {getattr(s, key)} is not under the /models mount"
     assert s.policy or s.model_dir
     assert s.sasl_password is None and s.ssl_password is None, "secrets belong in the Secret, not the ConfigMap"
     assert s.group_instance_id is None, "the static id must come from the pod name, not the shared ConfigMap"

@@ -108,7 +108,7 @@ def _key_of(data: bytes, rng: random.Random) -> bytes | None:
 
 def _check_result(res: Any, n: int) -> None:
     assert len(res.outputs) + len(res.dead) + sum(res.skipped.values()) == n
-    assert [i for i, _r, _d in res.dead] == sorted({i for i, _r, _d in res.dead})
+    assert [d.position for d in res.dead] == sorted({d.position for d in res.dead})
     for _k, v, _s in res.outputs:
         rec = orjson.loads(v)
         assert all(math.isfinite(p) for p in rec["core_probs"]) and 0.0 <= rec["confidence"] <= 1.0

@@ -5,17 +5,19 @@ callbacks directly. Every test here failed on the code before the fix."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any
 
 import orjson
 import pytest
 
 from helpers_rows import GOLDEN_DIR
-from taskclf_daemon import daemon as dmod
+from taskclf_daemon import daemon as dmod, wire
 from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import load_settings
 from taskclf_daemon.errors import ConfigError
+from taskclf_daemon.memory_kafka import MemoryBroker, MemoryConsumer, MemorySink, MemoryTP
+from taskclf_daemon.rebalance import Rebalancer
 from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits
 from taskclf_daemon.timeutil import format_ts_us, parse_ts_us
 
@@ -72,7 +74,7 @@ def _values(res) -> list[bytes]:
 def test_timestamps_outside_the_sane_range_are_dead_lettered_and_the_batch_goes_on(pipe, base, ts):
     rows = [_row(base, "a", 0), _at(_row(base, "evil", 0), ts), _row(base, "b", 0)]
     res = PipelineShard(pipe).process(_batch(rows))
-    assert [(i, r) for i, r, _d in res.dead] == [(1, "bad_timestamp")]
+    assert [(d.position, d.reason) for d in res.dead] == [(1, "bad_timestamp")]
     assert [orjson.loads(v)["user_id"] for v in _values(res)] == ["a", "b"]
 
 
@@ -94,8 +96,8 @@ def test_an_exception_inside_the_pipeline_dead_letters_only_its_record(pipe, bas
     res = shard.process(_batch(rows))
     monkeypatch.undo()
     bad = 2 * 3 + 1  # user b, minute 2
-    assert [(i, r) for i, r, _d in res.dead] == [(bad, "processing_error")]
-    assert res.dead[0][2].startswith("ZeroDivisionError: boom") and "\n" not in res.dead[0][2]
+    assert [(d.position, d.reason) for d in res.dead] == [(bad, "processing_error")]
+    assert res.dead[0].detail.startswith("ZeroDivisionError: boom") and "\n" not in res.dead[0].detail
     got = {(orjson.loads(v)["user_id"], orjson.loads(v)["bucket_start_ts"]): v for v in _values(res)}
     want = {(orjson.loads(v)["user_id"], orjson.loads(v)["bucket_start_ts"]): v for v in expected}
     for key, v in got.items():
@@ -112,7 +114,7 @@ def test_an_exception_inside_the_pipeline_dead_letters_only_its_record(pipe, bas
 def test_a_window_far_ahead_of_its_kafka_timestamp_is_dead_lettered(pipe, base):
     rows = [_row(base, "a", 0), _row(base, "evil", 0, day="2199-01-01"), _row(base, "b", 0, day="2026-04-07")]
     res = PipelineShard(pipe).process(_batch(rows))
-    assert [(i, r) for i, r, _d in res.dead] == [(1, "event_time_ahead")]
+    assert [(d.position, d.reason) for d in res.dead] == [(1, "event_time_ahead")]
     assert len(res.outputs) == 2  # 2026-04-07T00:00 is exactly the Kafka timestamp: fine
     off = PipelineShard(pipe, ShardLimits(max_event_ahead_s=0)).process(_batch(rows))
     assert off.dead == [] and len(off.outputs) == 3
@@ -199,15 +201,15 @@ def test_the_record_key_must_be_the_user_id(pipe, base):
     b.add(0, 1, orjson.dumps(_row(base, "ü-user", 1)), b"someone-else", KTS)
     b.add(0, 2, orjson.dumps(_row(base, "ü-user", 2)), None, KTS)
     res = PipelineShard(pipe).process(b)
-    assert [(i, reason) for i, reason, _d in res.dead] == [(1, "key_mismatch"), (2, "key_mismatch")]
+    assert [(d.position, d.reason) for d in res.dead] == [(1, "key_mismatch"), (2, "key_mismatch")]
     assert len(res.outputs) == 1 and res.outputs[0][0] == "ü-user".encode()
 
 
 def test_huge_user_ids_and_strings_are_refused_at_decode(pipe, base):
     rows = [_row(base, "x" * 600_000, 0), _row(base, "y" * 257, 0), _row(base, "z" * 256, 0), _row(base, "a", 0, app_id="q" * 1025), _row(base, "a", 1, app_id="q" * 1024)]
     res = PipelineShard(pipe, ShardLimits(max_record_bytes=1 << 21)).process(_batch(rows))
-    assert [(i, r) for i, r, _d in res.dead] == [(0, "out_of_range"), (1, "out_of_range"), (3, "out_of_range")]
-    assert "user_id" in res.dead[0][2] and "limit 256" in res.dead[0][2]
+    assert [(d.position, d.reason) for d in res.dead] == [(0, "out_of_range"), (1, "out_of_range"), (3, "out_of_range")]
+    assert "user_id" in res.dead[0].detail and "limit 256" in res.dead[0].detail
     assert len(res.outputs) == 2
 
 
@@ -216,12 +218,12 @@ def test_an_output_over_max_produce_bytes_is_dead_lettered_not_produced(pipe, ba
     res = PipelineShard(pipe, ShardLimits(max_produce_bytes=4096)).process(_batch(rows))
     size = len(res.outputs[0][1])
     tight = PipelineShard(pipe, ShardLimits(max_produce_bytes=size + 512 + 10)).process(_batch(rows))
-    assert [(i, r) for i, r, _d in tight.dead] == [(1, "output_too_large")]
+    assert [(d.position, d.reason) for d in tight.dead] == [(1, "output_too_large")]
     assert len(tight.outputs) == 1
 
 
 def test_dead_letters_are_cut_to_fit_and_say_so():
-    fit = dmod.fit_dead_letter
+    fit = wire.fit_dead_letter
     assert fit(b"k", b"v" * 10, 100) == (b"k", b"v" * 10, "")
     k, v, cut = fit(b"k", b"v" * 1000, 100)
     assert (k, len(v), cut) == (b"k", 99, "value")
@@ -231,34 +233,28 @@ def test_dead_letters_are_cut_to_fit_and_say_so():
 
 
 # --- 4. loud failures -----------------------------------------------------------------------------
-class _FakeConsumer:
-    def __init__(self) -> None:
-        self.paused: list[Any] = []
-
-    def pause(self, *tps: Any) -> None:
-        self.paused += tps
-
-    def resume(self, *tps: Any) -> None:
-        pass
-
-    def assignment(self) -> set:
-        return set()
-
-
 def test_a_failed_restore_stops_the_daemon_and_turns_healthz_red(pipe, monkeypatch):
+    """The daemon wires ``Daemon.fail`` as the rebalancer's ``on_failure``: a restore that times
+    out inside the assignment callback stops it (exit 1) and turns /healthz red at once."""
     s = load_settings(None, env={}, flags={"policy": str(POLICY), "pipeline_workers": 0, "http_port": 0})
     d = dmod.Daemon(s, pipe)
+    broker = MemoryBroker()
+    broker.create("in", 1)
 
-    async def slow_restore(keys):
+    async def too_slow(keys):
         raise TimeoutError("restore did not finish in 120s")
 
     async def run() -> None:
-        d.consumer = _FakeConsumer()
+        consumer = MemoryConsumer(broker)
+        cp = Checkpointer(hosts=d.shards, tracker=d.tracker, sink=MemorySink(broker), consumer=consumer, changelog_topic="state", metrics=d.metrics, finish=d._finish_all, shard_users=d.shard_users)
+        rb = Rebalancer(
+            hosts=d.shards, scheduler=d.scheduler, checkpointer=cp, lock=asyncio.Lock(), consumer=consumer, reader=consumer, changelog_topic="state",
+            restore_timeout_s=120.0, revoke_budget_s=1.0, metrics=d.metrics, on_failure=d.fail, group="g",
+        )
         d._started = True
-        monkeypatch.setattr(d, "_restore", slow_restore)
-        from aiokafka import TopicPartition
-
-        await d.on_assigned([TopicPartition("in", 0)])
+        monkeypatch.setattr(rb, "_restore", too_slow)
+        consumer.assign([MemoryTP("in", 0)])
+        await rb.on_assigned([MemoryTP("in", 0)])
         for sh in d.shards:
             await sh.stop()
 
@@ -273,23 +269,3 @@ def test_a_non_string_secret_is_not_echoed_in_the_config_error():
     with pytest.raises(ConfigError) as ei:
         load_settings(None, env={}, flags={"sasl_password": 123456789, "policy": "x"})
     assert "123456789" not in str(ei.value) and "sasl_password" in str(ei.value)
-
-
-def test_a_worker_silent_past_the_stall_limit_is_a_fatal_error():
-    s = load_settings(None, env={}, flags={"pipeline_workers": 0}, require_model=False)
-    d = dmod.Daemon.__new__(dmod.Daemon)  # only the queues matter here
-    d.s = s
-
-    async def run() -> None:
-        fut = asyncio.get_running_loop().create_future()
-        w = dmod._Work(fut, [], {}, [], submitted=0.0)
-        d._queues = [deque([w])]
-        w.submitted = dmod.time.monotonic() - dmod.WORKER_STALL_S + 5
-        d._check_workers()  # 55 s: still fine
-        w.submitted = dmod.time.monotonic() - dmod.WORKER_STALL_S - 1
-        with pytest.raises(dmod.TaskclfDaemonError, match="pipeline worker 0 has not answered a batch for 61s"):
-            d._check_workers()
-        fut.set_result(None)
-        d._check_workers()  # answered: fine again
-
-    asyncio.run(run())

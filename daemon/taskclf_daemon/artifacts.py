@@ -9,7 +9,7 @@ from taskclf_daemon.errors import ConfigError
 from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
 from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.model import ModelBundle
-from taskclf_daemon.pipeline.policy import ResolvedInference, check_policy_against_model, resolve_inference
+from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy, ResolvedInference, check_policy_against_model, resolve_inference
 
 
 def build_pipeline(
@@ -19,8 +19,7 @@ def build_pipeline(
     policy: str | Path | None = None,
     taxonomy: str | Path | None = None,
     smooth_window: int = 3,
-    reject_threshold: Any = None,
-    reject_threshold_set: bool = False,
+    reject_threshold: float | None | FromPolicy = FROM_POLICY,
     idle_gap_seconds: float = 300.0,
     event_time_policy: str = "skip",
     state_ttl_seconds: float | None = None,
@@ -35,12 +34,9 @@ def build_pipeline(
     """
     if smooth_window < 1:
         raise ConfigError("smooth_window", f"must be >= 1, got {smooth_window}", "use 1 (off), 3 (taskclf default) or 5")
-    kwargs: dict[str, Any] = {"model_dir": model_dir, "calibrator_store": calibrator_store, "policy_path": policy}
-    if reject_threshold_set:
-        if reject_threshold is not None and not 0.0 <= float(reject_threshold) <= 1.0:
-            raise ConfigError("reject_threshold", f"must be in [0, 1], got {reject_threshold}", "use e.g. 0.55, or 'none' to disable rejection")
-        kwargs["reject_threshold"] = reject_threshold
-    resolved: ResolvedInference = resolve_inference(**kwargs)
+    if isinstance(reject_threshold, float | int) and not 0.0 <= float(reject_threshold) <= 1.0:
+        raise ConfigError("reject_threshold", f"must be in [0, 1], got {reject_threshold}", "use e.g. 0.55, or 'none' to disable rejection")
+    resolved: ResolvedInference = resolve_inference(model_dir=model_dir, calibrator_store=calibrator_store, policy_path=policy, reject_threshold=reject_threshold)
     bundle = ModelBundle.load(resolved.model_dir, backend=model_backend, cache_dir=model_cache_dir)
     if resolved.policy is not None:
         check_policy_against_model(resolved.policy, bundle.schema_hash, bundle.metadata.get("label_set", []))
@@ -80,15 +76,13 @@ def build_pipeline(
 def pipeline_from_settings(settings: Any) -> tuple[InferencePipeline, dict[str, Any]]:
     """:func:`build_pipeline` with the daemon's settings (``taskclf-daemon run`` and its
     pipeline worker processes build the same pipeline from the same settings)."""
-    thr = settings.reject_threshold
     return build_pipeline(
         model_dir=settings.model_dir,
         calibrator_store=settings.calibrator_store,
         policy=settings.policy,
         taxonomy=settings.taxonomy,
         smooth_window=settings.smooth_window,
-        reject_threshold=None if thr == "policy" else thr,
-        reject_threshold_set=thr != "policy",
+        reject_threshold=settings.reject_threshold,
         idle_gap_seconds=settings.idle_gap_seconds,
         event_time_policy=settings.event_time_policy,
         state_ttl_seconds=settings.state_ttl_seconds,

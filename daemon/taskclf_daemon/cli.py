@@ -12,6 +12,7 @@ from typing import Any
 
 from taskclf_daemon import __version__
 from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.pipeline.policy import FROM_POLICY
 
 
 def _threshold(s: str) -> float | None:
@@ -42,7 +43,7 @@ def add_inference_flags(p: argparse.ArgumentParser, defaults_from_config: bool =
     p.add_argument("--policy", help="taskclf inference_policy.json (paths relative to its TASKCLF_HOME)")
     p.add_argument("--taxonomy", help="taskclf taxonomy YAML (maps core labels to your buckets)")
     p.add_argument("--smooth-window", type=_positive_int, default=None if defaults_from_config else 3, help="rolling-majority window (default 3, taskclf's)")
-    p.add_argument("--reject-threshold", type=_threshold, default=argparse.SUPPRESS, help="global reject threshold in [0,1] or 'none' (default: policy's, else 0.55)")
+    p.add_argument("--reject-threshold", type=_threshold, default=FROM_POLICY, help="global reject threshold in [0,1] or 'none' (default: policy's, else 0.55)")
 
 
 class _Progress:
@@ -78,8 +79,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
         policy=a.policy,
         taxonomy=a.taxonomy,
         smooth_window=a.smooth_window,
-        reject_threshold=getattr(a, "reject_threshold", None),
-        reject_threshold_set=hasattr(a, "reject_threshold"),
+        reject_threshold=a.reject_threshold,
         model_backend=a.model_backend,
     )
     print("replay: settings " + json.dumps(desc, sort_keys=True), file=sys.stderr)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taskclf_daemon.errors import ConfigError
+from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy
 
 ENV_PREFIX = "TASKCLF_"
 SECRET_KEYS = frozenset({"sasl_password", "ssl_password"})
@@ -119,8 +120,8 @@ def _convert(key: str, spec: Key, raw: Any, source: str) -> Any:
         if t == "threshold":
             if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "off", "null")):
                 v: Any = None
-            elif isinstance(raw, str) and raw.strip().lower() == "policy":
-                v = "policy"
+            elif isinstance(raw, FromPolicy) or (isinstance(raw, str) and raw.strip().lower() == "policy"):
+                v = FROM_POLICY
             else:
                 if isinstance(raw, bool):
                     raise ValueError
@@ -170,41 +171,100 @@ def _convert(key: str, spec: Key, raw: Any, source: str) -> Any:
     return v
 
 
-class Settings(Mapping[str, Any]):
-    """The effective configuration: ``settings["bootstrap_servers"]`` or ``settings.bootstrap_servers``."""
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration, typed and immutable: ``settings.bootstrap_servers``.
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str]) -> None:
-        self._values = values
-        self.sources = sources
+    One attribute per key of :data:`KEYS` (which holds each key's section, default, help and
+    checks; a test keeps the two in step), plus ``sources``: where each value came from.
+    Build it with :func:`load_settings`; derive a changed copy with :meth:`replace`.
+    """
 
-    def __getitem__(self, k: str) -> Any:
-        return self._values[k]
+    # [kafka]
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    group_id: str
+    group_instance_id: str | None
+    client_id: str
+    auto_offset_reset: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str | None
+    sasl_password: str | None
+    ssl_cafile: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_password: str | None
+    create_topics: bool
+    topic_partitions: int
+    topic_replication: int
+    fetch_max_wait_ms: int
+    session_timeout_ms: int
+    max_poll_interval_ms: int
+    linger_ms: int
+    request_timeout_ms: int
+    changelog_topic: str | None
+    # [model]
+    model_dir: str | None
+    calibrator_store: str | None
+    policy: str | None
+    taxonomy: str | None
+    model_backend: str
+    model_cache_dir: str | None
+    smooth_window: int
+    reject_threshold: float | None | FromPolicy
+    idle_gap_seconds: float
+    # [state]
+    state_ttl_seconds: float
+    state_retention_s: float
+    max_state_users: int
+    event_time_policy: str
+    restore_timeout_s: float
+    # [processing]
+    pipeline_workers: int
+    max_batch_records: int
+    max_in_flight_records: int
+    commit_interval_ms: int
+    max_record_bytes: int
+    max_produce_bytes: int
+    max_event_ahead_s: float
+    max_invalid_ratio: float
+    invalid_window: int
+    shutdown_timeout_s: float
+    # [http]
+    http_host: str
+    http_port: int
+    health_poll_timeout_s: float
+    # [log]
+    log_level: str
+    log_format: str
+    #: key -> "default", "<file>", "env TASKCLF_<KEY>", "flag --<key>" or "override"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
-    def __getattr__(self, k: str) -> Any:
-        try:
-            return self._values[k]
-        except KeyError:
-            raise AttributeError(k) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
+    def values(self) -> dict[str, Any]:
+        """Every key's value (no sources)."""
+        return {k: getattr(self, k) for k in KEYS}
 
     def masked(self) -> dict[str, Any]:
         """Values safe to log: secrets replaced by ``***``."""
-        return {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self._values.items()}
+        return {k: ("***" if k in SECRET_KEYS and v else _loggable(v)) for k, v in self.values().items()}
 
     def replace(self, **changes: Any) -> Settings:
-        vals = dict(self._values)
+        """A copy with ``changes`` (validated like any source; their source is ``override``)."""
+        vals = self.values()
         src = dict(self.sources)
         for k, v in changes.items():
             if k not in KEYS:
                 raise ConfigError(k, "unknown key", "see config/taskclf-daemon.toml")
             vals[k] = _convert(k, KEYS[k], v, "override")
             src[k] = "override"
-        return Settings(vals, src)
+        return Settings(**vals, sources=src)
+
+
+def _loggable(v: Any) -> Any:
+    return v.value if isinstance(v, FromPolicy) else v
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None, *, require_model: bool = True) -> Settings:
@@ -239,7 +299,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     sources = {k: src for k, (_, src) in raw.items()}
     if require_model and values["model_dir"] is None and values["policy"] is None:
         raise ConfigError("model_dir", "no model configured", "set model_dir (or policy) in the config file, TASKCLF_MODEL_DIR, or --model-dir", "all sources")
-    return Settings(values, sources)
+    return Settings(**values, sources=sources)
 
 
 def render_default_toml() -> str:

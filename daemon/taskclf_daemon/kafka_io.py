@@ -24,6 +24,8 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
+from taskclf_daemon.config import Settings
+
 __all__ = [
     "AIOKafkaConsumer",
     "AIOKafkaProducer",
@@ -48,46 +50,46 @@ __all__ = [
 Headers = Sequence[tuple[str, bytes]]
 
 
-def client_kwargs(s: Mapping[str, Any]) -> dict[str, Any]:
+def client_kwargs(s: Settings) -> dict[str, Any]:
     """Connection and security options shared by consumer, producer and admin client."""
     kw: dict[str, Any] = {
-        "bootstrap_servers": s["bootstrap_servers"],
-        "client_id": s["client_id"],
-        "security_protocol": s["security_protocol"],
-        "request_timeout_ms": s["request_timeout_ms"],
+        "bootstrap_servers": s.bootstrap_servers,
+        "client_id": s.client_id,
+        "security_protocol": s.security_protocol,
+        "request_timeout_ms": s.request_timeout_ms,
     }
-    if s["security_protocol"] in ("SSL", "SASL_SSL"):
+    if s.security_protocol in ("SSL", "SASL_SSL"):
         kw["ssl_context"] = create_ssl_context(
-            cafile=s["ssl_cafile"], certfile=s["ssl_certfile"], keyfile=s["ssl_keyfile"], password=s["ssl_password"]
+            cafile=s.ssl_cafile, certfile=s.ssl_certfile, keyfile=s.ssl_keyfile, password=s.ssl_password
         )
-    if s["security_protocol"].startswith("SASL"):
-        kw["sasl_mechanism"] = s["sasl_mechanism"]
-        kw["sasl_plain_username"] = s["sasl_username"]
-        kw["sasl_plain_password"] = s["sasl_password"]
+    if s.security_protocol.startswith("SASL"):
+        kw["sasl_mechanism"] = s.sasl_mechanism
+        kw["sasl_plain_username"] = s.sasl_username
+        kw["sasl_plain_password"] = s.sasl_password
     return kw
 
 
-def make_consumer(s: Mapping[str, Any], *, max_records: int) -> AIOKafkaConsumer:
+def make_consumer(s: Settings, *, max_records: int) -> AIOKafkaConsumer:
     kw = client_kwargs(s)
     kw.pop("request_timeout_ms")
     return AIOKafkaConsumer(
         **kw,
-        group_id=s["group_id"],
-        group_instance_id=s["group_instance_id"],
+        group_id=s.group_id,
+        group_instance_id=s.group_instance_id,
         enable_auto_commit=False,
-        auto_offset_reset=s["auto_offset_reset"],
-        fetch_max_wait_ms=s["fetch_max_wait_ms"],
-        max_partition_fetch_bytes=max(1 << 20, s["max_record_bytes"] + 1024),
+        auto_offset_reset=s.auto_offset_reset,
+        fetch_max_wait_ms=s.fetch_max_wait_ms,
+        max_partition_fetch_bytes=max(1 << 20, s.max_record_bytes + 1024),
         fetch_max_bytes=64 << 20,
-        session_timeout_ms=s["session_timeout_ms"],
-        heartbeat_interval_ms=max(1000, s["session_timeout_ms"] // 10),
-        max_poll_interval_ms=s["max_poll_interval_ms"],
+        session_timeout_ms=s.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, s.session_timeout_ms // 10),
+        max_poll_interval_ms=s.max_poll_interval_ms,
         max_poll_records=max_records,
         isolation_level="read_committed",
     )
 
 
-def make_reader(s: Mapping[str, Any]) -> AIOKafkaConsumer:
+def make_reader(s: Settings) -> AIOKafkaConsumer:
     """A group-less consumer for explicit ``assign()`` reads (changelog restore)."""
     kw = client_kwargs(s)
     kw.pop("request_timeout_ms")
@@ -96,7 +98,7 @@ def make_reader(s: Mapping[str, Any]) -> AIOKafkaConsumer:
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=min(s["fetch_max_wait_ms"], 50),
+        fetch_max_wait_ms=min(s.fetch_max_wait_ms, 50),
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=16 << 20,
         isolation_level="read_committed",
@@ -143,18 +145,18 @@ async def topic_partition_count(producer: AIOKafkaProducer, topic: str) -> int:
     return len(parts or ())
 
 
-def make_producer(s: Mapping[str, Any]) -> AIOKafkaProducer:
+def make_producer(s: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         **client_kwargs(s),
         acks="all",
-        linger_ms=s["linger_ms"],
+        linger_ms=s.linger_ms,
         max_batch_size=1 << 20,
-        max_request_size=max(1 << 20, 2 * s["max_record_bytes"] + 4096),
+        max_request_size=max(1 << 20, 2 * s.max_record_bytes + 4096),
         enable_idempotence=False,  # not supported by every broker (Tansu); at-least-once + dedup keys
     )
 
 
-async def ensure_topics(s: Mapping[str, Any], topics: Iterable[str], *, partitions: int | None = None, config: Mapping[str, str] | None = None) -> list[str]:
+async def ensure_topics(s: Settings, topics: Iterable[str], *, partitions: int | None = None, config: Mapping[str, str] | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
     admin = AIOKafkaAdminClient(**client_kwargs(s))
     await admin.start()
@@ -162,7 +164,7 @@ async def ensure_topics(s: Mapping[str, Any], topics: Iterable[str], *, partitio
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name=t, num_partitions=partitions or s["topic_partitions"], replication_factor=s["topic_replication"], topic_configs=dict(config or {}))
+            NewTopic(name=t, num_partitions=partitions or s.topic_partitions, replication_factor=s.topic_replication, topic_configs=dict(config or {}))
             for t in dict.fromkeys(topics)
             if t not in existing
         ]

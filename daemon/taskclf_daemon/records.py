@@ -30,3 +30,24 @@ class FeatureWindow:
     schema_version: str
     values: dict[str, Any]
     source: SourceRef | None = None
+
+
+class OutputRecord(NamedTuple):
+    """One prediction ready to produce: key ``user_id``, value the ``WindowPrediction`` JSON, and
+    the ``taskclf-source`` header naming the input record it came from."""
+
+    key: bytes
+    value: bytes
+    source: bytes
+
+
+class DeadLetter(NamedTuple):
+    """One refused input record, carrying everything its dead letter needs (nothing is joined
+    back to the fetched records later). ``position``: its index in its micro-batch."""
+
+    position: int
+    source: SourceRef
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str

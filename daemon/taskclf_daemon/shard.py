@@ -17,17 +17,17 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
-from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline
-from taskclf_daemon.records import FeatureWindow, SourceRef
+from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
+from taskclf_daemon.records import DeadLetter, FeatureWindow, OutputRecord, SourceRef
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
+from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
-#: bytes kept free for the record framing and headers when a record is checked against
-#: ``max_produce_bytes`` (a v2 record's overhead plus our headers is < 200 bytes)
-RECORD_OVERHEAD = 512
+if TYPE_CHECKING:
+    from taskclf_daemon.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class ShardLimits:
     max_state_users: int = 0
 
     @classmethod
-    def from_settings(cls, s: Any) -> ShardLimits:
+    def from_settings(cls, s: Settings) -> ShardLimits:
         return cls(
             max_record_bytes=s.max_record_bytes,
             max_produce_bytes=s.max_produce_bytes,
@@ -86,10 +86,10 @@ class RawBatch:
 class ShardResult:
     """What one :meth:`PipelineShard.process` call hands back to the daemon."""
 
-    #: outputs in input order: (key, value, source header)
-    outputs: list[tuple[bytes, bytes, bytes]]
-    #: dead letters in input order: (index into the batch, reason, detail)
-    dead: list[tuple[int, str, str]]
+    #: outputs in input order
+    outputs: list[OutputRecord]
+    #: dead letters in input order
+    dead: list[DeadLetter]
     #: skipped windows by outcome (``replayed``, ``duplicate``, ``late``)
     skipped: dict[str, int]
     #: (mapped label, calibrator scope) -> count of emitted predictions
@@ -98,6 +98,13 @@ class ShardResult:
     rejected: int
     timings: dict[str, float]
     state_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStats:
+    state_users: int
+    state_bytes: int
+    parked_partitions: list[int]
 
 
 @dataclass(slots=True)
@@ -114,6 +121,11 @@ class CheckpointData:
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
+
+
+def _dead(batch: RawBatch, i: int, reason: str, detail: str) -> DeadLetter:
+    """The dead letter of record ``i`` of ``batch``."""
+    return DeadLetter(i, SourceRef(batch.topic, batch.partitions[i], batch.offsets[i]), batch.keys[i], batch.values[i], reason, detail)
 
 
 def _error_detail(exc: BaseException) -> str:
@@ -157,7 +169,7 @@ class PipelineShard:
         t0 = time.perf_counter()
         windows: list[FeatureWindow] = []
         index: list[int] = []
-        dead: list[tuple[int, str, str]] = []
+        dead: list[DeadLetter] = []
         topic, validator, limit, ahead = batch.topic, self.validator, self.limits.max_record_bytes, self._ahead_us
         user_part, part_users = self._user_part, self._part_users
         for i, (part, off, value, key, kts) in enumerate(zip(batch.partitions, batch.offsets, batch.values, batch.keys, batch.timestamps)):
@@ -177,10 +189,10 @@ class PipelineShard:
                         f"bucket_start_ts is {(w.ts_us - kts * 1000) / 3.6e9:.1f} h after the record's Kafka timestamp (limit {ahead / 3.6e9:g} h)",
                     )
             except InvalidRecord as exc:
-                dead.append((i, exc.reason, exc.detail))
+                dead.append(DeadLetter(i, SourceRef(topic, part, off), key, value, exc.reason, exc.detail))
                 continue
             except Exception as exc:  # noqa: BLE001 - one record never stops the shard
-                dead.append((i, "processing_error", _error_detail(exc)))
+                dead.append(DeadLetter(i, SourceRef(topic, part, off), key, value, "processing_error", _error_detail(exc)))
                 continue
             w.source = SourceRef(topic, part, off)
             if user_part.get(u) != part:
@@ -192,7 +204,7 @@ class PipelineShard:
             windows.append(w)
             index.append(i)
         t1 = time.perf_counter()
-        res = self._run(windows, index, dead)
+        res = self._run(windows, index, dead, batch)
         users = self.states.users
         for w in windows:
             st = users.get(w.user_id)
@@ -202,7 +214,7 @@ class PipelineShard:
         for _w, outcome in res.skipped:
             skipped[outcome] = skipped.get(outcome, 0) + 1
         tally: dict[tuple[str, str], int] = {}
-        outputs = []
+        outputs: list[OutputRecord] = []
         confs = []
         rejected = 0
         max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
@@ -211,19 +223,19 @@ class PipelineShard:
             src = p.source
             if max_out is not None and len(key) + len(p.value) > max_out:
                 at = next(i for i, w in zip(index, windows) if w.source is src)  # rare: a linear search is fine
-                dead.append((at, "output_too_large", f"the prediction would be {len(key) + len(p.value)} bytes, limit {max_out}"))
+                dead.append(_dead(batch, at, "output_too_large", f"the prediction would be {len(key) + len(p.value)} bytes, limit {max_out}"))
                 continue
             k = (p.label, p.calibrator_scope)
             tally[k] = tally.get(k, 0) + 1
             confs.append(p.confidence)
             rejected += p.is_rejected
-            outputs.append((key, p.value, f"{src.topic}:{src.partition}:{src.offset}".encode() if src else b""))
-        dead.sort(key=lambda d: d[0])
+            outputs.append(OutputRecord(key, p.value, source_header(src) if src else b""))
+        dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
         return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
 
-    def _run(self, windows: list[FeatureWindow], index: list[int], dead: list[tuple[int, str, str]]) -> BatchResult:
+    def _run(self, windows: list[FeatureWindow], index: list[int], dead: list[DeadLetter], batch: RawBatch) -> BatchResult:
         """The pipeline over ``windows``; if it raises, every user's state goes back to before
         the batch and the windows run one at a time, a failing one dead-lettered
         (``processing_error``) with its user's state as before it."""
@@ -240,7 +252,7 @@ class PipelineShard:
             pass
         for u, snap in snaps.items():
             self._undo(u, snap)
-        preds: list[Any] = []
+        preds: list[Prediction] = []
         skipped: list[tuple[FeatureWindow, str]] = []
         timings: dict[str, float] = {}
         for i, w in zip(index, windows):
@@ -250,7 +262,7 @@ class PipelineShard:
                 r = self.pipeline.process([w], self.states)
             except Exception as exc:  # noqa: BLE001
                 self._undo(w.user_id, snap)
-                dead.append((i, "processing_error", _error_detail(exc)))
+                dead.append(_dead(batch, i, "processing_error", _error_detail(exc)))
                 continue
             preds += r.predictions
             skipped += r.skipped
@@ -401,5 +413,5 @@ class PipelineShard:
         self._user_part[u] = part
         self._part_users.setdefault(part, set()).add(u)
 
-    def stats(self) -> dict[str, Any]:
-        return {"state_users": len(self.states), "state_bytes": self._state_bytes, "parked_partitions": sorted(self._parked)}
+    def stats(self) -> ShardStats:
+        return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))

@@ -6,25 +6,33 @@ own worker process (``spawn``: a fresh interpreter that loads the same artifacts
 settings) and the daemon process only moves bytes. Calls to one shard are strictly sequential
 (one thread per shard talks to it), so every user's windows are applied in input order.
 
-Protocol over a ``multiprocessing`` pipe: the worker sends ``("ready", info)`` or
-``("error", message)`` once the pipeline is built, then answers every ``(method, args)`` with
-``("ok", value)`` or ``("error", message)``. A closed pipe (the daemon died, even by SIGKILL)
-ends the worker; a dead worker is a fatal error for the daemon, which exits and is restarted
-with its state restored from the changelog.
+Both kinds implement :class:`ShardHost`: typed methods, one per :class:`PipelineShard` duty,
+checked by the type checker. Over a worker's pipe a call travels as ``(ShardOp, args)``; the
+worker answers ``("ok", value)`` or ``("error", message)``, after ``("ready", WorkerInfo)`` or
+``("error", message)`` once its pipeline is built. A closed pipe (the daemon died, even by
+SIGKILL) ends the worker; a dead worker is a fatal error for the daemon, which exits and is
+restarted with its state restored from the changelog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import gc
 import multiprocessing
 import os
 import traceback
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from taskclf_daemon.errors import TaskclfDaemonError
-from taskclf_daemon.shard import PipelineShard, ShardLimits
+from taskclf_daemon.shard import CheckpointData, PipelineShard, RawBatch, ShardLimits, ShardResult, ShardStats
+
+if TYPE_CHECKING:
+    from taskclf_daemon.config import Settings
+    from taskclf_daemon.pipeline.batch import InferencePipeline
 
 START_TIMEOUT_S = 300.0  # a first lleaves compile takes ~30 s; loading is ~1 s
 
@@ -34,6 +42,8 @@ START_TIMEOUT_S = 300.0  # a first lleaves compile takes ~30 s; loading is ~1 s
 #: walked the young objects each time: ~9 of ~39 us per window in a worker (offline profile,
 #: 100k windows, 1000 users). Cycles are still collected, just later.
 GC_GEN0_THRESHOLD = 50_000
+
+T = TypeVar("T")
 
 
 def tune_gc() -> None:
@@ -49,17 +59,92 @@ class WorkerError(TaskclfDaemonError):
     """A pipeline worker failed or died."""
 
 
-class _Host:
-    """Calls to one shard: ``submit`` returns a future; calls run one at a time, in order."""
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    pid: int
+    in_process: bool
+    model_backend: str | None = None
 
-    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
+
+class ShardOp(enum.Enum):
+    """The duties of a shard, as they travel over a worker's pipe (see :data:`_DISPATCH`)."""
+
+    PROCESS = "process"
+    CHECKPOINT = "checkpoint"
+    CHECKPOINT_FAILED = "checkpoint_failed"
+    RELEASE = "release"
+    REUSE = "reuse"
+    ADOPT = "adopt"
+    STATS = "stats"
+
+
+#: what each op calls on the worker's shard
+_DISPATCH: dict[ShardOp, Callable[..., Any]] = {
+    ShardOp.PROCESS: PipelineShard.process,
+    ShardOp.CHECKPOINT: PipelineShard.checkpoint,
+    ShardOp.CHECKPOINT_FAILED: PipelineShard.checkpoint_failed,
+    ShardOp.RELEASE: PipelineShard.release,
+    ShardOp.REUSE: PipelineShard.reuse,
+    ShardOp.ADOPT: PipelineShard.adopt,
+    ShardOp.STATS: PipelineShard.stats,
+}
+
+
+class ShardHost(Protocol):
+    """One shard, wherever it runs. Calls run one at a time, in call order."""
+
+    name: str
+
+    async def start(self) -> WorkerInfo: ...
+
+    def process(self, batch: RawBatch, now_s: int) -> asyncio.Future[ShardResult]:
+        """Submit a micro-batch; the future resolves when the shard has run it."""
+        ...
+
+    async def checkpoint(self, only: list[int] | None, now_s: int) -> CheckpointData: ...
+
+    async def checkpoint_failed(self) -> None: ...
+
+    async def release(self, partitions: list[int], durable: bool) -> int: ...
+
+    async def reuse(self, partitions: list[int]) -> list[int]: ...
+
+    async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]: ...
+
+    async def stats(self) -> ShardStats: ...
+
+    async def stop(self, timeout: float = 5.0) -> None: ...
+
+
+class _TypedCalls:
+    """The typed :class:`ShardHost` methods on top of one untyped ``_submit(op, *args)``."""
+
+    def _submit(self, op: ShardOp, *args: Any) -> asyncio.Future[Any]:
         raise NotImplementedError
 
-    async def call(self, method: str, *args: Any) -> Any:
-        return await self.submit(method, *args)
+    def process(self, batch: RawBatch, now_s: int) -> asyncio.Future[ShardResult]:
+        return self._submit(ShardOp.PROCESS, batch, now_s)
+
+    async def checkpoint(self, only: list[int] | None, now_s: int) -> CheckpointData:
+        return await self._submit(ShardOp.CHECKPOINT, only, now_s)
+
+    async def checkpoint_failed(self) -> None:
+        await self._submit(ShardOp.CHECKPOINT_FAILED)
+
+    async def release(self, partitions: list[int], durable: bool) -> int:
+        return await self._submit(ShardOp.RELEASE, partitions, durable)
+
+    async def reuse(self, partitions: list[int]) -> list[int]:
+        return await self._submit(ShardOp.REUSE, partitions)
+
+    async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]:
+        return await self._submit(ShardOp.ADOPT, records, now_s)
+
+    async def stats(self) -> ShardStats:
+        return await self._submit(ShardOp.STATS)
 
 
-class LocalShard(_Host):
+class LocalShard(_TypedCalls):
     """A shard run by one thread of this process."""
 
     def __init__(self, shard: PipelineShard, name: str = "pipeline") -> None:
@@ -67,17 +152,17 @@ class LocalShard(_Host):
         self.name = name
         self._ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
-    async def start(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "in_process": True}
+    async def start(self) -> WorkerInfo:
+        return WorkerInfo(os.getpid(), True, self.shard.pipeline.bundle.backend_info().get("model_backend"))
 
-    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().run_in_executor(self._ex, getattr(self.shard, method), *args)
+    def _submit(self, op: ShardOp, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._ex, _DISPATCH[op], self.shard, *args)
 
     async def stop(self, timeout: float = 5.0) -> None:
         self._ex.shutdown(wait=False)
 
 
-def _worker_main(conn: Any, values: dict[str, Any], sources: dict[str, str]) -> None:
+def _worker_main(conn: Any, settings: Settings) -> None:
     """Entry point of a worker process."""
     import signal
 
@@ -87,23 +172,21 @@ def _worker_main(conn: Any, values: dict[str, Any], sources: dict[str, str]) -> 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         from taskclf_daemon.artifacts import pipeline_from_settings
-        from taskclf_daemon.config import Settings
 
-        settings = Settings(values, sources)
         pipe, _desc = pipeline_from_settings(settings)
         shard = PipelineShard(pipe, ShardLimits.from_settings(settings))
     except Exception as exc:  # noqa: BLE001 - reported to the daemon, which fails fast
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     tune_gc()
-    conn.send(("ready", {"pid": os.getpid(), "model_backend": pipe.bundle.backend_info().get("model_backend")}))
+    conn.send(("ready", WorkerInfo(os.getpid(), False, pipe.bundle.backend_info().get("model_backend"))))
     while True:
         try:
-            method, args = conn.recv()
+            op, args = conn.recv()
         except (EOFError, OSError):
             return  # the daemon is gone
         try:
-            reply = ("ok", getattr(shard, method)(*args))
+            reply = ("ok", _DISPATCH[op](shard, *args))
         except Exception as exc:  # noqa: BLE001
             reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         try:
@@ -112,14 +195,14 @@ def _worker_main(conn: Any, values: dict[str, Any], sources: dict[str, str]) -> 
             return
 
 
-class ProcessShard(_Host):
+class ProcessShard(_TypedCalls):
     """A shard in a worker process."""
 
-    def __init__(self, settings: Any, name: str) -> None:
+    def __init__(self, settings: Settings, name: str) -> None:
         self.name = name
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_worker_main, args=(child, dict(settings.items()), dict(settings.sources)), name=name, daemon=True)
+        self._proc = ctx.Process(target=_worker_main, args=(child, settings), name=name, daemon=True)
         self._child = child
         self._ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.pid: int | None = None
@@ -133,7 +216,7 @@ class ProcessShard(_Host):
             self._proc.join(1.0)
             raise WorkerError(f"pipeline worker {self.name} died (exit code {self._proc.exitcode})") from None
 
-    async def start(self) -> dict[str, Any]:
+    async def start(self) -> WorkerInfo:
         self._proc.start()
         self._child.close()
         self.pid = self._proc.pid
@@ -142,19 +225,19 @@ class ProcessShard(_Host):
             raise WorkerError(f"pipeline worker {self.name} failed to start: {info}")
         return info
 
-    def _call(self, method: str, args: tuple) -> Any:
+    def _call(self, op: ShardOp, args: tuple[Any, ...]) -> Any:
         try:
-            self._conn.send((method, args))
+            self._conn.send((op, args))
         except (BrokenPipeError, OSError):
             self._proc.join(1.0)
             raise WorkerError(f"pipeline worker {self.name} died (exit code {self._proc.exitcode})") from None
         status, value = self._recv()
         if status != "ok":
-            raise WorkerError(f"pipeline worker {self.name}: {method} failed: {value}")
+            raise WorkerError(f"pipeline worker {self.name}: {op.value} failed: {value}")
         return value
 
-    def submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().run_in_executor(self._ex, self._call, method, args)
+    def _submit(self, op: ShardOp, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._ex, self._call, op, args)
 
     async def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -169,7 +252,7 @@ class ProcessShard(_Host):
         self._ex.shutdown(wait=False)
 
 
-def make_shards(settings: Any, pipeline: Any) -> list[Any]:
+def make_shards(settings: Settings, pipeline: InferencePipeline) -> list[ShardHost]:
     """``pipeline_workers`` worker-process shards, or one in-process shard when it is 0."""
     n = int(settings.pipeline_workers)
     if n <= 0:

@@ -17,6 +17,7 @@ from taskclf_daemon.artifacts import build_pipeline, pipeline_from_settings
 from taskclf_daemon.cli import build_parser, run_settings
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.pipeline.batch import InferencePipeline
+from taskclf_daemon.pipeline.policy import FROM_POLICY
 from taskclf_daemon.records import FeatureWindow
 
 
@@ -117,7 +118,7 @@ def _policy_copy(tmp_path: Path, policy: Path, **changes: Any) -> Path:
 def test_run_default_reject_threshold_is_the_policys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: Path, windows: list[FeatureWindow]) -> None:
     p = _policy_copy(tmp_path, policy, reject_threshold=0.62)
     s = _settings("env", tmp_path, monkeypatch, p)
-    assert s.reject_threshold == "policy"
+    assert s.reject_threshold is FROM_POLICY
     pipe, desc = pipeline_from_settings(s)
     assert pipe.config.reject_threshold == 0.62 and desc["sources"]["reject_threshold"] == "policy"
     recs = _records(pipe, windows)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from taskclf_daemon import kafka_io as kio
+from taskclf_daemon.config import Settings
 
 
 def records_from_file(lines: Iterable[bytes]) -> Iterator[tuple[bytes | None, bytes]]:
@@ -38,7 +39,7 @@ def records_from_rows(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes
 
 
 async def produce(
-    settings: Mapping[str, Any],
+    settings: Settings,
     topic: str,
     records: Iterable[tuple[bytes | None, bytes]],
     *,

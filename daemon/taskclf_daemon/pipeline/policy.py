@@ -16,6 +16,7 @@ hash or label set does not match the chosen model is refused instead of silently
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,14 +120,24 @@ class ResolvedInference:
         }
 
 
-_UNSET: Any = object()
+class FromPolicy(enum.Enum):
+    """The one spelling of "not set, take it from the policy (else the default)" for a setting
+    that may also be set to ``None`` on purpose (``reject_threshold=None`` disables rejection)."""
+
+    FROM_POLICY = "policy"
+
+    def __repr__(self) -> str:
+        return "FROM_POLICY"
+
+
+FROM_POLICY = FromPolicy.FROM_POLICY
 
 
 def resolve_inference(
     *,
     model_dir: str | Path | None = None,
     calibrator_store: str | Path | None = None,
-    reject_threshold: float | None | Any = _UNSET,
+    reject_threshold: float | None | FromPolicy = FROM_POLICY,
     policy_path: str | Path | None = None,
 ) -> ResolvedInference:
     """Apply flag > policy > default. ``reject_threshold=None`` (explicit) disables rejection."""
@@ -144,7 +155,7 @@ def resolve_inference(
         cs, src["calibrator_store"] = pol.resolve_path(pol.calibrator_store_dir), "policy"
     else:
         cs, src["calibrator_store"] = None, "default"
-    if reject_threshold is not _UNSET:
+    if not isinstance(reject_threshold, FromPolicy):
         thr, src["reject_threshold"] = reject_threshold, "flag"
     elif pol is not None:
         thr, src["reject_threshold"] = pol.reject_threshold, "policy"

@@ -67,7 +67,9 @@ def test_shard_outputs_equal_the_pipeline_and_dead_letter_by_index(pipe, lines):
     bad.add(2, 10_000, None)
     bad.add(3, 10_000, b"x" * 5000)
     res = PipelineShard(pipe, ShardLimits(max_record_bytes=4096)).process(bad)
-    assert [(i, r) for i, r, _d in res.dead] == [(0, "invalid_json"), (1, "schema_mismatch"), (2, "not_an_object"), (3, "oversize")]
+    assert [(d.position, d.reason) for d in res.dead] == [(0, "invalid_json"), (1, "schema_mismatch"), (2, "not_an_object"), (3, "oversize")]
+    # each dead letter carries its own record: nothing is joined back by index later
+    assert [(d.source.partition, d.source.offset, d.value) for d in res.dead] == [(i, 10_000, bad.values[i]) for i in range(4)]
     assert len(res.dead) == 4 and res.outputs == []
     assert sum(res.tally.values()) == 0
 
@@ -113,18 +115,18 @@ def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):
     for b in _batches(lines[:400]):
         shard.process(b)
     shard.checkpoint()
-    before = shard.stats()["state_users"]
+    before = shard.stats().state_users
     per_part = {p: 0 for p in range(PARTS)}
     for u in {orjson.loads(ln)["user_id"] for ln in lines[:400]}:
         per_part[zlib.crc32(u.encode()) % PARTS] += 1
     assert per_part[0] > 0 and per_part[2] > 0
     parked = shard.release([0, 2], durable=True)
     assert parked == per_part[0] + per_part[2]
-    assert shard.stats()["state_users"] == before - parked
-    assert shard.stats()["parked_partitions"] == [0, 2]
+    assert shard.stats().state_users == before - parked
+    assert shard.stats().parked_partitions == [0, 2]
     assert shard.reuse([2, 3]) == [2]  # partition 0 went elsewhere: its parked state is dropped
-    assert shard.stats()["state_users"] == before - per_part[0]
-    assert shard.stats()["parked_partitions"] == []
+    assert shard.stats().state_users == before - per_part[0]
+    assert shard.stats().parked_partitions == []
     assert shard.release([2], durable=False) == 0  # not durable: nothing is parked
     assert shard.reuse([2]) == []
 
@@ -182,18 +184,18 @@ def test_worker_process_gives_the_same_bytes_and_reports_failures(pipe, lines):
         local = LocalShard(PipelineShard(pipe))
         remote = ProcessShard(_settings(), "pipeline-test")
         info = await remote.start()
-        assert info["pid"] != os.getpid()
+        assert info.pid != os.getpid() and not info.in_process
         try:
             a, b = [], []
             for batch in _batches(lines):
-                a += _values([await local.call("process", batch)])
-                b += _values([await remote.call("process", batch)])
-            with pytest.raises(WorkerError, match="no_such_method"):
-                await remote.call("no_such_method")
-            assert (await remote.call("stats"))["state_users"] > 0  # still serving after an error
-            os.kill(info["pid"], signal.SIGKILL)
+                a += _values([await local.process(batch, 0)])
+                b += _values([await remote.process(batch, 0)])
+            with pytest.raises(WorkerError, match="release failed: TypeError"):
+                await remote.release(None, True)  # type: ignore[arg-type]
+            assert (await remote.stats()).state_users > 0  # still serving after an error
+            os.kill(info.pid, signal.SIGKILL)
             with pytest.raises(WorkerError, match="died"):
-                await remote.call("stats")
+                await remote.stats()
             return a, b
         finally:
             await remote.stop(timeout=2.0)

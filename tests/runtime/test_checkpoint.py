@@ -1,0 +1,115 @@
+"""The checkpoint order with real shards and an in-memory broker (no Kafka): the changelog is
+written only once every output is acknowledged, offsets are committed only once the changelog
+is, and a changelog failure commits nothing and writes the same users again next time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from helpers_rows import GOLDEN_DIR
+from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.checkpoint import Checkpointer
+from taskclf_daemon.emitter import Emitter, InvalidRatio
+from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.memory_kafka import MemoryBroker, MemoryConsumer, MemorySink, MemoryTP
+from taskclf_daemon.metrics import Metrics
+from taskclf_daemon.offsets import OffsetTracker
+from taskclf_daemon.scheduler import Scheduler
+from taskclf_daemon.shard import PipelineShard
+from taskclf_daemon.workers import LocalShard
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p, _ = build_pipeline(policy=GOLDEN_DIR / "models" / "inference_policy.json")
+    return p
+
+
+class Rig:
+    """Scheduler + emitter + checkpointer over one in-process shard and an in-memory broker."""
+
+    def __init__(self, pipe, lines: list[bytes]) -> None:
+        self.broker = MemoryBroker()
+        for t in ("in", "out", "dlq", "state"):
+            self.broker.create(t, 2)
+        for line in lines:
+            u = orjson.loads(line)["user_id"].encode()
+            self.broker.append("in", u[0] % 2, u, line, timestamp=1_775_520_000_000)
+        self.consumer = MemoryConsumer(self.broker)
+        self.consumer.assign([MemoryTP("in", 0), MemoryTP("in", 1)])
+        self.sink = MemorySink(self.broker, auto_ack=False)
+        self.hosts = [LocalShard(PipelineShard(pipe))]
+        self.sched = Scheduler(self.hosts, "in", 1000)
+        self.tracker, self.metrics, users = OffsetTracker(), Metrics(), [0]
+        self.emitter = Emitter(self.sink, self.tracker, self.metrics, output_topic="out", dlq_topic="dlq", max_produce_bytes=1_000_000, invalid=InvalidRatio(100, 1.0), shard_users=users)
+        self.cp = Checkpointer(hosts=self.hosts, tracker=self.tracker, sink=self.sink, consumer=self.consumer, changelog_topic="state", metrics=self.metrics, finish=self.finish, shard_users=users)
+
+    async def finish(self, deadline: float, interruptible: bool) -> bool:
+        for i, q in enumerate(self.sched.queues):
+            while q:
+                w = self.sched.pop(i)
+                await self.emitter.emit(i, w, await w.future)
+        return True
+
+    async def feed(self) -> None:
+        for tp, recs in (await self.consumer.getmany()).items():
+            self.sched.add((tp.topic, tp.partition), recs)
+        self.sched.submit(0)
+
+    async def checkpoint_acking(self, *, fail_changelog: bool = False) -> bool:
+        """Run a checkpoint; acknowledge the outputs once it waits, then its changelog."""
+        task = asyncio.ensure_future(self.cp.run(deadline=time.monotonic() + 5.0))
+        await asyncio.sleep(0.05)
+        assert self.broker.records("state") == [] or not fail_changelog
+        self.sink.ack_all()  # the outputs
+        await asyncio.sleep(0.05)
+        if fail_changelog:
+            self.sink.fail_all(RuntimeError("changelog refused"))
+        else:
+            self.sink.ack_all()  # the changelog
+        return await task
+
+
+def test_changelog_after_outputs_commit_after_changelog(pipe) -> None:
+    lines = [ln for ln in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if ln.strip()][:150]
+
+    async def run() -> None:
+        rig = Rig(pipe, lines)
+        await rig.feed()
+        task = asyncio.ensure_future(rig.cp.run(deadline=time.monotonic() + 5.0))
+        await asyncio.sleep(0.1)
+        # Step 1 waits for the outputs: nothing written, nothing committed
+        assert not task.done() and rig.broker.records("out") == [] and rig.broker.records("state") == [] and rig.consumer.commits == []
+        rig.sink.ack_all()
+        await asyncio.sleep(0.1)
+        # Step 3 waits for the changelog: the outputs are there, the state not yet, no commit
+        assert len(rig.broker.records("out")) == 150 and rig.broker.records("state") == [] and rig.consumer.commits == []
+        rig.sink.ack_all()
+        assert await task is True
+        users = {orjson.loads(ln)["user_id"].encode() for ln in lines}
+        assert {r.key for r in rig.broker.records("state")} == users
+        sizes = {MemoryTP("in", p): len(rig.broker.log[MemoryTP("in", p)]) for p in (0, 1)}
+        assert rig.consumer.commits[-1] == {tp: n for tp, n in sizes.items() if n} and sum(sizes.values()) == 150
+        assert rig.metrics.checkpoints.labels("ok")._value.get() == 1
+
+    asyncio.run(run())
+
+
+def test_a_changelog_failure_commits_nothing_and_rewrites_the_same_users(pipe) -> None:
+    lines = [ln for ln in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if ln.strip()][:60]
+
+    async def run() -> None:
+        rig = Rig(pipe, lines)
+        await rig.feed()
+        with pytest.raises(TaskclfDaemonError, match="writing the state changelog failed.*offsets not committed"):
+            await rig.checkpoint_acking(fail_changelog=True)
+        assert rig.consumer.commits == [] and rig.broker.records("state") == []
+        assert await rig.checkpoint_acking() is True  # the same users again, then the commit
+        assert {r.key for r in rig.broker.records("state")} == {orjson.loads(ln)["user_id"].encode() for ln in lines}
+        assert len(rig.consumer.commits) == 1
+
+    asyncio.run(run())
