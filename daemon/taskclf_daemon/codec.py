@@ -143,6 +143,8 @@ def _bounded(convert: Callable[[str, Any, Any, Any], Any], lo: Any, hi: Any, nul
     else:
         ms = Annotated[int, msgspec.Meta(ge=_I64_MIN if lo is None else max(_I64_MIN, lo), le=_I64_MAX if hi is None else min(_I64_MAX, hi))]
     check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]  # noqa: UP045
+    # what the check accepts, for the JSON Schemas of ``contracts.py``
+    check._contract = {"kind": "number" if convert is _as_float else "integer", "lo": lo, "hi": hi, "nullable": nullable}  # type: ignore[attr-defined]
     return check
 
 
@@ -162,6 +164,7 @@ def _bool(name: str, v: Any) -> bool:
 
 _bool._fast_test = "({v} is True or {v} is False)"  # type: ignore[attr-defined]
 _bool._ms_type = bool  # type: ignore[attr-defined]
+_bool._contract = {"kind": "boolean"}  # type: ignore[attr-defined]
 
 
 def _str(nullable: bool = False, nonempty: bool = False, max_chars: int = MAX_STR_CHARS) -> _Check:
@@ -180,6 +183,7 @@ def _str(nullable: bool = False, nonempty: bool = False, max_chars: int = MAX_ST
     check._fast_test = f"({{v}} is None or ({test}))" if nullable else f"({test})"  # type: ignore[attr-defined]
     ms: Any = Annotated[str, msgspec.Meta(min_length=1 if nonempty else 0, max_length=max_chars)]
     check._ms_type = Optional[ms] if nullable else ms  # type: ignore[attr-defined]  # noqa: UP045
+    check._contract = {"kind": "string", "nullable": nullable, "min_chars": 1 if nonempty else 0, "max_chars": max_chars}  # type: ignore[attr-defined]
     return check
 
 
@@ -199,6 +203,8 @@ def _str_list(name: str, v: Any) -> list[str]:
 _str_list._fast_test = "(type({v}) is list and _STR_ONLY.issuperset(map(type, {v})))"  # type: ignore[attr-defined]
 _str_list._ms_type = list[str]  # type: ignore[attr-defined]
 _ts._ms_type = str  # type: ignore[attr-defined]  # parsed after decoding
+_str_list._contract = {"kind": "string_list"}  # type: ignore[attr-defined]
+_ts._contract = {"kind": "timestamp"}  # type: ignore[attr-defined]
 
 
 _MISSING = object()
@@ -453,6 +459,12 @@ class RowValidator:
         self._fast, self._fast_exact, self._fast_source = built if built is not None else (None, None, "")
         #: bytes -> FeatureWindow or None: the msgspec fast path (see :func:`_build_decoder`)
         self.fast_decode: Callable[[bytes | str], FeatureWindow | None] | None = _build_decoder(schema.version, schema.hash, self._fields)
+
+    @property
+    def fields(self) -> list[tuple[str, _Check, bool, Any]]:
+        """``(name, check, required, default)`` of every field, in the order they are checked (the
+        input-row JSON Schemas of ``contracts.py`` are generated from it)."""
+        return list(self._fields)
 
     def _no_raw_keys(self, obj: dict) -> bool:
         """True if no key of ``obj`` starts with ``raw_``; remembers its keys while there is room."""
