@@ -17,7 +17,6 @@ import json
 import re
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -26,14 +25,14 @@ import pytest
 import yaml
 
 from helpers_rows import REPO_ROOT, V1_HASH, V2_HASH, V3_HASH, golden_dir, make_row, validator
-from taskclf_daemon import contracts
+from taskclf_daemon import contracts, wire
 from taskclf_daemon.artifacts import build_pipeline
+from taskclf_daemon.changelog import changelog_topic_name
 from taskclf_daemon.codec import MAX_STR_CHARS, MAX_USER_ID_CHARS, REASONS, decode_window
 from taskclf_daemon.config import KEYS, load_settings
-from taskclf_daemon.daemon import Daemon, changelog_topic_name
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.labels import LABELS, MIXED_UNKNOWN
-from taskclf_daemon.metrics import Metrics
+from taskclf_daemon.records import DeadLetter, SourceRef
 from taskclf_daemon.schema import SCHEMAS
 from taskclf_daemon.shard import PipelineShard, RawBatch
 from taskclf_daemon.state import UserState
@@ -370,37 +369,20 @@ def test_changelog_values_validate(plain: tuple[Any, PipelineShard, Any]) -> Non
     assert _errors(v, {**json.loads(fresh), "v": 1})
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
-
-    async def append(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = ()) -> None:
-        self.records.append((topic, key, value, list(headers)))
-
-
 def test_dead_letter_headers_validate_for_every_reason() -> None:
-    """The daemon's own ``_dead_letter`` (on a stand-in ``self``) for every reason, cut and uncut."""
-    import asyncio
-
+    """The headers ``wire.dead_letter`` builds (the one place dead letters are made), for every
+    reason, cut and uncut."""
     v = _validator("dead-letter-headers.schema.json")
-    sink = _Sink()
-    fake = SimpleNamespace(sink=sink, s=SimpleNamespace(max_produce_bytes=4096, dlq_topic="taskclf.features.dlq"), metrics=Metrics(), log=SimpleNamespace(debug=lambda *a, **k: None))
-    msgs = [
-        SimpleNamespace(topic="taskclf.features", partition=3, offset=12345, key=b"user-1", value=b"{nope"),
-        SimpleNamespace(topic="taskclf.features", partition=0, offset=0, key=None, value=None),
-        SimpleNamespace(topic="taskclf.features", partition=1, offset=7, key=b"k" * 100, value=b"v" * 10_000),
-        SimpleNamespace(topic="taskclf.features", partition=1, offset=8, key=b"k" * 5_000, value=b"v" * 10_000),
+    cases = [
+        (SourceRef("taskclf.features", 3, 12345), b"user-1", b"{nope"),
+        (SourceRef("taskclf.features", 0, 0), None, None),
+        (SourceRef("taskclf.features", 1, 7), b"k" * 100, b"v" * 10_000),
+        (SourceRef("taskclf.features", 1, 8), b"k" * 5_000, b"v" * 10_000),
     ]
-
-    async def go() -> None:
-        for reason in contracts.DLQ_REASONS:
-            for m in msgs:
-                await Daemon._dead_letter(fake, m, reason, "field 'x' \u00fc " * 100)
-
-    asyncio.run(go())
-    assert len(sink.records) == len(contracts.DLQ_REASONS) * len(msgs)
+    records = [wire.dead_letter(DeadLetter(0, src, key, value, reason, "field 'x' \u00fc " * 100), 4096) for reason in contracts.DLQ_REASONS for src, key, value in cases]
+    assert len(records) == len(contracts.DLQ_REASONS) * len(cases)
     truncated = set()
-    for _topic, _key, _value, headers in sink.records:
+    for _key, _value, headers in records:
         h = {k: x.decode("utf-8") for k, x in headers}
         assert len(h) == len(headers)
         assert _errors(v, h) == [], h
@@ -414,7 +396,7 @@ def test_dead_letter_reasons_are_every_reason_the_code_can_give() -> None:
     package raises or dead-letters with is in it (a source scan: a new reason fails here)."""
     assert contracts.DLQ_REASONS[: len(REASONS)] == REASONS
     src = "\n".join(p.read_text() for p in (REPO_ROOT / "daemon" / "taskclf_daemon").rglob("*.py"))
-    used = set(re.findall(r'InvalidRecord\(\s*"(\w+)"', src)) | set(re.findall(r'dead\.append\(\(\w+,\s*"(\w+)"', src))
+    used = set(re.findall(r'InvalidRecord\(\s*"(\w+)"', src)) | set(re.findall(r'_dead\(batch, \w+, "(\w+)"', src)) | set(re.findall(r'DeadLetter\([^)]*?"(\w+)", _error_detail', src))
     assert used == set(contracts.DLQ_REASONS), (sorted(used - set(contracts.DLQ_REASONS)), sorted(set(contracts.DLQ_REASONS) - used))
     enum = json.loads((CONTRACTS / "dead-letter-headers.schema.json").read_text())["properties"]["taskclf-dlq-reason"]["enum"]
     assert enum == list(contracts.DLQ_REASONS)
