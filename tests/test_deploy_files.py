@@ -171,10 +171,24 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def mount_secrets(toml: str, tmp_path: Path) -> str:
+    """``toml`` with the Secret volume's mount path moved to a copy of secret.example.yaml's keys
+    (the files the kubelet would mount), so that ``*_file`` settings can be read offline."""
+    objs = k8s_objects()
+    mounted = tmp_path / "secret-volume"
+    mounted.mkdir(exist_ok=True)
+    for key, value in objs["Secret"]["stringData"].items():
+        (mounted / key).write_text(value)
+    pod = objs["StatefulSet"]["spec"]["template"]["spec"]
+    (vol,) = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == objs["Secret"]["metadata"]["name"]]
+    (path,) = [m["mountPath"] for m in the_container(objs["StatefulSet"])["volumeMounts"] if m["name"] == vol]
+    return toml.replace(path.rstrip("/") + "/", f"{mounted}/")
+
+
 def settings_for_k8s(tmp_path: Path) -> Any:
     objs = k8s_objects()
     cfg = tmp_path / "taskclf-daemon.toml"
-    cfg.write_text(configmap_toml(objs["ConfigMap"]), encoding="utf-8")
+    cfg.write_text(mount_secrets(configmap_toml(objs["ConfigMap"]), tmp_path), encoding="utf-8")
     return load_settings(cfg, env=literal_env(the_container(objs["StatefulSet"])))
 
 
@@ -429,14 +443,14 @@ def test_configmap_toml_loads(tmp_path: Path) -> None:
     data = tomllib.loads(text)
     assert {"kafka", "model", "http"} <= set(data)
     cfg = tmp_path / "taskclf-daemon.toml"
-    cfg.write_text(text, encoding="utf-8")
+    cfg.write_text(mount_secrets(text, tmp_path), encoding="utf-8")
     s = load_settings(cfg, env={})
     assert s.bootstrap_servers and s.input_topic and s.output_topic and s.group_id
     for key in ("model_dir", "calibrator_store", "policy", "taxonomy"):
         if getattr(s, key) is not None:
             assert getattr(s, key).startswith("/models/"), f"{key} = {getattr(s, key)} is not under the /models mount"
     assert s.policy or s.model_dir
-    assert s.sasl_password is None and s.ssl_password is None, "secrets belong in the Secret, not the ConfigMap"
+    assert not {"sasl_password", "ssl_password"} & set(data.get("kafka", {})), "secrets belong in the Secret, not the ConfigMap"
     assert s.group_instance_id is None, "the static id must come from the pod name, not the shared ConfigMap"
 
 
@@ -518,9 +532,6 @@ def test_statefulset_static_membership() -> None:
     env = {e["name"]: e for e in the_container(sts)["env"]}
     gid = env["TASKCLF_GROUP_INSTANCE_ID"]
     assert gid["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    pw = env["TASKCLF_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    secret = objs["Secret"]
-    assert pw["name"] == secret["metadata"]["name"] and pw["key"] in secret["stringData"]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert objs["Service"]["spec"]["selector"].items() <= labels.items()

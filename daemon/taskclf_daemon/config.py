@@ -23,6 +23,7 @@ from typing import Any
 
 from taskclf_daemon.errors import ConfigError
 from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy
+from taskclf_daemon.secret_files import resolve_secret_files
 
 ENV_PREFIX = "TASKCLF_"
 SECRET_KEYS = frozenset({"sasl_password", "ssl_password"})
@@ -68,6 +69,8 @@ KEYS: dict[str, Key] = {
     "ssl_certfile": Key("kafka", "optstr", None, "client certificate for SSL"),
     "ssl_keyfile": Key("kafka", "optstr", None, "client key for SSL"),
     "ssl_password": Key("kafka", "optstr", None, "password of the client key (masked in logs)"),
+    "sasl_password_file": Key("kafka", "optstr", None, "file holding sasl_password, e.g. a mounted Kubernetes secret (read at start; one trailing newline ignored; excludes sasl_password)"),
+    "ssl_password_file": Key("kafka", "optstr", None, "file holding ssl_password, e.g. a mounted Kubernetes secret (read at start; one trailing newline ignored; excludes ssl_password)"),
     "create_topics": Key("kafka", "bool", True, "create missing input/output/DLQ topics at start"),
     "topic_partitions": Key("kafka", "int", 4, "partitions of topics the daemon creates", _min(1)),
     "topic_replication": Key("kafka", "int", 1, "replication factor of topics the daemon creates", _min(1)),
@@ -197,6 +200,8 @@ class Settings:
     ssl_certfile: str | None
     ssl_keyfile: str | None
     ssl_password: str | None
+    sasl_password_file: str | None
+    ssl_password_file: str | None
     create_topics: bool
     topic_partitions: int
     topic_replication: int
@@ -297,6 +302,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raw[k] = (v, "flag --" + k.replace("_", "-"))
     values = {k: _convert(k, KEYS[k], v, src) for k, (v, src) in raw.items()}
     sources = {k: src for k, (_, src) in raw.items()}
+    resolve_secret_files(values, sources)  # sasl_password_file -> sasl_password, ...
     if require_model and values["model_dir"] is None and values["policy"] is None:
         raise ConfigError("model_dir", "no model configured", "set model_dir (or policy) in the config file, TASKCLF_MODEL_DIR, or --model-dir", "all sources")
     return Settings(**values, sources=sources)

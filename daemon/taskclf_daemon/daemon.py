@@ -115,6 +115,12 @@ class Daemon:
         self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
+        try:  # a refused login or certificate is fatal at once, before /healthz is ever served
+            await kio.check_security(s, timeout=min(20.0, s.request_timeout_ms / 1000.0))
+        except TaskclfDaemonError as exc:
+            self._fatal, self.exit_code = str(exc), EXIT_FATAL
+            self.log.error("daemon_failed", error=self._fatal)
+            return self.exit_code
         if s.http_port:
             self.http = HealthServer(s.http_host, s.http_port, health=self.health, ready=self.readiness, metrics=m.exposition)
             port = await self.http.start()

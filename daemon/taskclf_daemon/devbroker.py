@@ -426,14 +426,7 @@ class LocalBroker:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _launch(self, binary: Path, deadline: float) -> None:
-        url = f"tcp://{self.host}:{self.port}"
-        cmd = [
-            str(binary),
-            "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
+        cmd = self._command(binary)
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         if self.rust_log:
             env["RUST_LOG"] = self.rust_log
@@ -490,6 +483,17 @@ class LocalBroker:
                     f"timeout (last probe error: {last_error!r}); log:\n{tail}"
                 )
             time.sleep(0.02)
+
+    def _command(self, binary: Path) -> list[str]:
+        """The broker's command line (a subclass may change it, e.g. the advertised listener)."""
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            str(binary),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
 
     def _reap(self) -> None:
         with _live_lock:

@@ -8,21 +8,30 @@ key is Kafka's default murmur2 partitioner, as the Java client and aiokafka comp
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     CommitFailedError,
+    IllegalSaslStateError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
     RebalanceInProgressError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.metadata import MetadataRequest
+
+from taskclf_daemon.errors import ConfigError
 
 from taskclf_daemon.config import Settings
 
@@ -45,6 +54,8 @@ __all__ = [
     "probe_broker",
     "topic_partition_count",
     "ensure_topics",
+    "check_security",
+    "classify_connect_error",
 ]
 
 Headers = Sequence[tuple[str, bytes]]
@@ -236,3 +247,111 @@ class OutputSink:
             await self._submit(tp)
         futs, self._futures = self._futures, []
         return futs
+
+
+# ------------------------------------------------------------------------------ security check
+def _refused(s: Mapping[str, Any], key: str, problem: str, fix: str) -> ConfigError:
+    src = s.sources.get(key) if hasattr(s, "sources") else None
+    return ConfigError(key, problem, fix, src if src and src != "default" else None)
+
+
+def _client_context_error(s: Mapping[str, Any], exc: Exception) -> ConfigError:
+    """A client SSL context that cannot be built: a missing file, a wrong key password."""
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if s[key] and not os.path.isfile(s[key]):
+            return _refused(s, key, f"file {s[key]} does not exist", f"mount the file or fix {key}")
+    if s["ssl_certfile"] or s["ssl_keyfile"]:
+        return _refused(
+            s, "ssl_keyfile",
+            f"cannot load the client certificate {s['ssl_certfile']} with key {s['ssl_keyfile']} ({type(exc).__name__}: {exc})",
+            "check that ssl_keyfile is the PEM key of ssl_certfile and that ssl_password (or ssl_password_file) is its password (unset for an unencrypted key)",
+        )  # fmt: skip
+    return _refused(s, "ssl_cafile", f"cannot load {s['ssl_cafile']} ({type(exc).__name__}: {exc})", "set ssl_cafile to a PEM file of CA certificates")
+
+
+def classify_connect_error(s: Mapping[str, Any], host: str, port: int, exc: BaseException) -> ConfigError | None:
+    """A connection failure caused by the security settings, as a :class:`ConfigError` naming the
+    setting and the fix; ``None`` for anything else (a broker down or slow: retried as before)."""
+    where = f"{host}:{port}"
+    mech, user, proto = s["sasl_mechanism"], s["sasl_username"], s["security_protocol"]
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        msg = exc.verify_message or str(exc)
+        if "mismatch" in msg or "not valid for" in msg:
+            return _refused(
+                s, "bootstrap_servers",
+                f"the TLS certificate of {where} is not valid for {host!r} ({msg})",
+                "connect by a host name or IP address listed in the broker certificate (subjectAltName); the brokers' advertised listeners must be such names too",
+            )  # fmt: skip
+        trusted = s["ssl_cafile"] or "the system CA store (ssl_cafile unset)"
+        return _refused(
+            s, "ssl_cafile",
+            f"the TLS certificate of {where} does not verify against {trusted} ({msg})",
+            "set ssl_cafile to the PEM file of the CA that signed the broker certificates (e.g. Strimzi: the <cluster>-cluster-ca-cert secret's ca.crt)",
+        )  # fmt: skip
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).upper()
+        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason or "PACKET_LENGTH_TOO_LONG" in reason:
+            return _refused(s, "security_protocol", f"{where} did not answer with TLS ({exc})", "that listener is not TLS: use security_protocol PLAINTEXT/SASL_PLAINTEXT, or the broker's TLS port")
+        return _refused(
+            s, "ssl_certfile",
+            f"the TLS handshake with {where} failed ({exc})",
+            "if the listener requires client certificates (ssl.client.auth=required) set ssl_certfile/ssl_keyfile to a certificate signed by a CA the broker trusts",
+        )  # fmt: skip
+    if isinstance(exc, SaslAuthenticationFailed) or (isinstance(exc, (KeyError, ValueError)) and proto.startswith("SASL") and mech.startswith("SCRAM")):
+        # Kafka answers a wrong password and an unknown user alike; a broker that ends SCRAM without
+        # its proof of the password (KeyError/ValueError in aiokafka's SCRAM client) too
+        detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, SaslAuthenticationFailed) else "the SCRAM exchange ended without the server's proof (wrong password or unknown user)"
+        return _refused(
+            s, "sasl_password",
+            f"broker {where} refused the {mech} login of sasl_username {user!r} ({detail})",
+            f"set sasl_username and sasl_password (or sasl_password_file) to a {mech} user of this cluster; a user created for another mechanism (sasl_mechanism) does not log in",
+        )  # fmt: skip
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return _refused(s, "sasl_mechanism", f"broker {where} does not accept {mech} ({exc})", "set sasl_mechanism to one the listener enables")
+    if isinstance(exc, IllegalSaslStateError):
+        return _refused(s, "security_protocol", f"broker {where} rejected the SASL handshake ({exc})", "match security_protocol to the listener (SASL_SSL/SASL_PLAINTEXT only for SASL listeners)")
+    return None
+
+
+async def check_security(s: Mapping[str, Any], timeout: float = 20.0) -> None:
+    """Before anything else: one connection per bootstrap broker with the configured security.
+
+    :raises ConfigError: the client certificate/key or CA file cannot be loaded, or a broker
+        refused the TLS handshake or the SASL login -- permanent errors that retries cannot fix.
+        Also when every reachable broker closed the connection during the handshake, the sign of a
+        ``security_protocol`` that does not match the listener. A broker that cannot be reached
+        or is slow is not an error here (the start-up proper reports and bounds it).
+    """
+    if s["security_protocol"] == "PLAINTEXT":
+        return
+    try:
+        kw = client_kwargs(s)
+    except (OSError, ValueError) as exc:
+        raise _client_context_error(s, exc) from None
+    kw.pop("bootstrap_servers")
+    kw["request_timeout_ms"] = int(min(kw["request_timeout_ms"], timeout * 1000))
+    closed: list[str] = []
+    for host, port, _ in collect_hosts(s["bootstrap_servers"], randomize=False):
+        conn = None
+        try:
+            conn = await asyncio.wait_for(create_conn(host, port, **kw), timeout)
+            await asyncio.wait_for(conn.send(MetadataRequest()), timeout)
+            return  # one broker accepted us: the settings are right
+        except (KafkaConnectionError, ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            if isinstance(exc, KafkaConnectionError) and "closed" not in str(exc):
+                continue  # e.g. refused: not reachable
+            closed.append(f"{host}:{port}")
+        except (TimeoutError, OSError, KafkaError, KeyError, ValueError) as exc:
+            err = classify_connect_error(s, host, port, exc)
+            if err is not None:
+                raise err from None
+        finally:
+            if conn is not None:
+                conn.close()
+    if closed:
+        hint = "" if s["ssl_certfile"] or s["security_protocol"] == "SASL_PLAINTEXT" else "; a TLS listener that requires client certificates also closes it: then set ssl_certfile/ssl_keyfile"
+        raise _refused(
+            s, "security_protocol",
+            f"{', '.join(closed)} accepted the connection but closed it during the {s['security_protocol']} handshake",
+            f"match security_protocol to the broker's listener (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL){hint}",
+        )  # fmt: skip
