@@ -31,9 +31,8 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.metadata import MetadataRequest
 
-from taskclf_daemon.errors import ConfigError
-
 from taskclf_daemon.config import Settings
+from taskclf_daemon.errors import ConfigError
 
 __all__ = [
     "AIOKafkaConsumer",
@@ -250,30 +249,31 @@ class OutputSink:
 
 
 # ------------------------------------------------------------------------------ security check
-def _refused(s: Mapping[str, Any], key: str, problem: str, fix: str) -> ConfigError:
+def _refused(s: Settings, key: str, problem: str, fix: str) -> ConfigError:
     src = s.sources.get(key) if hasattr(s, "sources") else None
     return ConfigError(key, problem, fix, src if src and src != "default" else None)
 
 
-def _client_context_error(s: Mapping[str, Any], exc: Exception) -> ConfigError:
+def _client_context_error(s: Settings, exc: Exception) -> ConfigError:
     """A client SSL context that cannot be built: a missing file, a wrong key password."""
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        if s[key] and not os.path.isfile(s[key]):
-            return _refused(s, key, f"file {s[key]} does not exist", f"mount the file or fix {key}")
-    if s["ssl_certfile"] or s["ssl_keyfile"]:
+        path = getattr(s, key)
+        if path and not os.path.isfile(path):
+            return _refused(s, key, f"file {path} does not exist", f"mount the file or fix {key}")
+    if s.ssl_certfile or s.ssl_keyfile:
         return _refused(
             s, "ssl_keyfile",
-            f"cannot load the client certificate {s['ssl_certfile']} with key {s['ssl_keyfile']} ({type(exc).__name__}: {exc})",
+            f"cannot load the client certificate {s.ssl_certfile} with key {s.ssl_keyfile} ({type(exc).__name__}: {exc})",
             "check that ssl_keyfile is the PEM key of ssl_certfile and that ssl_password (or ssl_password_file) is its password (unset for an unencrypted key)",
         )  # fmt: skip
-    return _refused(s, "ssl_cafile", f"cannot load {s['ssl_cafile']} ({type(exc).__name__}: {exc})", "set ssl_cafile to a PEM file of CA certificates")
+    return _refused(s, "ssl_cafile", f"cannot load {s.ssl_cafile} ({type(exc).__name__}: {exc})", "set ssl_cafile to a PEM file of CA certificates")
 
 
-def classify_connect_error(s: Mapping[str, Any], host: str, port: int, exc: BaseException) -> ConfigError | None:
+def classify_connect_error(s: Settings, host: str, port: int, exc: BaseException) -> ConfigError | None:
     """A connection failure caused by the security settings, as a :class:`ConfigError` naming the
     setting and the fix; ``None`` for anything else (a broker down or slow: retried as before)."""
     where = f"{host}:{port}"
-    mech, user, proto = s["sasl_mechanism"], s["sasl_username"], s["security_protocol"]
+    mech, user, proto = s.sasl_mechanism, s.sasl_username, s.security_protocol
     if isinstance(exc, ssl.SSLCertVerificationError):
         msg = exc.verify_message or str(exc)
         if "mismatch" in msg or "not valid for" in msg:
@@ -282,7 +282,7 @@ def classify_connect_error(s: Mapping[str, Any], host: str, port: int, exc: Base
                 f"the TLS certificate of {where} is not valid for {host!r} ({msg})",
                 "connect by a host name or IP address listed in the broker certificate (subjectAltName); the brokers' advertised listeners must be such names too",
             )  # fmt: skip
-        trusted = s["ssl_cafile"] or "the system CA store (ssl_cafile unset)"
+        trusted = s.ssl_cafile or "the system CA store (ssl_cafile unset)"
         return _refused(
             s, "ssl_cafile",
             f"the TLS certificate of {where} does not verify against {trusted} ({msg})",
@@ -313,7 +313,7 @@ def classify_connect_error(s: Mapping[str, Any], host: str, port: int, exc: Base
     return None
 
 
-async def check_security(s: Mapping[str, Any], timeout: float = 20.0) -> None:
+async def check_security(s: Settings, timeout: float = 20.0) -> None:
     """Before anything else: one connection per bootstrap broker with the configured security.
 
     :raises ConfigError: the client certificate/key or CA file cannot be loaded, or a broker
@@ -322,7 +322,7 @@ async def check_security(s: Mapping[str, Any], timeout: float = 20.0) -> None:
         ``security_protocol`` that does not match the listener. A broker that cannot be reached
         or is slow is not an error here (the start-up proper reports and bounds it).
     """
-    if s["security_protocol"] == "PLAINTEXT":
+    if s.security_protocol == "PLAINTEXT":
         return
     try:
         kw = client_kwargs(s)
@@ -331,7 +331,7 @@ async def check_security(s: Mapping[str, Any], timeout: float = 20.0) -> None:
     kw.pop("bootstrap_servers")
     kw["request_timeout_ms"] = int(min(kw["request_timeout_ms"], timeout * 1000))
     closed: list[str] = []
-    for host, port, _ in collect_hosts(s["bootstrap_servers"], randomize=False):
+    for host, port, _ in collect_hosts(s.bootstrap_servers, randomize=False):
         conn = None
         try:
             conn = await asyncio.wait_for(create_conn(host, port, **kw), timeout)
@@ -349,9 +349,9 @@ async def check_security(s: Mapping[str, Any], timeout: float = 20.0) -> None:
             if conn is not None:
                 conn.close()
     if closed:
-        hint = "" if s["ssl_certfile"] or s["security_protocol"] == "SASL_PLAINTEXT" else "; a TLS listener that requires client certificates also closes it: then set ssl_certfile/ssl_keyfile"
+        hint = "" if s.ssl_certfile or s.security_protocol == "SASL_PLAINTEXT" else "; a TLS listener that requires client certificates also closes it: then set ssl_certfile/ssl_keyfile"
         raise _refused(
             s, "security_protocol",
-            f"{', '.join(closed)} accepted the connection but closed it during the {s['security_protocol']} handshake",
+            f"{', '.join(closed)} accepted the connection but closed it during the {s.security_protocol} handshake",
             f"match security_protocol to the broker's listener (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL){hint}",
         )  # fmt: skip
