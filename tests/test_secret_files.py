@@ -35,7 +35,7 @@ def test_secret_is_read_from_the_file(tmp_path: Path, file_key: str, key: str, e
     f = tmp_path / "secret"
     f.write_bytes((SECRET + ending).encode())
     s = load({"TASKCLF_" + file_key.upper(): str(f)}, tmp_path)
-    assert s[key] == SECRET  # one trailing line break dropped, nothing else
+    assert getattr(s, key) == SECRET  # one trailing line break dropped, nothing else
     assert s.sources[key] == f"{file_key} {f}"
     dump = json.dumps(s.masked())
     assert SECRET.strip() not in dump and s.masked()[key] == "***"
