@@ -24,10 +24,14 @@ def config_table() -> str:
 
 def metrics_table() -> str:
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    for mf in Metrics().registry.collect():
-        labels = sorted({lb for s in mf.samples for lb in s.labels if lb != "le"})
-        name = mf.name + ("_total" if mf.type == "counter" else "")
-        rows.append(f"| `{name}` | {mf.type} | {', '.join(labels) or '—'} | {mf.documentation} |")
+    from prometheus_client.metrics import MetricWrapperBase
+
+    # label names from the metric definitions (a labelled metric has no samples until first used)
+    for c in vars(Metrics()).values():
+        if not isinstance(c, MetricWrapperBase):
+            continue
+        name = c._name + ("_total" if c._type == "counter" else "")
+        rows.append(f"| `{name}` | {c._type} | {', '.join(c._labelnames) or '—'} | {c._documentation} |")
     return "\n".join(rows)
 
 

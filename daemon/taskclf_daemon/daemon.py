@@ -33,6 +33,7 @@ from taskclf_daemon.log import get_logger
 from taskclf_daemon.metrics import Metrics
 from taskclf_daemon.offsets import OffsetTracker
 from taskclf_daemon.pipeline.batch import InferencePipeline
+from taskclf_daemon.pump import Pump
 from taskclf_daemon.rebalance import Listener, Rebalancer
 from taskclf_daemon.scheduler import Scheduler
 from taskclf_daemon.workers import make_shards, tune_gc
@@ -73,6 +74,7 @@ class Daemon:
         self.producer: Any = None
         self.reader: Any = None
         self.emitter: Emitter | None = None
+        self.pump: Pump | None = None
         self.checkpointer: Checkpointer | None = None
         self.rebalancer: Rebalancer | None = None
         self.http: HealthServer | None = None
@@ -161,36 +163,48 @@ class Daemon:
         self.consumer = kio.make_consumer(s, max_records=s.max_batch_records)
         invalid = InvalidRatio(s.invalid_window, s.max_invalid_ratio)
         self.emitter = Emitter(sink, self.tracker, m, output_topic=s.output_topic, dlq_topic=s.dlq_topic, max_produce_bytes=s.max_produce_bytes, invalid=invalid, shard_users=self.shard_users)
-        self.checkpointer = Checkpointer(hosts=self.shards, tracker=self.tracker, sink=sink, consumer=self.consumer, changelog_topic=self.changelog, metrics=m, finish=self._finish_all, shard_users=self.shard_users)
+        self.checkpointer = cp = Checkpointer(hosts=self.shards, tracker=self.tracker, sink=sink, consumer=self.consumer, changelog_topic=self.changelog, metrics=m, finish=self._finish_all, shard_users=self.shard_users)
         self.rebalancer = Rebalancer(
-            hosts=self.shards, scheduler=self.scheduler, checkpointer=self.checkpointer, lock=self._lock, consumer=self.consumer, reader=self.reader,
+            hosts=self.shards, scheduler=self.scheduler, checkpointer=cp, lock=self._lock, consumer=self.consumer, reader=self.reader,
             changelog_topic=self.changelog, restore_timeout_s=s.restore_timeout_s, revoke_budget_s=0.2 * s.max_poll_interval_ms / 1000.0,
             metrics=m, on_failure=self.fail, group=s.group_id,
+        )
+        self.pump = Pump(
+            consumer=self.consumer, scheduler=self.scheduler, emitter=self.emitter, rebalancer=self.rebalancer, tracker=self.tracker, lock=self._lock,
+            stop=self._stop, metrics=m, max_batch_records=s.max_batch_records, max_in_flight_records=s.max_in_flight_records, collect=cp.collect, alive=self._alive,
         )
         self.consumer.subscribe([s.input_topic], listener=Listener(self.rebalancer))
         await self.consumer.start()
         self._started = True
         self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic)
 
+    def _alive(self) -> None:
+        self._last_poll = time.monotonic()
+
+    async def _finish_all(self, deadline: float, interruptible: bool) -> bool:
+        """Step 0 of the checkpoint: the pump's (built after the checkpointer)."""
+        assert self.pump is not None
+        return await self.pump.finish_all(deadline, interruptible)
+
     async def _loop(self) -> None:
         s = self.s
-        assert self.emitter is not None and self.checkpointer is not None
-        emitter, cp = self.emitter, self.checkpointer
+        assert self.emitter is not None and self.checkpointer is not None and self.pump is not None
+        emitter, cp, pump = self.emitter, self.checkpointer, self.pump
         next_checkpoint = time.monotonic() + s.commit_interval_ms / 1000.0
         while not self._stop.is_set():
             if emitter.flood is not None:
                 raise InvalidFlood(emitter.flood)
             self._last_poll = time.monotonic()
-            await self._apply_backpressure()
-            data = await self._poll()
+            await pump.backpressure()
+            data = await pump.poll()
             self._last_poll = time.monotonic()
             if data:
                 async with self._lock:
-                    await self._take(data)
+                    await pump.take(data)
             else:
                 if self.scheduler.busy():
                     async with self._lock:
-                        await self._finish_ready()
+                        await pump.finish_ready()
                 cp.collect()
             now = time.monotonic()
             if now >= next_checkpoint:
@@ -259,125 +273,6 @@ class Daemon:
             self._broker_ok = ok
             self.metrics.broker_up.set(1 if ok else 0)
             await asyncio.sleep(1.0 if not ok else 2.0)
-
-    # --- processing --------------------------------------------------------------------------
-    async def _poll(self) -> dict[Any, list[Any]]:
-        """The next fetched records; meanwhile produce the outputs of every batch a shard
-        finishes and submit pending records to shards with room. Fetches only the partitions
-        the scheduler has room for; when it has none, waits for a shard to finish a batch.
-        Returns ``{}`` at once when a stop is requested."""
-        sch = self.scheduler
-        while not self._stop.is_set():
-            if any(sch.pending_n):
-                async with self._lock:  # never while a checkpoint runs (see Scheduler.submit)
-                    sch.submit(int(time.time()))
-            tps = sch.fetch_plan(self.consumer.assignment())
-            if tps is None:
-                await self._fetch(None, 0)  # no shard can take more: wait for one to finish a batch
-                continue
-            return await self._fetch(tps, 100)
-        return {}
-
-    async def _fetch(self, tps: list[Any] | None, timeout_ms: int) -> dict[Any, list[Any]]:
-        """``getmany`` of ``tps`` (``[]``: all assigned partitions; ``None``: no fetch, wait for a
-        shard to finish a batch), producing finished batches (and submitting pending records)
-        while it waits. A stop request cancels the fetch (``getmany`` also waits for a rebalance
-        to complete, however long). Finishing a batch is never interrupted."""
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
-        poll = None
-        if tps is not None:
-            poll = asyncio.ensure_future(self.consumer.getmany(*tps, timeout_ms=timeout_ms, max_records=self.s.max_batch_records))
-            waits.append(poll)
-        try:
-            while True:
-                heads = self.scheduler.heads()
-                if poll is not None and poll.done():
-                    return poll.result()
-                if self._stop.is_set() or (poll is None and not heads):
-                    return {}
-                await asyncio.wait([*waits, *heads], return_when=asyncio.FIRST_COMPLETED)
-                if any(f.done() for f in heads):
-                    async with self._lock:
-                        await self._finish_ready()
-                        self.scheduler.submit(int(time.time()))
-                    if poll is None:
-                        return {}
-        finally:
-            for f in waits:
-                if not f.done():
-                    f.cancel()
-
-    async def _take(self, data: dict[Any, list[Any]]) -> None:
-        """Fetched records into the scheduler (owned, restored partitions only); submit what fits."""
-        assert self.rebalancer is not None
-        m, rb = self.metrics, self.rebalancer
-        owned = self.consumer.assignment()
-        for tp, msgs in data.items():
-            if not msgs:
-                continue
-            key = (tp.topic, tp.partition)
-            if tp not in owned:
-                # revoked meanwhile: its new owner reads these records again
-                m.records_processed.labels("dropped_revoked").inc(len(msgs))
-                continue
-            if key not in rb.assigned:
-                # owned but its state is still being restored: read these records again later
-                self.consumer.seek(tp, msgs[0].offset)
-                continue
-            m.record_consumed(tp.topic, tp.partition, len(msgs))
-            self.scheduler.add(key, msgs)
-            rb.next_offset[key] = msgs[-1].offset + 1
-        self.scheduler.submit(int(time.time()))
-        await self._finish_ready()
-
-    async def _finish_ready(self) -> None:
-        """Emit every finished batch at the head of a shard's queue."""
-        assert self.emitter is not None
-        sch = self.scheduler
-        for i in sch.finished():
-            w = sch.pop(i)
-            await self.emitter.emit(i, w, await w.future)
-
-    async def _finish_all(self, deadline: float, interruptible: bool = False) -> bool:
-        """Emit every submitted batch; False if one is not done by ``deadline`` (or, when
-        ``interruptible``, a stop is requested meanwhile): a hung worker never holds a
-        checkpoint, or the exit, for longer than that. Step 0 of the checkpoint."""
-        assert self.emitter is not None
-        stop = asyncio.ensure_future(self._stop.wait()) if interruptible else None
-        try:
-            for i, q in enumerate(self.scheduler.queues):
-                while q:
-                    fut = q[0].future
-                    if not fut.done():
-                        waits: set[asyncio.Future[Any]] = {fut} if stop is None else {fut, stop}
-                        await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
-                        if not fut.done():
-                            return False
-                    w = self.scheduler.pop(i)
-                    await self.emitter.emit(i, w, await w.future)
-            return True
-        finally:
-            if stop is not None:
-                stop.cancel()
-
-    async def _apply_backpressure(self) -> None:
-        assert self.checkpointer is not None
-        limit = self.s.max_in_flight_records
-        if self.tracker.in_flight_records < limit:
-            return
-        self.metrics.backpressure.inc()
-        parts = list(self.consumer.assignment())
-        self.consumer.pause(*parts)
-        try:
-            while self.tracker.in_flight_records >= limit and not self._stop.is_set():
-                oldest = self.tracker.oldest()
-                if oldest is None:
-                    break
-                await asyncio.wait(oldest.futures, timeout=1.0)
-                self._last_poll = time.monotonic()
-                self.checkpointer.collect()
-        finally:
-            self.consumer.resume(*[tp for tp in parts if tp in self.consumer.assignment()])
 
 
 async def serve(daemon: Daemon) -> int:

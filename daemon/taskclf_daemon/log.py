@@ -1,8 +1,11 @@
-"""structlog setup: JSON lines (default) or console; one bound logger per component."""
+"""structlog setup: JSON lines (default) or console; one bound logger per component.
+
+Standard-library log records (aiokafka's, for one) go through the same renderer, so the stream
+stays one JSON object per line; libraries log at ``warning`` and above unless the level is
+``debug``."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from typing import Any
@@ -19,11 +22,12 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     if not isinstance(lvl, int):
         lvl = logging.INFO
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -31,6 +35,16 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp, structlog.processors.format_exc_info],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(lvl if lvl <= logging.DEBUG else max(lvl, logging.WARNING))
     _configured = True
 
 
@@ -38,8 +52,3 @@ def get_logger(component: str) -> Any:
     if not _configured:
         configure_logging()
     return structlog.get_logger().bind(component=component)
-
-
-def user_ref(user_id: str) -> str:
-    """A stable, non-reversible reference to a user for info-level logs (never the raw id)."""
-    return "u:" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]

@@ -16,108 +16,16 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, RowValidator, decode_window
+from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
 from taskclf_daemon.records import DeadLetter, FeatureWindow, OutputRecord, SourceRef
+from taskclf_daemon.shard_data import CheckpointData, RawBatch, ShardLimits, ShardResult, ShardStats
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
-if TYPE_CHECKING:
-    from taskclf_daemon.config import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class ShardLimits:
-    """What one record or one user may cost a shard (``0`` = no limit)."""
-
-    #: larger input records are dead-lettered (``oversize``)
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    #: an output record larger than this is not produced; its input is dead-lettered
-    #: (``output_too_large``); a state larger than this is dropped instead of written
-    max_produce_bytes: int = 1_000_000
-    #: a window whose ``bucket_start_ts`` is more than this after its record's Kafka timestamp is
-    #: dead-lettered (``event_time_ahead``)
-    max_event_ahead_s: float = 86_400.0
-    #: a user not seen for this long (processing time) is forgotten and tombstoned
-    state_retention_s: float = 0.0
-    #: at most this many users in memory; beyond, the least recently seen are forgotten and
-    #: tombstoned at the next checkpoint
-    max_state_users: int = 0
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> ShardLimits:
-        return cls(
-            max_record_bytes=s.max_record_bytes,
-            max_produce_bytes=s.max_produce_bytes,
-            max_event_ahead_s=s.max_event_ahead_s,
-            state_retention_s=s.state_retention_s,
-            max_state_users=s.max_state_users,
-        )
-
-
-@dataclass(slots=True)
-class RawBatch:
-    """Records of one poll for one shard, in fetch order (per partition: offset order)."""
-
-    topic: str
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    values: list[bytes | None] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
-    #: the records' Kafka timestamps (ms); -1 = none
-    timestamps: list[int] = field(default_factory=list)
-
-    def add(self, partition: int, offset: int, value: bytes | None, key: bytes | None = None, timestamp: int = -1) -> None:
-        self.partitions.append(partition)
-        self.offsets.append(offset)
-        self.values.append(value)
-        self.keys.append(key)
-        self.timestamps.append(timestamp)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-
-@dataclass(slots=True)
-class ShardResult:
-    """What one :meth:`PipelineShard.process` call hands back to the daemon."""
-
-    #: outputs in input order
-    outputs: list[OutputRecord]
-    #: dead letters in input order
-    dead: list[DeadLetter]
-    #: skipped windows by outcome (``replayed``, ``duplicate``, ``late``)
-    skipped: dict[str, int]
-    #: (mapped label, calibrator scope) -> count of emitted predictions
-    tally: dict[tuple[str, str], int]
-    confidences: list[float]
-    rejected: int
-    timings: dict[str, float]
-    state_users: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShardStats:
-    state_users: int
-    state_bytes: int
-    parked_partitions: list[int]
-
-
-@dataclass(slots=True)
-class CheckpointData:
-    """Changelog records of one checkpoint: updates and tombstones, with their partition."""
-
-    updates: list[tuple[int, bytes, bytes]]  # (partition, key, value)
-    tombstones: list[tuple[int, bytes]]  # (partition, key)
-    state_users: int
-    state_bytes: int
-    #: users forgotten by this checkpoint, by reason (``idle``, ``capacity``, ``oversize``)
-    evicted: dict[str, int] = field(default_factory=dict)
-
+__all__ = ["CheckpointData", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats"]
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
