@@ -14,11 +14,11 @@ are applied by one shard, in input order.
 
 from __future__ import annotations
 
-import heapq
 import time
 
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
+from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
 from taskclf_daemon.records import DeadLetter, FeatureWindow, OutputRecord, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, RawBatch, ShardLimits, ShardResult, ShardStats
@@ -224,36 +224,15 @@ class PipelineShard:
         self._in_checkpoint = set()
 
     def _evict(self, only: list[int] | None, now_s: int, dirty: set[str]) -> tuple[dict[str, int], dict[str, int]]:
-        """Forget idle users (retention sweep, at most every :data:`SWEEP_INTERVAL_S`) and the
-        least recently seen beyond the capacity; returns ``user -> partition`` to tombstone and
-        the counts by reason."""
-        out: dict[str, int] = {}
-        counts: dict[str, int] = {}
-        users = self.states.users
-        keep_s = self.limits.state_retention_s
-        if keep_s > 0 and now_s >= self._next_sweep:
-            if only is None:
-                self._next_sweep = now_s + SWEEP_INTERVAL_S
-            cutoff = now_s - keep_s
-            for u, part in self._user_part.items():
-                if only is not None and part not in only:
-                    continue
-                st = users.get(u)
-                if st is not None and st.seen_s < cutoff and u not in dirty:
-                    out[u] = part
-            if out:
-                counts["idle"] = len(out)
-        cap = self.limits.max_state_users
-        if cap > 0 and only is None and len(users) - len(out) > cap:
-            n = len(users) - len(out) - int(cap * 0.9)
-            cands = ((st.seen_s, u) for u, st in users.items() if u not in out and u not in dirty)
-            victims = [u for _s, u in heapq.nsmallest(n, cands)]
-            for u in victims:
-                vp = self._user_part.get(u)
-                if vp is not None:
-                    out[u] = vp
-            if victims:
-                counts["capacity"] = len(victims)
+        """Forget the users :func:`choose_forgotten` picks (the retention sweep at most every
+        :data:`SWEEP_INTERVAL_S`); returns ``user -> partition`` to tombstone and counts."""
+        sweep = now_s >= self._next_sweep
+        if sweep and only is None:
+            self._next_sweep = now_s + SWEEP_INTERVAL_S
+        lim = self.limits
+        out, counts = choose_forgotten(
+            self.states.users, self._user_part, dirty, now_s=now_s, retention_s=lim.state_retention_s if sweep else 0.0, capacity=lim.max_state_users, only=only
+        )
         for u in out:
             self._forget_user(u)
         return out, counts

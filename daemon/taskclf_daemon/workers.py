@@ -25,7 +25,7 @@ import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from taskclf_daemon.errors import TaskclfDaemonError
 from taskclf_daemon.shard import CheckpointData, PipelineShard, RawBatch, ShardLimits, ShardResult, ShardStats
@@ -43,7 +43,6 @@ START_TIMEOUT_S = 300.0  # a first lleaves compile takes ~30 s; loading is ~1 s
 #: 100k windows, 1000 users). Cycles are still collected, just later.
 GC_GEN0_THRESHOLD = 50_000
 
-T = TypeVar("T")
 
 
 def tune_gc() -> None:
@@ -117,7 +116,8 @@ class ShardHost(Protocol):
 
 
 class _TypedCalls:
-    """The typed :class:`ShardHost` methods on top of one untyped ``_submit(op, *args)``."""
+    """The typed :class:`ShardHost` methods on top of one untyped ``_submit(op, *args)``: each
+    op's result type is the :data:`_DISPATCH` method's (the casts state it at the pipe)."""
 
     def _submit(self, op: ShardOp, *args: Any) -> asyncio.Future[Any]:
         raise NotImplementedError
@@ -126,22 +126,22 @@ class _TypedCalls:
         return self._submit(ShardOp.PROCESS, batch, now_s)
 
     async def checkpoint(self, only: list[int] | None, now_s: int) -> CheckpointData:
-        return await self._submit(ShardOp.CHECKPOINT, only, now_s)
+        return cast(CheckpointData, await self._submit(ShardOp.CHECKPOINT, only, now_s))
 
     async def checkpoint_failed(self) -> None:
         await self._submit(ShardOp.CHECKPOINT_FAILED)
 
     async def release(self, partitions: list[int], durable: bool) -> int:
-        return await self._submit(ShardOp.RELEASE, partitions, durable)
+        return cast(int, await self._submit(ShardOp.RELEASE, partitions, durable))
 
     async def reuse(self, partitions: list[int]) -> list[int]:
-        return await self._submit(ShardOp.REUSE, partitions)
+        return cast(list[int], await self._submit(ShardOp.REUSE, partitions))
 
     async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]:
-        return await self._submit(ShardOp.ADOPT, records, now_s)
+        return cast(tuple[int, list[str]], await self._submit(ShardOp.ADOPT, records, now_s))
 
     async def stats(self) -> ShardStats:
-        return await self._submit(ShardOp.STATS)
+        return cast(ShardStats, await self._submit(ShardOp.STATS))
 
 
 class LocalShard(_TypedCalls):
@@ -223,7 +223,7 @@ class ProcessShard(_TypedCalls):
         status, info = await asyncio.get_running_loop().run_in_executor(self._ex, self._recv, START_TIMEOUT_S)
         if status != "ready":
             raise WorkerError(f"pipeline worker {self.name} failed to start: {info}")
-        return info
+        return cast(WorkerInfo, info)
 
     def _call(self, op: ShardOp, args: tuple[Any, ...]) -> Any:
         try:
