@@ -45,7 +45,7 @@ from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO.parent / "shared" / "golden" / "taskclf-v1-temperature"
+from benchlib import GOLDEN  # noqa: E402 - the repository's golden fixture
 
 try:  # the package is installed editable in the project venv; fall back to the source tree
     import taskclf_daemon  # noqa: F401

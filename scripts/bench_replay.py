@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "daemon"))
 
+from benchlib import GOLDEN  # noqa: E402 - the repository's golden fixture
 from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
 from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
 from taskclf_daemon.offline.replay import replay  # noqa: E402
@@ -34,7 +35,7 @@ from taskclf_daemon.offline.replay import replay  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--golden", default=str(REPO.parent / "shared" / "golden" / "taskclf-v1-temperature"))
+    ap.add_argument("--golden", default=str(GOLDEN))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default="lightgbm", help="backend of replay and per_row (predict_1 is always LightGBM)")

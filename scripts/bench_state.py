@@ -8,7 +8,7 @@
    windows through the real overlay, cloned under new user ids.
 2. **restore**: one changelog partition holding ``--users`` users (plus one stale update per
    tenth user, as an uncompacted changelog has) is restored with the daemon's own
-   ``Daemon._restore`` -- the code path of a partition assignment. Reported as seconds and
+   ``Rebalancer._restore`` -- the code path of a partition assignment. Reported as seconds and
    users/s. Its own Tansu broker unless ``--bootstrap-servers`` is given.
 
 Last line: ``bench_state: users=N value_bytes_per_user=N heap_bytes_per_user=N restore_s=X restore_users_per_s=N``
@@ -28,15 +28,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "daemon"))
 
+from benchlib import GOLDEN  # noqa: E402 - the repository's golden fixture
 from taskclf_daemon import kafka_io as kio  # noqa: E402
 from taskclf_daemon.artifacts import build_pipeline  # noqa: E402
+from taskclf_daemon.checkpoint import Checkpointer  # noqa: E402
 from taskclf_daemon.codec import RowValidator, decode_window  # noqa: E402
 from taskclf_daemon.config import load_settings  # noqa: E402
 from taskclf_daemon.daemon import Daemon  # noqa: E402
 from taskclf_daemon.log import configure_logging  # noqa: E402
+from taskclf_daemon.rebalance import Rebalancer  # noqa: E402
 from taskclf_daemon.state import UserState  # noqa: E402
-
-GOLDEN = REPO.parent / "shared" / "golden" / "taskclf-v1-temperature"
 
 
 def realistic_states(pipe) -> list[bytes]:
@@ -72,15 +73,21 @@ async def restore_bench(bootstrap: str, users: int, templates: list[bytes], pipe
     print(f"  loaded {users} users in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     d = Daemon(settings, pipe)
     await asyncio.gather(*(sh.start() for sh in d.shards))
-    d.reader = kio.make_reader(settings)
-    await d.reader.start()
+    reader = kio.make_reader(settings)
+    await reader.start()
+    # the restore path of a partition assignment: the daemon's parts, without a consumer group
+    cp = Checkpointer(hosts=d.shards, tracker=d.tracker, sink=None, consumer=None, changelog_topic=d.changelog, metrics=d.metrics, finish=d._finish_all, shard_users=d.shard_users)
+    rb = Rebalancer(
+        hosts=d.shards, scheduler=d.scheduler, checkpointer=cp, lock=asyncio.Lock(), consumer=None, reader=reader, changelog_topic=d.changelog,
+        restore_timeout_s=600.0, revoke_budget_s=1.0, metrics=d.metrics, on_failure=print, group="bench",
+    )
     try:
         t = time.monotonic()
-        await d._restore([(topic + "-in", 0)])
+        await rb._restore([(topic + "-in", 0)])
         took = time.monotonic() - t
-        await d._refresh_state_stats()
+        await rb.refresh_stats()
     finally:
-        await d.reader.stop()
+        await reader.stop()
         await asyncio.gather(*(sh.stop() for sh in d.shards))
     return took, d.state_users
 

@@ -45,8 +45,19 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-GOLDEN = SHARED / "golden" / "taskclf-v1-temperature"
+
+
+def golden_dir() -> Path:
+    """The taskclf golden fixture of the repository (``tests/fixtures/golden``, its JSONL files
+    decompressed once into the temp dir and checked against their sha256): nothing outside the
+    checkout is needed."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from golden_fixture import golden_home
+
+    return golden_home()
+
+
+GOLDEN = golden_dir()
 GOLDEN_POLICY = GOLDEN / "models" / "inference_policy.json"
 
 try:  # the package is installed editable in the project venv; fall back to the source tree

@@ -340,7 +340,7 @@ def test_outputs_with_the_example_taxonomy_validate(mapped: tuple[Any, PipelineS
 
 def test_output_schema_refuses_what_the_daemon_never_writes(plain: tuple[Any, PipelineShard, Any]) -> None:
     v = _validator("window-prediction.schema.json")
-    rec = json.loads(plain[2].outputs[0][1])
+    rec = json.loads(plain[2].outputs.values[0])
     bad = [
         {**rec, "extra": 1},
         {**rec, "core_probs": rec["core_probs"][:7]},

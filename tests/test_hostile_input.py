@@ -202,7 +202,7 @@ def test_the_record_key_must_be_the_user_id(pipe, base):
     b.add(0, 2, orjson.dumps(_row(base, "ü-user", 2)), None, KTS)
     res = PipelineShard(pipe).process(b)
     assert [(d.position, d.reason) for d in res.dead] == [(1, "key_mismatch"), (2, "key_mismatch")]
-    assert len(res.outputs) == 1 and res.outputs[0][0] == "ü-user".encode()
+    assert len(res.outputs) == 1 and res.outputs.keys[0] == "ü-user".encode()
 
 
 def test_huge_user_ids_and_strings_are_refused_at_decode(pipe, base):
@@ -216,7 +216,7 @@ def test_huge_user_ids_and_strings_are_refused_at_decode(pipe, base):
 def test_an_output_over_max_produce_bytes_is_dead_lettered_not_produced(pipe, base):
     rows = [_row(base, "a", 0), _row(base, "b" * 200, 0)]
     res = PipelineShard(pipe, ShardLimits(max_produce_bytes=4096)).process(_batch(rows))
-    size = len(res.outputs[0][1])
+    size = len(res.outputs.values[0])
     tight = PipelineShard(pipe, ShardLimits(max_produce_bytes=size + 512 + 10)).process(_batch(rows))
     assert [(d.position, d.reason) for d in tight.dead] == [(1, "output_too_large")]
     assert len(tight.outputs) == 1

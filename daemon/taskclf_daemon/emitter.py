@@ -77,8 +77,9 @@ class Emitter:
         processed_ms = str(int(time.time() * 1000)).encode()
         out_topic = self.output_topic
         append = sink.append
-        for rec in res.outputs:
-            await append(out_topic, rec.key, rec.value, output_headers(rec.source, processed_ms))
+        outs = res.outputs
+        for key, value, source in zip(outs.keys, outs.values, outs.sources, strict=True):
+            await append(out_topic, key, value, output_headers(source, processed_ms))
         for outcome, n in res.skipped.items():
             m.records_processed.labels(outcome).inc(n)
         m.record_batch(res.tally, res.confidences, res.rejected, res.timings, work.records)

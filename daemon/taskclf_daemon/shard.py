@@ -20,12 +20,12 @@ from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
-from taskclf_daemon.records import DeadLetter, FeatureWindow, OutputRecord, SourceRef
-from taskclf_daemon.shard_data import CheckpointData, RawBatch, ShardLimits, ShardResult, ShardStats
+from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
+from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
-__all__ = ["CheckpointData", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats"]
+__all__ = ["CheckpointData", "Outputs", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats"]
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
@@ -122,7 +122,7 @@ class PipelineShard:
         for _w, outcome in res.skipped:
             skipped[outcome] = skipped.get(outcome, 0) + 1
         tally: dict[tuple[str, str], int] = {}
-        outputs: list[OutputRecord] = []
+        outputs = Outputs()
         confs = []
         rejected = 0
         max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
@@ -137,7 +137,7 @@ class PipelineShard:
             tally[k] = tally.get(k, 0) + 1
             confs.append(p.confidence)
             rejected += p.is_rejected
-            outputs.append(OutputRecord(key, p.value, source_header(src) if src else b""))
+            outputs.append(key, p.value, source_header(src) if src else b"")
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0

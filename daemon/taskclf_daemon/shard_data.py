@@ -3,6 +3,7 @@ micro-batch in, a shard's result, checkpoint data and statistics out, and a shar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,11 +67,33 @@ class RawBatch:
 
 
 @dataclass(slots=True)
+class Outputs:
+    """A batch's predictions ready to produce, in input order, as three columns: a list of
+    named tuples costs ~6x more to pickle across the worker pipe (0.95 vs 0.15 us per record).
+    Iterating yields :class:`OutputRecord` rows."""
+
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    sources: list[bytes] = field(default_factory=list)
+
+    def append(self, key: bytes, value: bytes, source: bytes) -> None:
+        self.keys.append(key)
+        self.values.append(value)
+        self.sources.append(source)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[OutputRecord]:
+        return map(OutputRecord._make, zip(self.keys, self.values, self.sources, strict=True))
+
+
+@dataclass(slots=True)
 class ShardResult:
     """What one :meth:`PipelineShard.process` call hands back to the daemon."""
 
     #: outputs in input order
-    outputs: list[OutputRecord]
+    outputs: Outputs
     #: dead letters in input order
     dead: list[DeadLetter]
     #: skipped windows by outcome (``replayed``, ``duplicate``, ``late``)

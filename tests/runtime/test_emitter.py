@@ -14,7 +14,7 @@ from taskclf_daemon.metrics import Metrics
 from taskclf_daemon.offsets import OffsetTracker
 from taskclf_daemon.records import DeadLetter, OutputRecord, SourceRef
 from taskclf_daemon.scheduler import Work
-from taskclf_daemon.shard import ShardResult
+from taskclf_daemon.shard import Outputs, ShardResult
 
 
 def test_ratio_is_over_the_last_window_records_only() -> None:
@@ -31,7 +31,10 @@ def test_ratio_is_over_the_last_window_records_only() -> None:
 
 
 def _result(outputs: list[OutputRecord], dead: list[DeadLetter]) -> ShardResult:
-    return ShardResult(outputs, dead, {"late": 1}, {("Build", "global"): len(outputs)}, [0.9] * len(outputs), 0, {"predict": 0.001}, 7)
+    outs = Outputs()
+    for o in outputs:
+        outs.append(*o)
+    return ShardResult(outs, dead, {"late": 1}, {("Build", "global"): len(outputs)}, [0.9] * len(outputs), 0, {"predict": 0.001}, 7)
 
 
 def _emitter(broker: MemoryBroker, sink: MemorySink, limit: float = 1.0, window: int = 10) -> tuple[Emitter, OffsetTracker, Metrics, list[int]]:
