@@ -21,11 +21,12 @@ from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
 from taskclf_daemon.records import DeadLetter, FeatureWindow, OutputRecord, SourceRef
-from taskclf_daemon.shard_data import CheckpointData, RawBatch, ShardLimits, ShardResult, ShardStats
+from taskclf_daemon.shard_data import CheckpointData, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
+from taskclf_daemon.timeutil import format_ts_us
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
-__all__ = ["CheckpointData", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats"]
+__all__ = ["RECENT_WINDOWS", "CheckpointData", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats", "UserInfo"]
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
@@ -45,6 +46,8 @@ def _error_detail(exc: BaseException) -> str:
 
 #: how often (processing-time seconds) the retention sweep looks at every user
 SWEEP_INTERVAL_S = 60
+#: labels of this many last outputs per user are kept for the HTTP API's label mix
+RECENT_WINDOWS = 20
 
 
 class PipelineShard:
@@ -69,6 +72,10 @@ class PipelineShard:
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
+        #: user -> (last output value, labels of the last outputs): for the HTTP API only, in
+        #: memory only (not in the changelog: empty again after a restore); bounded by the users
+        #: in memory (~1 KB each), dropped with the user; None when ``keep_recent`` is off
+        self._recent: dict[str, tuple[bytes, tuple[str, ...]]] | None = {} if limits.keep_recent else None
 
     # --- processing ----------------------------------------------------------------------------
     def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -126,6 +133,7 @@ class PipelineShard:
         confs = []
         rejected = 0
         max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
+        recent = self._recent
         for p in res.predictions:
             key = _key(p.user_id)
             src = p.source
@@ -138,6 +146,9 @@ class PipelineShard:
             confs.append(p.confidence)
             rejected += p.is_rejected
             outputs.append(OutputRecord(key, p.value, source_header(src) if src else b""))
+            if recent is not None:
+                r = recent.get(p.user_id)
+                recent[p.user_id] = (p.value, (r[1] + (p.label,))[-RECENT_WINDOWS:] if r is not None else (p.label,))
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
@@ -243,6 +254,8 @@ class PipelineShard:
             self._part_users.get(part, set()).discard(u)
         self.states.drop(u)
         self._state_bytes -= self._state_size.pop(u, 0)
+        if self._recent is not None:
+            self._recent.pop(u, None)
 
     # --- rebalance -----------------------------------------------------------------------------
     def release(self, partitions: list[int], durable: bool) -> int:
@@ -302,3 +315,20 @@ class PipelineShard:
 
     def stats(self) -> ShardStats:
         return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))
+
+    # --- the HTTP API --------------------------------------------------------------------------
+    def user_info(self, user_id: str) -> UserInfo | None:
+        """What this shard holds about ``user_id``; None if the user is not in memory."""
+        st = self.states.users.get(user_id)
+        part = self._user_part.get(user_id)
+        if st is None or part is None:
+            return None
+        store = self.pipeline.store
+        if store is None:
+            scope, kind, method = "none", "identity", None
+        else:
+            cal, scope = store.get(user_id)
+            kind, method = cal.kind, store.method
+        r = self._recent.get(user_id) if self._recent is not None else None
+        last_ts = None if st.last_ts_us is None else format_ts_us(st.last_ts_us)
+        return UserInfo(user_id, part, st.windows_seen, last_ts, scope, kind, method, r[1] if r else (), r[0] if r else None)
