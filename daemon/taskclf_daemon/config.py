@@ -108,7 +108,7 @@ KEYS: dict[str, Key] = {
     "invalid_window": Key("processing", "int", 1000, "records over which max_invalid_ratio is measured", _min(10)),
     "shutdown_timeout_s": Key("processing", "float", 30.0, "bound on draining at SIGTERM", _min(0.1)),
     # --- http
-    "http_host": Key("http", "str", "0.0.0.0", "address of the /metrics /healthz /readyz server"),
+    "http_host": Key("http", "str", "0.0.0.0", "address of the HTTP server (/healthz /readyz /metrics, the JSON API of docs/openapi.json)"),
     "http_port": Key("http", "int", 8080, "port of the HTTP server (0 = disabled)", _port),
     "health_poll_timeout_s": Key("http", "float", 30.0, "/healthz fails when the poll loop has not turned for this long", _min(1.0)),
     "http_user_routes": Key("http", "bool", True, "serve GET /v1/users/{user_id} and /v1/users/{user_id}/prediction (per-user data: last prediction, label mix); false = 404 and no per-user memory kept for them"),
