@@ -178,7 +178,7 @@ class HealthServer:
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
             path = path.split("?", 1)[0]
             if method not in ("GET", "HEAD"):
-                status, ctype, body, extra = 405, "text/plain", b"method not allowed\n", ""
+                status, ctype, body, extra = 405, "text/plain", b"method not allowed\n", "Allow: GET, HEAD\r\n"
             else:
                 status, ctype, body, extra = await self._route(path, auth)
             head = f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
