@@ -15,6 +15,7 @@ are applied by one shard, in input order.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
@@ -72,10 +73,13 @@ class PipelineShard:
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
-        #: user -> (last output value, labels of the last outputs): for the HTTP API only, in
-        #: memory only (not in the changelog: empty again after a restore); bounded by the users
-        #: in memory (~1 KB each), dropped with the user; None when ``keep_recent`` is off
-        self._recent: dict[str, tuple[bytes, tuple[str, ...]]] | None = {} if limits.keep_recent else None
+        #: for the HTTP API only (``keep_recent``), in memory only -- not in the changelog, so
+        #: empty again after a restore: user -> last output value (~1 KB) and user -> labels of
+        #: the last :data:`RECENT_WINDOWS` outputs (~0.8 KB); bounded by the users in memory,
+        #: dropped with the user
+        self._keep_recent = limits.keep_recent
+        self._last_value: dict[str, bytes] = {}
+        self._last_labels: dict[str, deque[str]] = {}
 
     # --- processing ----------------------------------------------------------------------------
     def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -133,7 +137,7 @@ class PipelineShard:
         confs = []
         rejected = 0
         max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
-        recent = self._recent
+        keep, last_value, last_labels = self._keep_recent, self._last_value, self._last_labels
         for p in res.predictions:
             key = _key(p.user_id)
             src = p.source
@@ -146,9 +150,12 @@ class PipelineShard:
             confs.append(p.confidence)
             rejected += p.is_rejected
             outputs.append(OutputRecord(key, p.value, source_header(src) if src else b""))
-            if recent is not None:
-                r = recent.get(p.user_id)
-                recent[p.user_id] = (p.value, (r[1] + (p.label,))[-RECENT_WINDOWS:] if r is not None else (p.label,))
+            if keep:  # ~0.1 us per output
+                last_value[p.user_id] = p.value
+                ring = last_labels.get(p.user_id)
+                if ring is None:
+                    ring = last_labels[p.user_id] = deque(maxlen=RECENT_WINDOWS)
+                ring.append(p.label)
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
@@ -254,8 +261,8 @@ class PipelineShard:
             self._part_users.get(part, set()).discard(u)
         self.states.drop(u)
         self._state_bytes -= self._state_size.pop(u, 0)
-        if self._recent is not None:
-            self._recent.pop(u, None)
+        self._last_value.pop(u, None)
+        self._last_labels.pop(u, None)
 
     # --- rebalance -----------------------------------------------------------------------------
     def release(self, partitions: list[int], durable: bool) -> int:
@@ -329,6 +336,6 @@ class PipelineShard:
         else:
             cal, scope = store.get(user_id)
             kind, method = cal.kind, store.method
-        r = self._recent.get(user_id) if self._recent is not None else None
         last_ts = None if st.last_ts_us is None else format_ts_us(st.last_ts_us)
-        return UserInfo(user_id, part, st.windows_seen, last_ts, scope, kind, method, r[1] if r else (), r[0] if r else None)
+        labels = tuple(self._last_labels.get(user_id, ()))
+        return UserInfo(user_id, part, st.windows_seen, last_ts, scope, kind, method, labels, self._last_value.get(user_id))
