@@ -118,6 +118,8 @@ class Daemon:
             return 503, {"error": "not consuming yet"}
         p = kio.key_partition(user_id.encode("utf-8", "surrogatepass"), n)
         if (self.s.input_topic, p) not in self.rebalancer.assigned:
+            if self.rebalancer.restoring:  # it may be one of the partitions being restored here
+                return 503, {"error": "restoring state", "partition": p}
             return 404, {"error": "not owned here", "partition": p}
         info = await self.shards[self.scheduler.shard_of(p)].user_info(user_id)
         if info is None or info.partition != p:

@@ -68,7 +68,7 @@ def test_user_owned_here_elsewhere_unknown(daemon_with_state) -> None:
 
     async def run() -> None:
         assert await d.api_user(uid) == (503, {"error": "not consuming yet"})  # no rebalancer yet
-        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)})  # type: ignore[assignment]
+        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)}, restoring=0)  # type: ignore[assignment]
         status, body = await d.api_user(uid)
         assert status == 200 and body["user_id"] == uid and body["partition"] == p
         valid("User", body)
@@ -77,10 +77,12 @@ def test_user_owned_here_elsewhere_unknown(daemon_with_state) -> None:
         assert status == 200 and pred == body["last_prediction"]
         valid("WindowPrediction", pred)
         # another instance owns the user's partition
-        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS) if q != p})  # type: ignore[assignment]
+        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS) if q != p}, restoring=0)  # type: ignore[assignment]
         assert await d.api_user(uid) == (404, {"error": "not owned here", "partition": p})
         assert await d.api_prediction(uid) == (404, {"error": "not owned here", "partition": p})
-        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)})  # type: ignore[assignment]
+        d.rebalancer.restoring = 1  # maybe it is being restored here right now: retry
+        assert await d.api_user(uid) == (503, {"error": "restoring state", "partition": p})
+        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)}, restoring=0)  # type: ignore[assignment]
         status, body = await d.api_user("no such user ü/x")
         assert (status, body) == (404, {"error": "unknown user", "partition": kio.key_partition("no such user ü/x".encode(), PARTS)})
         valid("Error", body)
