@@ -295,6 +295,8 @@ def test_authorized() -> None:
     assert authorized(None, None) and authorized("anything", None)
     assert not authorized(None, "t") and not authorized("Bearer", "t") and not authorized("Bearer tt", "t")
     assert authorized("Bearer t", "t") and authorized("BEARER  t ", "t")
+    # a non-ASCII token: the header's raw bytes (read as latin-1) are its UTF-8
+    assert authorized("Bearer " + "pässwörd".encode().decode("latin-1"), "pässwörd") and not authorized("Bearer pässwörd", "pässwörd")
     assert user_route("/v1/users/a%20b") == ("a b", False)
     assert user_route("/v1/users/a%2Fb/prediction") == ("a/b", True)
     assert user_route("/v1/users/") is None and user_route("/v1/users/a/b") is None

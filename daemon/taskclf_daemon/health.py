@@ -81,13 +81,14 @@ def _json(status: int, body: Any) -> Response:
 
 
 def authorized(header: str | None, token: str | None) -> bool:
-    """Whether an ``Authorization`` header value carries ``token`` (any, if ``token`` is None)."""
+    """Whether an ``Authorization`` header value (as read: latin-1, i.e. the raw bytes) carries
+    ``token`` as its UTF-8 bytes (any header, if ``token`` is None). Constant-time compare."""
     if token is None:
         return True
     if header is None:
         return False
     scheme, _, given = header.strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape"))
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"), token.encode("utf-8", "surrogateescape"))
 
 
 def user_route(path: str) -> tuple[str, bool] | None:
