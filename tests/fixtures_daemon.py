@@ -45,11 +45,12 @@ def compare_files(expected: Path, actual: Path, *extra: str) -> int:
     return golden_compare.main(["--expected", str(expected), "--actual", str(actual), *extra])
 
 
-def produce_values(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    """Produce (key, value) pairs with confluent-kafka; returns the count delivered."""
+def produce_values(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]], *, config: dict[str, Any] | None = None) -> int:
+    """Produce (key, value) pairs with confluent-kafka; returns the count delivered. ``config``:
+    more producer settings (e.g. ``{"partitioner": "murmur2_random"}``, the Java client's)."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 3, "message.max.bytes": 4_000_000})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 3, "message.max.bytes": 4_000_000, **(config or {})})
     errors: list[Any] = []
     n = 0
     for key, value in records:
@@ -125,9 +126,10 @@ class DaemonProcess:
             start_new_session=True,
         )
 
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+            req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers=headers or {})
+            with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()

@@ -26,7 +26,7 @@ from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy
 from taskclf_daemon.secret_files import resolve_secret_files
 
 ENV_PREFIX = "TASKCLF_"
-SECRET_KEYS = frozenset({"sasl_password", "ssl_password"})
+SECRET_KEYS = frozenset({"sasl_password", "ssl_password", "http_auth_token"})
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,12 @@ KEYS: dict[str, Key] = {
     "invalid_window": Key("processing", "int", 1000, "records over which max_invalid_ratio is measured", _min(10)),
     "shutdown_timeout_s": Key("processing", "float", 30.0, "bound on draining at SIGTERM", _min(0.1)),
     # --- http
-    "http_host": Key("http", "str", "0.0.0.0", "address of the /metrics /healthz /readyz server"),
+    "http_host": Key("http", "str", "0.0.0.0", "address of the HTTP server (/healthz /readyz /metrics, the JSON API of docs/openapi.json)"),
     "http_port": Key("http", "int", 8080, "port of the HTTP server (0 = disabled)", _port),
     "health_poll_timeout_s": Key("http", "float", 30.0, "/healthz fails when the poll loop has not turned for this long", _min(1.0)),
+    "http_user_routes": Key("http", "bool", True, "serve GET /v1/users/{user_id} and /v1/users/{user_id}/prediction (per-user data: last prediction, label mix); false = 404 and no per-user memory kept for them"),
+    "http_auth_token": Key("http", "optstr", None, "bearer token the /v1/users routes require (Authorization: Bearer <token>); unset = no token (masked in logs). /metrics, the probes, /openapi.json and /v1/model stay open"),
+    "http_auth_token_file": Key("http", "optstr", None, "file holding http_auth_token, e.g. a mounted Kubernetes secret (read at start; one trailing newline ignored; excludes http_auth_token)"),
     # --- log
     "log_level": Key("log", "str", "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")),
     "log_format": Key("log", "str", "json", "json or console", choices=("json", "console")),
@@ -242,6 +245,9 @@ class Settings:
     http_host: str
     http_port: int
     health_poll_timeout_s: float
+    http_user_routes: bool
+    http_auth_token: str | None
+    http_auth_token_file: str | None
     # [log]
     log_level: str
     log_format: str

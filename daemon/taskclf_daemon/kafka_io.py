@@ -52,6 +52,8 @@ __all__ = [
     "read_partitions_to_end",
     "probe_broker",
     "topic_partition_count",
+    "key_partition",
+    "known_partitions",
     "ensure_topics",
     "check_security",
     "classify_connect_error",
@@ -153,6 +155,18 @@ async def probe_broker(producer: AIOKafkaProducer, timeout: float = 5.0) -> bool
 async def topic_partition_count(producer: AIOKafkaProducer, topic: str) -> int:
     parts = await producer.partitions_for(topic)
     return len(parts or ())
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client and aiokafka
+    compute it) gives ``key`` on a topic of ``partitions`` partitions."""
+    parts = list(range(partitions))
+    return int(DefaultPartitioner()(key, parts, parts))
+
+
+def known_partitions(consumer: AIOKafkaConsumer, topic: str) -> int:
+    """How many partitions ``topic`` has in the consumer's metadata (0: none known yet)."""
+    return len(consumer.partitions_for_topic(topic) or ())
 
 
 def make_producer(s: Settings) -> AIOKafkaProducer:

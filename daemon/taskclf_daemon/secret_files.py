@@ -22,6 +22,7 @@ from taskclf_daemon.errors import ConfigError
 SECRET_FILES: dict[str, str] = {
     "sasl_password_file": "sasl_password",
     "ssl_password_file": "ssl_password",
+    "http_auth_token_file": "http_auth_token",
 }
 
 #: a password file larger than this is the wrong file (a certificate bundle, a log...)

@@ -15,17 +15,19 @@ are applied by one shard, in input order.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
-from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats
+from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
+from taskclf_daemon.timeutil import format_ts_us
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
-__all__ = ["CheckpointData", "Outputs", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats"]
+__all__ = ["RECENT_WINDOWS", "CheckpointData", "Outputs", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats", "UserInfo"]
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
@@ -45,6 +47,8 @@ def _error_detail(exc: BaseException) -> str:
 
 #: how often (processing-time seconds) the retention sweep looks at every user
 SWEEP_INTERVAL_S = 60
+#: labels of this many last outputs per user are kept for the HTTP API's label mix
+RECENT_WINDOWS = 20
 
 
 class PipelineShard:
@@ -69,6 +73,13 @@ class PipelineShard:
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
+        #: for the HTTP API only (``keep_recent``), in memory only -- not in the changelog, so
+        #: empty again after a restore: user -> last output value (~1 KB) and user -> labels of
+        #: the last :data:`RECENT_WINDOWS` outputs (~0.8 KB); bounded by the users in memory,
+        #: dropped with the user
+        self._keep_recent = limits.keep_recent
+        self._last_value: dict[str, bytes] = {}
+        self._last_labels: dict[str, deque[str]] = {}
 
     # --- processing ----------------------------------------------------------------------------
     def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -126,6 +137,7 @@ class PipelineShard:
         confs = []
         rejected = 0
         max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
+        keep, last_value, last_labels = self._keep_recent, self._last_value, self._last_labels
         for p in res.predictions:
             key = _key(p.user_id)
             src = p.source
@@ -138,6 +150,12 @@ class PipelineShard:
             confs.append(p.confidence)
             rejected += p.is_rejected
             outputs.append(key, p.value, source_header(src) if src else b"")
+            if keep:  # ~0.1 us per output
+                last_value[p.user_id] = p.value
+                ring = last_labels.get(p.user_id)
+                if ring is None:
+                    ring = last_labels[p.user_id] = deque(maxlen=RECENT_WINDOWS)
+                ring.append(p.label)
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
@@ -243,6 +261,8 @@ class PipelineShard:
             self._part_users.get(part, set()).discard(u)
         self.states.drop(u)
         self._state_bytes -= self._state_size.pop(u, 0)
+        self._last_value.pop(u, None)
+        self._last_labels.pop(u, None)
 
     # --- rebalance -----------------------------------------------------------------------------
     def release(self, partitions: list[int], durable: bool) -> int:
@@ -302,3 +322,20 @@ class PipelineShard:
 
     def stats(self) -> ShardStats:
         return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))
+
+    # --- the HTTP API --------------------------------------------------------------------------
+    def user_info(self, user_id: str) -> UserInfo | None:
+        """What this shard holds about ``user_id``; None if the user is not in memory."""
+        st = self.states.users.get(user_id)
+        part = self._user_part.get(user_id)
+        if st is None or part is None:
+            return None
+        store = self.pipeline.store
+        if store is None:
+            scope, kind, method = "none", "identity", None
+        else:
+            cal, scope = store.get(user_id)
+            kind, method = cal.kind, store.method
+        last_ts = None if st.last_ts_us is None else format_ts_us(st.last_ts_us)
+        labels = tuple(self._last_labels.get(user_id, ()))
+        return UserInfo(user_id, part, st.windows_seen, last_ts, scope, kind, method, labels, self._last_value.get(user_id))

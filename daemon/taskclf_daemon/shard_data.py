@@ -31,6 +31,9 @@ class ShardLimits:
     #: at most this many users in memory; beyond, the least recently seen are forgotten and
     #: tombstoned at the next checkpoint
     max_state_users: int = 0
+    #: keep each user's last output and recent labels in memory for the HTTP user routes
+    #: (:meth:`PipelineShard.user_info`); off when ``http_user_routes`` is false
+    keep_recent: bool = True
 
     @classmethod
     def from_settings(cls, s: Settings) -> ShardLimits:
@@ -40,6 +43,7 @@ class ShardLimits:
             max_event_ahead_s=s.max_event_ahead_s,
             state_retention_s=s.state_retention_s,
             max_state_users=s.max_state_users,
+            keep_recent=s.http_user_routes,
         )
 
 
@@ -123,3 +127,28 @@ class CheckpointData:
     state_bytes: int
     #: users forgotten by this checkpoint, by reason (``idle``, ``capacity``, ``oversize``)
     evicted: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """What a shard tells the HTTP API about one of its users (``GET /v1/users/{user_id}``).
+
+    ``windows_seen`` and ``last_window_ts`` come from the user's state (in the changelog);
+    ``recent_labels`` and ``last_prediction`` from the shard's memory only: empty after a
+    restart, a restore or a rebalance, until the user's next output."""
+
+    user_id: str
+    partition: int
+    windows_seen: int
+    #: ``bucket_start_ts`` of the newest applied window (ISO 8601, UTC), None before the first
+    last_window_ts: str | None
+    #: ``user`` (own calibrator), ``global`` (the store's global one) or ``none`` (no store)
+    calibrator_scope: str
+    #: ``identity``, ``temperature`` or ``isotonic``
+    calibrator_kind: str
+    #: the calibrator store's method, None without a store
+    calibration_method: str | None
+    #: ``mapped_label_name`` of the user's last outputs, oldest first (at most ``RECENT_WINDOWS``)
+    recent_labels: tuple[str, ...]
+    #: the last output value produced for the user (a WindowPrediction JSON document)
+    last_prediction: bytes | None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from taskclf_daemon.errors import TaskclfDaemonError
-from taskclf_daemon.shard import CheckpointData, PipelineShard, RawBatch, ShardLimits, ShardResult, ShardStats
+from taskclf_daemon.shard import CheckpointData, PipelineShard, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 
 if TYPE_CHECKING:
     from taskclf_daemon.config import Settings
@@ -75,6 +75,7 @@ class ShardOp(enum.Enum):
     REUSE = "reuse"
     ADOPT = "adopt"
     STATS = "stats"
+    USER = "user"
 
 
 #: what each op calls on the worker's shard
@@ -86,6 +87,7 @@ _DISPATCH: dict[ShardOp, Callable[..., Any]] = {
     ShardOp.REUSE: PipelineShard.reuse,
     ShardOp.ADOPT: PipelineShard.adopt,
     ShardOp.STATS: PipelineShard.stats,
+    ShardOp.USER: PipelineShard.user_info,
 }
 
 
@@ -111,6 +113,10 @@ class ShardHost(Protocol):
     async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]: ...
 
     async def stats(self) -> ShardStats: ...
+
+    async def user_info(self, user_id: str) -> UserInfo | None:
+        """What the shard holds about one user (the HTTP API); queued behind its batches."""
+        ...
 
     async def stop(self, timeout: float = 5.0) -> None: ...
 
@@ -142,6 +148,9 @@ class _TypedCalls:
 
     async def stats(self) -> ShardStats:
         return cast(ShardStats, await self._submit(ShardOp.STATS))
+
+    async def user_info(self, user_id: str) -> UserInfo | None:
+        return cast(UserInfo | None, await self._submit(ShardOp.USER, user_id))
 
 
 class LocalShard(_TypedCalls):

@@ -29,6 +29,15 @@ def pipe():
     return p
 
 
+async def until(cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``cond()`` holds (the shard runs in a thread: no fixed sleep is long enough
+    on a loaded machine)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
 class Rig:
     """Scheduler + emitter + checkpointer over one in-process shard and an in-memory broker."""
 
@@ -62,11 +71,11 @@ class Rig:
 
     async def checkpoint_acking(self, *, fail_changelog: bool = False) -> bool:
         """Run a checkpoint; acknowledge the outputs once it waits, then its changelog."""
-        task = asyncio.ensure_future(self.cp.run(deadline=time.monotonic() + 5.0))
-        await asyncio.sleep(0.05)
+        task = asyncio.ensure_future(self.cp.run(deadline=time.monotonic() + 30.0))
+        await until(lambda: bool(self.sink.pending) or task.done())
         assert self.broker.records("state") == [] or not fail_changelog
-        self.sink.ack_all()  # the outputs
-        await asyncio.sleep(0.05)
+        self.sink.ack_all()  # the outputs (or, with none pending, the changelog)
+        await until(lambda: bool(self.sink.pending) or task.done())
         if fail_changelog:
             self.sink.fail_all(RuntimeError("changelog refused"))
         else:
@@ -80,12 +89,12 @@ def test_changelog_after_outputs_commit_after_changelog(pipe) -> None:
     async def run() -> None:
         rig = Rig(pipe, lines)
         await rig.feed()
-        task = asyncio.ensure_future(rig.cp.run(deadline=time.monotonic() + 5.0))
-        await asyncio.sleep(0.1)
+        task = asyncio.ensure_future(rig.cp.run(deadline=time.monotonic() + 30.0))
+        await until(lambda: bool(rig.sink.pending))
         # Step 1 waits for the outputs: nothing written, nothing committed
         assert not task.done() and rig.broker.records("out") == [] and rig.broker.records("state") == [] and rig.consumer.commits == []
         rig.sink.ack_all()
-        await asyncio.sleep(0.1)
+        await until(lambda: bool(rig.sink.pending))  # the changelog's flush
         # Step 3 waits for the changelog: the outputs are there, the state not yet, no commit
         assert len(rig.broker.records("out")) == 150 and rig.broker.records("state") == [] and rig.consumer.commits == []
         rig.sink.ack_all()

@@ -215,3 +215,55 @@ def test_worker_that_cannot_load_its_artifacts_fails_start_naming_the_problem(tm
 
     with pytest.raises(WorkerError, match="failed to start.*model"):
         asyncio.run(run())
+
+
+def test_user_info_last_prediction_and_label_mix(pipe, lines):
+    from taskclf_daemon.shard import RECENT_WINDOWS
+
+    shard = PipelineShard(pipe)
+    results = [shard.process(b) for b in _batches(lines)]
+    outs = [(k.decode(), v) for r in results for k, v, _s in r.outputs]
+    uid = outs[0][0]
+    mine = [orjson.loads(v) for u, v in outs if u == uid]
+    info = shard.user_info(uid)
+    assert info is not None and info.user_id == uid and info.partition == _part(lines[0])
+    assert info.last_prediction == [v for u, v in outs if u == uid][-1]
+    assert info.windows_seen == len(mine)
+    assert info.last_window_ts == max(m["bucket_start_ts"] for m in mine)
+    assert info.recent_labels == tuple(m["mapped_label_name"] for m in mine[-RECENT_WINDOWS:])
+    assert (info.calibrator_scope, info.calibration_method) == (mine[-1]["calibrator_scope"], pipe.store.method)
+    assert info.calibrator_kind == pipe.store.get(uid)[0].kind
+    assert shard.user_info("nobody") is None
+    # forgetting the user's partition forgets what the API shows, too; a restore brings the
+    # state back but not the last prediction or the label mix (memory only)
+    data = shard.checkpoint()
+    shard.release([info.partition], durable=False)
+    assert shard.user_info(uid) is None
+    shard.adopt([(p, k, v) for p, k, v in data.updates if p == info.partition])
+    again = shard.user_info(uid)
+    assert again is not None and again.windows_seen == info.windows_seen and again.last_prediction is None and again.recent_labels == ()
+    # off (http_user_routes = false): nothing kept
+    off = PipelineShard(pipe, ShardLimits(keep_recent=False))
+    for b in _batches(lines[:200]):
+        off.process(b)
+    u0 = orjson.loads(lines[0])["user_id"]
+    got = off.user_info(u0)
+    assert got is not None and got.last_prediction is None and got.recent_labels == () and got.windows_seen > 0
+
+
+def test_user_info_through_a_worker_process(lines):
+    s = _settings()
+
+    async def run() -> None:
+        host = ProcessShard(s, "pipeline-t")
+        await host.start()
+        try:
+            await host.process(_batches(lines[:100])[0], 0)
+            uid = orjson.loads(lines[0])["user_id"]
+            info = await host.user_info(uid)
+            assert info is not None and info.user_id == uid and info.last_prediction is not None
+            assert await host.user_info("nobody") is None
+        finally:
+            await host.stop()
+
+    asyncio.run(run())
