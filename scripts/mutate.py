@@ -59,6 +59,7 @@ TESTS = (
     "tests/pipeline",
     "tests/test_codec.py",
     "tests/test_codec_fastdecode.py",
+    "tests/test_codec_fresh_build.py",
     "tests/test_offsets.py",
     "tests/test_state.py",
     "tests/test_schema.py",
