@@ -54,7 +54,8 @@ CORE = (
 )
 
 #: the fast tests that exercise the core (mutmut then runs, per mutant, only the tests that
-#: executed the mutated function); broker/slow tests and the ~40 s lleaves compile are left out
+#: executed the mutated function); broker/slow tests, the ~40 s lleaves compile and a few tests
+#: that cost seconds per mutant are left out
 TESTS = (
     "tests/pipeline",
     "tests/test_codec.py",
@@ -64,8 +65,12 @@ TESTS = (
     "tests/test_state.py",
     "tests/test_schema.py",
     "tests/test_shard.py",
-    "tests/test_cli.py",
     "--ignore=tests/pipeline/test_model_backend.py",
+    # the slowest, which exercise the core only through what the tests above cover already:
+    # worker processes (spawned), a CLI replay (test_cli.py is left out for the same reason)
+    "--deselect=tests/test_shard.py::test_worker_process_gives_the_same_bytes_and_reports_failures",
+    "--deselect=tests/test_shard.py::test_worker_that_cannot_load_its_artifacts_fails_start_naming_the_problem",
+    "--deselect=tests/pipeline/test_pipeline_taxonomy.py::test_replay_with_taxonomy",
     "-m",
     "not broker and not slow",
     "-p",
