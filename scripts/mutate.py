@@ -55,7 +55,8 @@ _COMMON = ("-m", "not broker and not slow", "-p", "no:cacheprovider")
 GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "decision": (
         ("pipeline/decision.py", "state.py", "offsets.py"),
-        ("tests/pipeline/test_decision.py", "tests/test_state.py", "tests/test_offsets.py", "tests/pipeline/test_event_time.py", "tests/pipeline/test_batch.py"),
+        ("tests/pipeline/test_decision.py", "tests/test_state.py", "tests/test_offsets.py", "tests/pipeline/test_event_time.py", "tests/pipeline/test_batch.py",
+         "tests/test_shard.py::test_ttl_tombstones_idle_users"),
     ),
     "policy": (("pipeline/policy.py",), ("tests/pipeline/test_policy.py", "tests/pipeline/test_artifacts.py")),
     "calibration": (("pipeline/calibration.py",), ("tests/pipeline/test_calibration.py", "tests/pipeline/test_batch.py")),
