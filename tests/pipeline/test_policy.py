@@ -57,6 +57,14 @@ def test_load_golden_policy() -> None:
     assert pol.resolve_path("/abs/elsewhere") == Path("/abs/elsewhere")
 
 
+def test_policy_version_defaults_to_v1(tmp_path: Path) -> None:
+    raw = _golden_policy_raw()
+    del raw["policy_version"]
+    assert load_policy(_write_policy(tmp_path, raw)).policy_version == "v1"
+    raw["policy_version"] = 2
+    assert load_policy(_write_policy(tmp_path, raw)).policy_version == "2"
+
+
 def test_extra_keys_ignored(tmp_path: Path) -> None:
     raw = _golden_policy_raw() | {"_help": "anything", "future": {"x": 1}}
     assert load_policy(_write_policy(tmp_path, raw)).reject_threshold == 0.55
