@@ -74,7 +74,7 @@ def test_t_half_max() -> None:
 
 @pytest.mark.parametrize("t", [0.0, -1.0, -0.001, float("nan"), float("inf")])
 def test_non_positive_temperature_refused(t: float) -> None:
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="^temperature must be positive$"):
         TemperatureCalibrator(t)
 
 
@@ -695,3 +695,31 @@ def test_user_file_names_of_unusual_ids() -> None:
     assert user_file_name("\ud800x") == "~" + "\ud800x".encode("utf-8", "surrogatepass").hex() + ".json"
     lone_long = "\udfff" * 80
     assert user_file_name(lone_long) == "~h" + hashlib.sha256(lone_long.encode("utf-8", "surrogatepass")).hexdigest() + ".json"
+
+
+def test_isotonic_thresholds_may_tie_or_be_a_single_point() -> None:
+    flat = [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7
+    tie = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 0.5, 1.0], [0.0, 0.2, 0.6, 1.0])] + flat})
+    single = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json([0.5], [0.3])] + flat})
+    assert isinstance(tie, IsotonicCalibrator) and isinstance(single, IsotonicCalibrator)
+    np.testing.assert_array_equal(single.curves[0](np.array([0.0, 0.5, 1.0])), [0.3, 0.3, 0.3])
+
+
+def test_isotonic_increasing_flag_is_kept() -> None:
+    flat = [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7
+    dec = _curve_json([0.0, 1.0], [1.0, 0.0], increasing_=False)
+    cal = calibrator_from_json({"type": "isotonic", "regressors": [dec] + flat})
+    assert cal.curves[0].increasing is False and cal.to_json()["regressors"][0]["increasing_"] is False
+    no_flag = {k: v for k, v in _curve_json([0.0, 1.0], [0.0, 1.0]).items() if k != "increasing_"}
+    cal = calibrator_from_json({"type": "isotonic", "regressors": [no_flag] + flat})
+    assert cal.curves[0].increasing is True  # sklearn's default
+
+
+def test_check_binding_names_file_problem_and_fix() -> None:
+    for path, where in ((None, "<store>/store.json"), ("/x/store", "/x/store/store.json")):
+        with pytest.raises(ArtifactError) as ei:
+            CalibratorStore(IdentityCalibrator(), {}, model_schema_hash="4077fe0dba70", path=path).check_binding("a15f4751a947")
+        e = ei.value
+        assert (e.path, e.field) == (where, "model_schema_hash")
+        assert e.problem == "store is bound to schema hash '4077fe0dba70' but the model has 'a15f4751a947'"
+        assert e.fix == "refit the store for this model with `taskclf-daemon calibrate --model-dir <bundle>`"
