@@ -114,6 +114,10 @@ def stage(group: str, fresh: bool) -> Path:
         f"only_mutate = {_toml_list(['taskclf_daemon/' + m for m in modules])}",
         f"pytest_add_cli_args_test_selection = {_toml_list(tests + _COMMON)}",
         'pytest_add_cli_args = ["-q", "-x"]',
+        # workers fork from a server that only collected the tests: forked from mutmut's main
+        # process (the default) they would inherit module-level caches the stats run filled with
+        # the original code's results (tests/pipeline/test_batch.py caches golden runs)
+        'process_isolation = "forkserver"',
         "use_git_change_detection = false",
         "track_dependencies = false",
         "",
