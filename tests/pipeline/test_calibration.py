@@ -196,6 +196,8 @@ def test_isotonic_regressor_count_must_match_classes(n_regressors: int) -> None:
     with pytest.raises(ArtifactError) as ei:
         calibrator_from_json(js, "iso.json")
     assert ei.value.field == "regressors" and "iso.json" in str(ei.value) and f"has {n_regressors} regressors" in str(ei.value)
+    assert ei.value.problem == f"isotonic calibrator has {n_regressors} regressors, expected one per label (8)"
+    assert ei.value.fix == "refit with `taskclf-daemon calibrate --method isotonic`"
     # built directly (not from JSON), the calibrator refuses probabilities of another width
     cal = IsotonicCalibrator((IsotonicCurve(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.0, 1.0),) * n_regressors)
     P = _rand_probs(4, seed=30)
@@ -476,6 +478,29 @@ def test_store_unreadable_user_file_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError) as ei:
         CalibratorStore.load(d)
     assert "a.json" in str(ei.value)
+    assert ei.value.problem.startswith("cannot parse JSON: ") and ei.value.fix == "recreate the store"
+    (d / "users" / "a.json").write_text("{}")
+    (d / "store.json").write_text("[1,")
+    with pytest.raises(ArtifactError) as ei:
+        CalibratorStore.load(d)
+    assert ei.value.path == str(d / "store.json") and ei.value.problem.startswith("cannot parse JSON: ")
+    assert ei.value.fix == "run `taskclf-daemon calibrate` to create the store"
+
+
+def test_calibrator_json_without_source_is_named_json() -> None:
+    with pytest.raises(ArtifactError) as ei:
+        calibrator_from_json({"type": "platt"})
+    assert ei.value.path == "<json>"
+
+
+def test_very_low_temperature_stays_finite() -> None:
+    # T = 0.001 puts ln(p)/T near -700: softmax must shift by the row maximum (not add it),
+    # or exp() underflows to 0 everywhere and the row becomes 0/0
+    p = np.array([[0.5, 0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.005]])
+    out = TemperatureCalibrator(0.001).apply(p)
+    assert np.isfinite(out).all() and out[0, 0] == 1.0 and out.sum() == 1.0
+    store = CalibratorStore(TemperatureCalibrator(0.001), {})
+    np.testing.assert_array_equal(store.calibrate_batch(p, ["u"])[0], out)
 
 
 def test_save_leaves_no_temp_files(tmp_path: Path) -> None:
