@@ -133,6 +133,8 @@ def test_restored_state_continues_byte_identically(golden_windows):
 def test_process_bookkeeping_per_user(golden_windows):
     pipe, ws = golden_windows
     res, states = _run(pipe, ws[:100])
+    # each prediction carries its input's position (the daemon's taskclf-source header)
+    assert [p.source for p in res.predictions] == [w.source for w in ws[:100]]
     per_user = {}
     for w in ws[:100]:
         per_user[w.user_id] = per_user.get(w.user_id, 0) + 1
