@@ -68,7 +68,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "codec": (
         ("codec.py",),
-        ("tests/test_codec.py", "tests/test_codec_fastdecode.py", "tests/test_codec_fresh_build.py", "tests/test_schema.py"),
+        ("tests/test_codec.py", "tests/test_codec_fastdecode.py", "tests/test_codec_fresh_build.py", "tests/test_codec_paths.py", "tests/test_schema.py"),
     ),
 }
 CORE = tuple(m for mods, _ in GROUPS.values() for m in mods)

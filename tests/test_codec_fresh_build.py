@@ -37,6 +37,10 @@ def fresh() -> ModuleType:
     return mod
 
 
+#: below/between every bound, as floats (NUMBERS has no negative finite float but -0.0)
+MORE_NUMBERS = ["-0.5", "-1.5", "-1e-300", "-7.0", "0.25", "23.5", "6.5", "255.5", "-2147483648.5"]
+
+
 def _behaviour(mod: ModuleType, v: Any, data: bytes) -> tuple:
     """Everything observable about one record: both fast paths' verdicts and the outcome."""
     fast = v.fast_decode(data) if v.fast_decode is not None else None
@@ -66,7 +70,7 @@ def _corpus(version: str) -> list[bytes]:
     fields += ["user_id", "title_token_sketch_007", "title_char3_sketch_100"] if version == "v3" else ["user_id"]
     out = [orjson.dumps(base)]
     for field in fields:
-        for raw in [*NUMBERS, '"x"', '"2026-04-06T10:00:00Z"', None]:
+        for raw in [*NUMBERS, *MORE_NUMBERS, '"x"', '"2026-04-06T10:00:00Z"', None]:
             out.append(_with(base, field, raw))
     good = orjson.dumps(base)
     out += [
