@@ -130,3 +130,42 @@ def test_unknown_keys_learned_are_bounded() -> None:
         v.validate({**row, f"k{i}": 1})
     # a dict's keys are learned while they all fit under the bound: it fills up to exactly that
     assert len(v._plain_keys) == v._max_keys - len(row)
+
+
+def _result(fn: Any, obj: Any) -> tuple:
+    try:
+        w = fn(obj)
+    except InvalidRecord as exc:
+        return ("refused", exc.reason, exc.detail)
+    return ("ok", w.user_id, w.ts_us, w.schema_version, {k: (type(x).__name__, x) for k, x in w.values.items()})
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_dict_fast_path_agrees_with_the_detailed_checks(version: str) -> None:
+    # the generated fast path may only accept, and only what the detailed checks accept the same
+    # way; test_codec_fastdecode's "reference" keeps this dict path, so it is checked here
+    import orjson
+
+    from test_codec_fresh_build import _corpus
+
+    v = RowValidator(SCHEMAS[version])
+    n_fast = 0
+    for data in _corpus(version):
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        ref = _result(v._validate, obj)
+        assert _result(v.validate, obj) == ref, data
+        if type(obj) is dict and not any(type(k) is str and k.startswith("raw_") for k in obj):
+            fast = v._fast(obj)
+            if fast is not None:
+                n_fast += 1
+                assert ref[0] == "ok" and _result(lambda o: fast, obj) == ref, data
+    assert n_fast > 100
+    # end not after start: refused on every path
+    row = _base(version)
+    row["bucket_end_ts"] = row["bucket_start_ts"]
+    assert v._fast(row) is None
+    with pytest.raises(InvalidRecord, match="must be after"):
+        v.validate(row)
