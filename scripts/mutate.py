@@ -189,7 +189,10 @@ def write_report(elapsed: dict[str, float]) -> tuple[float, int, list[str]]:
             adj = f"{100.0 * (k + eq) / n:.1f}%" if n else "-"
             rows.append(f"| `{group}` | `{mod}` | {n} | {k} | {n - k - unchecked} | {unchecked} | {eq} | {score} / {adj} |")
         for s in sorted(k for k, v in res.items() if _survived(v) and v != "not checked"):
-            diff = mutmut(d, "show", s, capture=True)
+            try:
+                diff = mutmut(d, "show", s, capture=True)
+            except SystemExit:  # e.g. the group is being re-run right now
+                diff = "- (diff unavailable: run `--report-only` again)"
             diff_lines = [ln for ln in diff.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
             sections += [f"### `{s}` ({res[s]})", "", "```diff", *diff_lines[:12], "```", ""]
             if s in equiv:
