@@ -41,7 +41,7 @@ bench: install
 	$(PY) scripts/bench_replay.py
 
 # mutmut, pinned in the `mutate` extra; writes docs/mutation-report.md. MUTATE_ARGS e.g.
-# "--fresh" (after changing code or tests), "--modules pipeline/decision.py", "--report-only"
+# "--fresh" (after changing code or tests), "--groups policy codec", "--rerun-survivors", "--report-only"
 $(VENV)/.mutate-installed: $(VENV)/.installed
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[test,fast,mutate]'
 	touch $@

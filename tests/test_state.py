@@ -53,6 +53,8 @@ def test_put_resizes_the_smoothing_buffer_to_the_store_window() -> None:
     s1 = StateStore(1)
     s1.put("one", _with_labels(3, [1, 2, 3]))
     assert s1.users["one"].smooth.maxlen == 1 and list(s1.users["one"].smooth) == [3]
+    s1.put("two", _with_labels(2, [1, 2]))
+    assert s1.users["two"].smooth.maxlen == 1 and list(s1.users["two"].smooth) == [2]
 
     same = _with_labels(3, [1, 2])
     buf = same.smooth

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,12 @@ def test_mapped_probs_are_not_rounded(bundle: ModelBundle, store: CalibratorStor
 
 def test_prediction_metadata_matches_record(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
     pipe = _pipe(bundle, store, 3)
+    t0 = time.perf_counter()
     res = pipe.process(windows[:40], pipe.new_state_store())
+    wall = time.perf_counter() - t0
     assert set(res.timings) == {"features", "encode", "predict", "calibrate", "decide", "serialize"}
+    # each stage's duration, together no more than the call took
+    assert all(v >= 0.0 for v in res.timings.values()) and sum(res.timings.values()) <= wall
     for p, w in zip(res.predictions, windows[:40]):
         r = orjson.loads(p.value)
         assert (p.user_id, p.ts_us) == (w.user_id, w.ts_us)

@@ -71,7 +71,7 @@ def test_t_half_max() -> None:
 
 @pytest.mark.parametrize("t", [0.0, -1.0, -0.001, float("nan"), float("inf")])
 def test_non_positive_temperature_refused(t: float) -> None:
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="^temperature must be positive$"):
         TemperatureCalibrator(t)
 
 
@@ -193,6 +193,8 @@ def test_isotonic_regressor_count_must_match_classes(n_regressors: int) -> None:
     with pytest.raises(ArtifactError) as ei:
         calibrator_from_json(js, "iso.json")
     assert ei.value.field == "regressors" and "iso.json" in str(ei.value) and f"has {n_regressors} regressors" in str(ei.value)
+    assert ei.value.problem == f"isotonic calibrator has {n_regressors} regressors, expected one per label (8)"
+    assert ei.value.fix == "refit with `taskclf-daemon calibrate --method isotonic`"
     # built directly (not from JSON), the calibrator refuses probabilities of another width
     cal = IsotonicCalibrator((IsotonicCurve(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.0, 1.0),) * n_regressors)
     P = _rand_probs(4, seed=30)
@@ -473,6 +475,29 @@ def test_store_unreadable_user_file_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError) as ei:
         CalibratorStore.load(d)
     assert "a.json" in str(ei.value)
+    assert ei.value.problem.startswith("cannot parse JSON: ") and ei.value.fix == "recreate the store"
+    (d / "users" / "a.json").write_text("{}")
+    (d / "store.json").write_text("[1,")
+    with pytest.raises(ArtifactError) as ei:
+        CalibratorStore.load(d)
+    assert ei.value.path == str(d / "store.json") and ei.value.problem.startswith("cannot parse JSON: ")
+    assert ei.value.fix == "run `taskclf-daemon calibrate` to create the store"
+
+
+def test_calibrator_json_without_source_is_named_json() -> None:
+    with pytest.raises(ArtifactError) as ei:
+        calibrator_from_json({"type": "platt"})
+    assert ei.value.path == "<json>"
+
+
+def test_very_low_temperature_stays_finite() -> None:
+    # T = 0.001 puts ln(p)/T near -700: softmax must shift by the row maximum (not add it),
+    # or exp() underflows to 0 everywhere and the row becomes 0/0
+    p = np.array([[0.5, 0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.005]])
+    out = TemperatureCalibrator(0.001).apply(p)
+    assert np.isfinite(out).all() and out[0, 0] == 1.0 and out.sum() == 1.0
+    store = CalibratorStore(TemperatureCalibrator(0.001), {})
+    np.testing.assert_array_equal(store.calibrate_batch(p, ["u"])[0], out)
 
 
 def test_save_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -588,3 +613,135 @@ def test_user_file_symlinked_inside_the_store_is_loaded(tmp_path: Path) -> None:
     (d / "users" / "mallory.json").symlink_to(d / "users" / "shared-target.json")
     cal, scope = CalibratorStore.load(d).get(uid)
     assert scope == "user" and cal.temperature == 2.5
+
+
+# ---------------------------------------------------------------- every refusal: file, field, problem, fix
+
+_REFIT = "refit with `taskclf-daemon calibrate`"
+_REFIT_ISO = "refit with `taskclf-daemon calibrate --method isotonic`"
+
+
+@pytest.mark.parametrize(
+    "obj, field, problem, fix",
+    [
+        (["identity"], None, "calibrator JSON must be an object", 'write {"type": "identity"|"temperature"|"isotonic", ...}'),
+        ({"type": "temperature", "temperature": -1}, "temperature", "temperature must be a positive number, got -1", _REFIT),
+        ({"type": "isotonic", "regressors": []}, "regressors", "regressors list must not be empty", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": {"a": 1}}, "regressors", "regressors list must not be empty", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": [{"X_thresholds_": [0.0, float("nan")], "y_thresholds_": [0.0, 1.0]}] * 8}, "regressors[0]",
+         "bad isotonic regressor: X_thresholds_/y_thresholds_ must be equal-length finite lists", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": [{"X_thresholds_": [0.0, 1.0], "y_thresholds_": [0.0, float("inf")]}] * 8}, "regressors[0]",
+         "bad isotonic regressor: X_thresholds_/y_thresholds_ must be equal-length finite lists", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": [{"X_thresholds_": [1.0, 0.0], "y_thresholds_": [0.0, 1.0]}] * 8}, "regressors[0]",
+         "bad isotonic regressor: X_thresholds_ must be sorted ascending", _REFIT_ISO),
+        ({"type": "platt"}, "type", "Unknown calibrator type 'platt'", "use identity, temperature or isotonic"),
+    ],
+)
+def test_every_calibrator_refusal_names_file_field_problem_and_fix(obj: Any, field: str | None, problem: str, fix: str) -> None:
+    with pytest.raises(ArtifactError) as ei:
+        calibrator_from_json(obj, "cal.json")
+    e = ei.value
+    assert (e.path, e.field, e.problem, e.fix) == ("cal.json", field, problem, fix)
+
+
+def _store_dir(tmp_path: Path, meta: Any, glob: Any = None) -> Path:
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "store.json").write_text(json.dumps(meta))
+    (d / "global.json").write_text(json.dumps(glob if glob is not None else {"type": "identity"}))
+    return d
+
+
+@pytest.mark.parametrize(
+    "case, file, field, problem, fix",
+    [
+        ("no_dir", None, None, "calibrator store directory does not exist", "pass --calibrator-store DIR (holding store.json and global.json) or omit it"),
+        ("no_store_json", "store.json", None, "file is missing", "run `taskclf-daemon calibrate` to create the store"),
+        ("no_global_json", "global.json", None, "file is missing", "recreate the store"),
+        ("store_not_object", "store.json", None, "store.json is not a JSON object", "recreate the store"),
+        ("user_ids_string", "store.json", "user_ids", "user_ids must be a list of strings", "recreate the store"),
+        ("user_ids_numbers", "store.json", "user_ids", "user_ids must be a list of strings", "recreate the store"),
+        ("bad_global", "global.json", "type", "Unknown calibrator type 'platt'", "use identity, temperature or isotonic"),
+        ("bad_user", "users/amy.json", "temperature", "temperature must be a positive number, got 0", _REFIT),
+    ],
+)
+def test_every_store_refusal_names_file_field_problem_and_fix(tmp_path: Path, case: str, file: str | None, field: str | None, problem: str, fix: str) -> None:
+    meta: Any = {"method": "temperature", "user_ids": ["amy"]}
+    glob: Any = None
+    if case == "store_not_object":
+        meta = ["amy"]
+    elif case == "user_ids_string":
+        meta = {"user_ids": "amy"}
+    elif case == "user_ids_numbers":
+        meta = {"user_ids": ["amy", 3]}
+    elif case == "bad_global":
+        glob = {"type": "platt"}
+    d = _store_dir(tmp_path, meta, glob)
+    (d / "users").mkdir()
+    (d / "users" / "amy.json").write_text(json.dumps({"type": "temperature", "temperature": 0 if case == "bad_user" else 2.0}))
+    if case == "no_dir":
+        d = tmp_path / "absent"
+    elif case in ("no_store_json", "no_global_json"):
+        (d / file).unlink()
+    with pytest.raises(ArtifactError) as ei:
+        CalibratorStore.load(d)
+    e = ei.value
+    where = d if file is None else (d / "users").resolve() / "amy.json" if file.startswith("users/") else d / file
+    assert (e.path, e.field, e.problem, e.fix) == (str(where), field, problem, fix)
+
+
+def test_store_without_user_ids_key_has_no_users(tmp_path: Path) -> None:
+    d = _store_dir(tmp_path, {"method": "temperature"}, {"type": "temperature", "temperature": 2.0})
+    store = CalibratorStore.load(d)
+    assert store.user_calibrators == {} and store.get("anyone")[1] == "global"
+    assert store.path == str(d) and store.store_id.startswith("s@")
+
+
+def test_users_after_an_unloadable_one_still_load(tmp_path: Path) -> None:
+    # users/<id>.json missing for one listed user (or outside the store): the others still load
+    d = _store_dir(tmp_path, {"method": "temperature", "user_ids": ["a-missing", "b-present"]})
+    (d / "users").mkdir()
+    (d / "users" / "b-present.json").write_text(json.dumps({"type": "temperature", "temperature": 3.0}))
+    store = CalibratorStore.load(d)
+    assert list(store.user_calibrators) == ["b-present"] and store.get("b-present")[0].temperature == 3.0
+
+
+def test_user_file_names_of_unusual_ids() -> None:
+    import hashlib
+
+    # 100 bytes -> 200 hex digits: the longest id still spelled out in hex
+    assert user_file_name("/" * 100) == "~" + "2f" * 100 + ".json"
+    longer = "/" * 101
+    assert user_file_name(longer) == "~h" + hashlib.sha256(longer.encode()).hexdigest() + ".json"
+    # lone surrogates (possible in a decoded JSON string) are encoded, not an error
+    assert user_file_name("\ud800x") == "~" + "\ud800x".encode("utf-8", "surrogatepass").hex() + ".json"
+    lone_long = "\udfff" * 80
+    assert user_file_name(lone_long) == "~h" + hashlib.sha256(lone_long.encode("utf-8", "surrogatepass")).hexdigest() + ".json"
+
+
+def test_isotonic_thresholds_may_tie_or_be_a_single_point() -> None:
+    flat = [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7
+    tie = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json([0.0, 0.5, 0.5, 1.0], [0.0, 0.2, 0.6, 1.0])] + flat})
+    single = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json([0.5], [0.3])] + flat})
+    assert isinstance(tie, IsotonicCalibrator) and isinstance(single, IsotonicCalibrator)
+    np.testing.assert_array_equal(single.curves[0](np.array([0.0, 0.5, 1.0])), [0.3, 0.3, 0.3])
+
+
+def test_isotonic_increasing_flag_is_kept() -> None:
+    flat = [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7
+    dec = _curve_json([0.0, 1.0], [1.0, 0.0], increasing_=False)
+    cal = calibrator_from_json({"type": "isotonic", "regressors": [dec] + flat})
+    assert cal.curves[0].increasing is False and cal.to_json()["regressors"][0]["increasing_"] is False
+    no_flag = {k: v for k, v in _curve_json([0.0, 1.0], [0.0, 1.0]).items() if k != "increasing_"}
+    cal = calibrator_from_json({"type": "isotonic", "regressors": [no_flag] + flat})
+    assert cal.curves[0].increasing is True  # sklearn's default
+
+
+def test_check_binding_names_file_problem_and_fix() -> None:
+    for path, where in ((None, "<store>/store.json"), ("/x/store", "/x/store/store.json")):
+        with pytest.raises(ArtifactError) as ei:
+            CalibratorStore(IdentityCalibrator(), {}, model_schema_hash="4077fe0dba70", path=path).check_binding("a15f4751a947")
+        e = ei.value
+        assert (e.path, e.field) == (where, "model_schema_hash")
+        assert e.problem == "store is bound to schema hash '4077fe0dba70' but the model has 'a15f4751a947'"
+        assert e.fix == "refit the store for this model with `taskclf-daemon calibrate --model-dir <bundle>`"

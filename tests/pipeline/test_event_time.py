@@ -132,3 +132,47 @@ def test_restored_state_continues_byte_identically(golden_windows):
         fresh.put(u, UserState.from_bytes(s.to_bytes(), pipe.config.smooth_window))
     tail, _ = _run(pipe, ws[1234:], fresh)
     assert [p.value for p in head.predictions + tail.predictions] == [p.value for p in whole.predictions]
+
+
+def test_process_bookkeeping_per_user(golden_windows):
+    pipe, ws = golden_windows
+    res, states = _run(pipe, ws[:100])
+    # each prediction carries its input's position (the daemon's taskclf-source header)
+    assert [p.source for p in res.predictions] == [w.source for w in ws[:100]]
+    per_user = {}
+    for w in ws[:100]:
+        per_user[w.user_id] = per_user.get(w.user_id, 0) + 1
+    assert {u: s.windows_seen for u, s in states.users.items()} == per_user
+    assert states.take_dirty() == set(per_user)  # every user the batch touched, nothing else
+    last = {}
+    for w in ws[:100]:
+        last[w.user_id] = (w.ts_us, w.source.offset)
+    assert {u: (s.last_ts_us, s.last_offset) for u, s in states.users.items()} == last
+    # a batch that skips everything (replayed) marks nobody dirty
+    res2, _ = _run(pipe, ws[:100], states)
+    assert len(res2.skipped) == 100 and states.take_dirty() == set()
+
+
+def test_process_policy_keeps_the_newest_time_after_a_late_window(golden_windows):
+    pipe, ws = golden_windows
+    from taskclf_daemon.pipeline.batch import InferencePipeline
+
+    p2 = InferencePipeline(pipe.bundle, pipe.store, dataclasses.replace(pipe.config, event_time_policy="process"))
+    mine = [w for w in ws if w.user_id == ws[0].user_id][:10]
+    _, states = _run(p2, mine + [_copy(mine[3], source=None)])
+    st = states.users[ws[0].user_id]
+    assert st.last_ts_us == mine[-1].ts_us and st.windows_seen == 11
+
+
+def test_idle_gap_setting_reaches_the_overlay(golden_windows):
+    # consecutive windows 60 s apart: a 30 s idle gap starts a new session at every window
+    pipe, ws = golden_windows
+    from taskclf_daemon.pipeline.batch import InferencePipeline
+
+    mine = [w for w in ws if w.user_id == ws[0].user_id][:5]
+    assert all(b.ts_us - a.ts_us == 60_000_000 for a, b in zip(mine, mine[1:]))
+    short = InferencePipeline(pipe.bundle, pipe.store, dataclasses.replace(pipe.config, idle_gap_seconds=30.0))
+    _, s_default = _run(pipe, [_copy(w, source=None) for w in mine])
+    _, s_short = _run(short, [_copy(w, source=None) for w in mine])
+    assert s_default.users[mine[0].user_id].session_start_us == mine[0].ts_us
+    assert s_short.users[mine[0].user_id].session_start_us == mine[-1].ts_us

@@ -54,6 +54,14 @@ def test_load_golden_policy() -> None:
     assert pol.resolve_path("/abs/elsewhere") == Path("/abs/elsewhere")
 
 
+def test_policy_version_defaults_to_v1(tmp_path: Path) -> None:
+    raw = _golden_policy_raw()
+    del raw["policy_version"]
+    assert load_policy(_write_policy(tmp_path, raw)).policy_version == "v1"
+    raw["policy_version"] = 2
+    assert load_policy(_write_policy(tmp_path, raw)).policy_version == "2"
+
+
 def test_extra_keys_ignored(tmp_path: Path) -> None:
     raw = _golden_policy_raw() | {"_help": "anything", "future": {"x": 1}}
     assert load_policy(_write_policy(tmp_path, raw)).reject_threshold == 0.55
@@ -76,6 +84,16 @@ def test_resolve_from_golden_policy_only() -> None:
     CalibratorStore.load(r.calibrator_store).check_binding(bundle.schema_hash)
     d = r.describe()
     assert d["precedence"] == "flag > policy > default" and d["sources"]["model_dir"] == "policy"
+    # the start-up log line's inference settings
+    assert d == {
+        "model_dir": str(g / "models" / RUN),
+        "calibrator_store": str(g / "artifacts" / "calibrator_store"),
+        "reject_threshold": 0.55,
+        "per_user_thresholds": 0,
+        "policy": str(_golden_policy_path()),
+        "sources": r.sources,
+        "precedence": "flag > policy > default",
+    }
 
 
 def test_flags_beat_policy(tmp_path: Path) -> None:
@@ -123,6 +141,94 @@ def test_no_model_anywhere_is_refused() -> None:
     with pytest.raises(ArtifactError) as ei:
         resolve_inference()
     assert ei.value.field == "model_dir"
+    assert str(ei.value) == "<command line> (field 'model_dir'): no model bundle given. Fix: pass --model-dir models/<run_id> or --policy models/inference_policy.json"
+
+
+def test_describe_without_policy_or_store(tmp_path: Path) -> None:
+    d = resolve_inference(model_dir=tmp_path / "m").describe()
+    assert d["model_dir"] == str(tmp_path / "m")
+    assert d["calibrator_store"] is None and d["policy"] is None and d["per_user_thresholds"] == 0
+    assert resolve_inference(model_dir=tmp_path / "m", calibrator_store=tmp_path / "s").describe()["calibrator_store"] == str(tmp_path / "s")
+
+
+def test_absolute_policy_paths_are_used_as_they_are(tmp_path: Path) -> None:
+    pol = load_policy(_write_policy(tmp_path, _golden_policy_raw() | {"model_dir": str(tmp_path / "abs" / "m")}))
+    assert pol.resolve_path(str(tmp_path / "abs" / "m")) == tmp_path / "abs" / "m"
+    assert resolve_inference(policy_path=pol.path).model_dir == tmp_path / "abs" / "m"
+
+
+_FIX = "write the policy as taskclf does (taskclf policy create / tune-reject --write-policy) or drop --policy"
+
+
+def _refusal(tmp_path: Path, raw: Any = None, text: str | None = None) -> ArtifactError:
+    p = _write_policy(tmp_path, raw, text)
+    with pytest.raises(ArtifactError) as ei:
+        load_policy(p)
+    assert ei.value.path == str(p)
+    return ei.value
+
+
+@pytest.mark.parametrize(
+    "case, field, problem",
+    [
+        ("not_json", None, "not valid JSON: "),
+        ("list", None, "policy must be a JSON object"),
+        ("no_model_dir", "model_dir", "required field is missing"),
+        ("empty_model_dir", "model_dir", "must be a non-empty path string"),
+        ("threshold_2", "reject_threshold", "must be a number in [0, 1], got 2"),
+        ("labels_not_list", "model_label_set", "must be a list of label names"),
+        ("store_number", "calibrator_store_dir", "must be a path string or null"),
+        ("per_user_list", "per_user_reject_thresholds", "must be an object {user_id: threshold} or null"),
+    ],
+)
+def test_every_policy_refusal_names_file_field_problem_and_fix(tmp_path: Path, case: str, field: str | None, problem: str) -> None:
+    raw = _golden_policy_raw()
+    text = None
+    if case == "not_json":
+        text = "{"
+    elif case == "list":
+        raw = [raw]
+    elif case == "no_model_dir":
+        del raw["model_dir"]
+    elif case == "empty_model_dir":
+        raw["model_dir"] = ""
+    elif case == "threshold_2":
+        raw["reject_threshold"] = 2
+    elif case == "labels_not_list":
+        raw["model_label_set"] = "Build"
+    elif case == "store_number":
+        raw["calibrator_store_dir"] = 3
+    elif case == "per_user_list":
+        raw["per_user_reject_thresholds"] = ["u1"]
+    err = _refusal(tmp_path, raw, text)
+    assert err.field == field
+    assert err.problem.startswith(problem) if case == "not_json" else err.problem == problem
+    assert err.fix == _FIX
+    where = f"{err.path}" + (f" (field {field!r})" if field else "")
+    assert str(err) == f"{where}: {err.problem}. Fix: {_FIX}"
+
+
+def test_missing_policy_file_names_problem_and_fix(tmp_path: Path) -> None:
+    p = tmp_path / "nope.json"
+    with pytest.raises(ArtifactError) as ei:
+        load_policy(p)
+    assert (ei.value.path, ei.value.field, ei.value.problem, ei.value.fix) == (str(p), None, "policy file does not exist", _FIX)
+
+
+def test_policy_for_another_model_names_problem_and_fix() -> None:
+    pol = load_policy(_golden_policy_path())
+    with pytest.raises(ArtifactError) as ei:
+        check_policy_against_model(pol, "a15f4751a947", list(LABELS))
+    e = ei.value
+    assert (e.path, e.field) == (str(pol.path), "model_schema_hash")
+    assert e.problem == "policy is for schema hash '4077fe0dba70', the model has 'a15f4751a947'"
+    assert e.fix == "regenerate the policy for this model or drop --policy"
+    with pytest.raises(ArtifactError) as ei:
+        check_policy_against_model(pol, "4077fe0dba70", ["Build", "Debug"])
+    e = ei.value
+    assert (e.path, e.field) == (str(pol.path), "model_label_set")
+    assert e.problem == f"policy label set {list(LABELS)} differs from the model's"
+    assert e.fix == "regenerate the policy for this model"
 
 
 def test_per_user_thresholds_from_policy(tmp_path: Path) -> None:
