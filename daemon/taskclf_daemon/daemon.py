@@ -22,16 +22,14 @@ import signal
 import time
 from typing import Any
 
-import orjson
-
 from taskclf_daemon import kafka_io as kio
 from taskclf_daemon.changelog import changelog_topic_name, ensure_changelog
 from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import Settings
 from taskclf_daemon.emitter import Emitter, InvalidFlood, InvalidRatio
 from taskclf_daemon.errors import TaskclfDaemonError
-from taskclf_daemon.health import Api, HealthServer
-from taskclf_daemon.http_api import model_document, user_document
+from taskclf_daemon.health import HealthServer
+from taskclf_daemon.http_api import ApiHandlers
 from taskclf_daemon.log import get_logger
 from taskclf_daemon.metrics import Metrics
 from taskclf_daemon.offsets import OffsetTracker
@@ -39,7 +37,6 @@ from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.pump import Pump
 from taskclf_daemon.rebalance import Listener, Rebalancer
 from taskclf_daemon.scheduler import Scheduler
-from taskclf_daemon.shard_data import UserInfo
 from taskclf_daemon.workers import make_shards, tune_gc
 
 EXIT_OK = 0
@@ -65,6 +62,8 @@ class Daemon:
         self.changelog = changelog_topic_name(settings)
         self.shards = make_shards(settings, pipeline)
         self.scheduler = Scheduler(self.shards, settings.input_topic, settings.max_batch_records)
+        #: the HTTP API's handlers (user routes answer once consuming)
+        self.api = ApiHandlers(settings, pipeline, self.description, self.shards, self.scheduler)
         self.tracker = OffsetTracker()
         self.shard_users = [0] * len(self.shards)
         self._lock = asyncio.Lock()
@@ -82,7 +81,6 @@ class Daemon:
         self.checkpointer: Checkpointer | None = None
         self.rebalancer: Rebalancer | None = None
         self.http: HealthServer | None = None
-        self._model_doc: dict[str, Any] | None = None
         self.exit_code = EXIT_OK
 
     # --- health ------------------------------------------------------------------------------
@@ -100,47 +98,6 @@ class Daemon:
         ok = self._started and bool(assigned) and self._fatal is None and not self._stop.is_set() and not restoring and self._broker_ok
         self.metrics.ready.set(1 if ok else 0)
         return ok, {"assigned_partitions": assigned, "started": self._started, "restoring": restoring, "broker_reachable": self._broker_ok, "stopping": self._stop.is_set()}
-
-    # --- the HTTP API ------------------------------------------------------------------------
-    async def api_model(self) -> tuple[int, Any]:
-        if self._model_doc is None:
-            self._model_doc = model_document(self.pipeline, self.description)
-        return 200, self._model_doc
-
-    async def _find_user(self, user_id: str) -> UserInfo | tuple[int, dict[str, Any]]:
-        """The user's info from the shard that owns its partition, or the 404/503 answer.
-
-        The owner is the partition Kafka's default (murmur2) partitioner gives the user id key
-        over the input topic's partitions: producers must key by user id with that partitioner
-        (the Java client's and aiokafka's default; librdkafka: ``partitioner=murmur2_random``)."""
-        n = kio.known_partitions(self.consumer, self.s.input_topic) if self.consumer is not None else 0
-        if not n or self.rebalancer is None:
-            return 503, {"error": "not consuming yet"}
-        p = kio.key_partition(user_id.encode("utf-8", "surrogatepass"), n)
-        if (self.s.input_topic, p) not in self.rebalancer.assigned:
-            if self.rebalancer.restoring:  # it may be one of the partitions being restored here
-                return 503, {"error": "restoring state", "partition": p}
-            return 404, {"error": "not owned here", "partition": p}
-        info = await self.shards[self.scheduler.shard_of(p)].user_info(user_id)
-        if info is None or info.partition != p:
-            return 404, {"error": "unknown user", "partition": p}
-        return info
-
-    async def api_user(self, user_id: str) -> tuple[int, Any]:
-        found = await self._find_user(user_id)
-        return found if isinstance(found, tuple) else (200, user_document(found))
-
-    async def api_prediction(self, user_id: str) -> tuple[int, Any]:
-        found = await self._find_user(user_id)
-        if isinstance(found, tuple):
-            return found
-        if found.last_prediction is None:
-            return 404, {"error": "no prediction yet", "partition": found.partition}
-        return 200, orjson.loads(found.last_prediction)
-
-    def http_api(self) -> Api:
-        users = self.s.http_user_routes
-        return Api(model=self.api_model, user=self.api_user if users else None, prediction=self.api_prediction if users else None, auth_token=self.s.http_auth_token)
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -170,7 +127,7 @@ class Daemon:
             self.log.error("daemon_failed", error=self._fatal)
             return self.exit_code
         if s.http_port:
-            self.http = HealthServer(s.http_host, s.http_port, health=self.health, ready=self.readiness, metrics=m.exposition, api=self.http_api())
+            self.http = HealthServer(s.http_host, s.http_port, health=self.health, ready=self.readiness, metrics=m.exposition, api=self.api.api())
             port = await self.http.start()
             self.log.info("http_listening", host=s.http_host, port=port)
         try:
@@ -219,6 +176,7 @@ class Daemon:
             consumer=self.consumer, scheduler=self.scheduler, emitter=self.emitter, rebalancer=self.rebalancer, tracker=self.tracker, lock=self._lock,
             stop=self._stop, metrics=m, max_batch_records=s.max_batch_records, max_in_flight_records=s.max_in_flight_records, collect=cp.collect, alive=self._alive,
         )
+        self.api.consumer, self.api.rebalancer = self.consumer, self.rebalancer
         self.consumer.subscribe([s.input_topic], listener=Listener(self.rebalancer))
         await self.consumer.start()
         self._started = True

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from taskclf_daemon import kafka_io as kio
+from taskclf_daemon.config import Settings
+from taskclf_daemon.health import Api
 from taskclf_daemon.labels import LABELS
 from taskclf_daemon.pipeline.batch import InferencePipeline
+from taskclf_daemon.scheduler import Scheduler
 from taskclf_daemon.shard_data import UserInfo
+from taskclf_daemon.workers import ShardHost
 
 #: the inference settings of the start-up description shown as ``policy`` by ``/v1/model``
 POLICY_KEYS = (
@@ -93,3 +99,58 @@ def user_document(info: UserInfo) -> dict[str, Any]:
         "recent_labels": {"windows": len(info.recent_labels), "labels": dict(Counter(info.recent_labels).most_common())},
         "last_prediction": None if info.last_prediction is None else orjson.loads(info.last_prediction),
     }
+
+
+class ApiHandlers:
+    """The handlers behind the HTTP API routes, over the daemon's parts. ``consumer`` and
+    ``rebalancer`` are attached once the daemon consumes; until then user routes answer 503."""
+
+    def __init__(self, settings: Settings, pipeline: InferencePipeline, description: dict[str, Any], shards: Sequence[ShardHost], scheduler: Scheduler) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.description = description
+        self.shards = shards
+        self.scheduler = scheduler
+        self.consumer: Any = None
+        self.rebalancer: Any = None
+        self._model_doc: dict[str, Any] | None = None
+
+    async def model(self) -> tuple[int, Any]:
+        if self._model_doc is None:
+            self._model_doc = model_document(self.pipeline, self.description)
+        return 200, self._model_doc
+
+    async def _find_user(self, user_id: str) -> UserInfo | tuple[int, dict[str, Any]]:
+        """The user's info from the shard that owns its partition, or the 404/503 answer.
+
+        The owner is the partition Kafka's default (murmur2) partitioner gives the user id key
+        over the input topic's partitions: producers must key by user id with that partitioner
+        (the Java client's and aiokafka's default; librdkafka: ``partitioner=murmur2_random``)."""
+        n = kio.known_partitions(self.consumer, self.settings.input_topic) if self.consumer is not None else 0
+        if not n or self.rebalancer is None:
+            return 503, {"error": "not consuming yet"}
+        p = kio.key_partition(user_id.encode("utf-8", "surrogatepass"), n)
+        if (self.settings.input_topic, p) not in self.rebalancer.assigned:
+            if self.rebalancer.restoring:  # it may be one of the partitions being restored here
+                return 503, {"error": "restoring state", "partition": p}
+            return 404, {"error": "not owned here", "partition": p}
+        info = await self.shards[self.scheduler.shard_of(p)].user_info(user_id)
+        if info is None or info.partition != p:
+            return 404, {"error": "unknown user", "partition": p}
+        return info
+
+    async def user(self, user_id: str) -> tuple[int, Any]:
+        found = await self._find_user(user_id)
+        return found if isinstance(found, tuple) else (200, user_document(found))
+
+    async def prediction(self, user_id: str) -> tuple[int, Any]:
+        found = await self._find_user(user_id)
+        if isinstance(found, tuple):
+            return found
+        if found.last_prediction is None:
+            return 404, {"error": "no prediction yet", "partition": found.partition}
+        return 200, orjson.loads(found.last_prediction)
+
+    def api(self) -> Api:
+        users = self.settings.http_user_routes
+        return Api(model=self.model, user=self.user if users else None, prediction=self.prediction if users else None, auth_token=self.settings.http_auth_token)

@@ -50,7 +50,7 @@ def daemon_with_state() -> tuple[Daemon, list[bytes]]:
         b.add(p, offs[p], ln, key)
         offs[p] += 1
     d.shards[0].shard.process(b)  # type: ignore[attr-defined]
-    d.consumer = FakeConsumer()
+    d.api.consumer = FakeConsumer()
     return d, lines
 
 
@@ -67,23 +67,23 @@ def test_user_owned_here_elsewhere_unknown(daemon_with_state) -> None:
     p = kio.key_partition(uid.encode(), PARTS)
 
     async def run() -> None:
-        assert await d.api_user(uid) == (503, {"error": "not consuming yet"})  # no rebalancer yet
-        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)}, restoring=0)  # type: ignore[assignment]
-        status, body = await d.api_user(uid)
+        assert await d.api.user(uid) == (503, {"error": "not consuming yet"})  # no rebalancer yet
+        d.api.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)}, restoring=0)  # type: ignore[assignment]
+        status, body = await d.api.user(uid)
         assert status == 200 and body["user_id"] == uid and body["partition"] == p
         valid("User", body)
         assert body["last_prediction"]["user_id"] == uid and body["recent_labels"]["windows"] >= 1
-        status, pred = await d.api_prediction(uid)
+        status, pred = await d.api.prediction(uid)
         assert status == 200 and pred == body["last_prediction"]
         valid("WindowPrediction", pred)
         # another instance owns the user's partition
-        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS) if q != p}, restoring=0)  # type: ignore[assignment]
-        assert await d.api_user(uid) == (404, {"error": "not owned here", "partition": p})
-        assert await d.api_prediction(uid) == (404, {"error": "not owned here", "partition": p})
-        d.rebalancer.restoring = 1  # maybe it is being restored here right now: retry
-        assert await d.api_user(uid) == (503, {"error": "restoring state", "partition": p})
-        d.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)}, restoring=0)  # type: ignore[assignment]
-        status, body = await d.api_user("no such user ü/x")
+        d.api.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS) if q != p}, restoring=0)  # type: ignore[assignment]
+        assert await d.api.user(uid) == (404, {"error": "not owned here", "partition": p})
+        assert await d.api.prediction(uid) == (404, {"error": "not owned here", "partition": p})
+        d.api.rebalancer.restoring = 1  # maybe it is being restored here right now: retry
+        assert await d.api.user(uid) == (503, {"error": "restoring state", "partition": p})
+        d.api.rebalancer = SimpleNamespace(assigned={(TOPIC, q) for q in range(PARTS)}, restoring=0)  # type: ignore[assignment]
+        status, body = await d.api.user("no such user ü/x")
         assert (status, body) == (404, {"error": "unknown user", "partition": kio.key_partition("no such user ü/x".encode(), PARTS)})
         valid("Error", body)
 
@@ -92,7 +92,7 @@ def test_user_owned_here_elsewhere_unknown(daemon_with_state) -> None:
 
 def test_model_document(daemon_with_state) -> None:
     d, _ = daemon_with_state
-    status, body = asyncio.run(d.api_model())
+    status, body = asyncio.run(d.api.model())
     assert status == 200
     valid("Model", body)
     assert body["bundle_id"] == "2026-04-06_000000_run-0001" and body["schema"] == {"version": "v1", "hash": "4077fe0dba70"}
@@ -106,7 +106,7 @@ def test_model_document(daemon_with_state) -> None:
 
 def test_api_wiring_follows_the_settings(daemon_with_state) -> None:
     d, _ = daemon_with_state
-    api = d.http_api()
+    api = d.api.api()
     assert api.auth_token == "t" and api.user is not None and api.model is not None
     off = Daemon(d.s.replace(http_user_routes=False), d.pipeline, d.description)
-    assert off.http_api().user is None and off.http_api().prediction is None
+    assert off.api.api().user is None and off.api.api().prediction is None
