@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from fixtures_daemon import produce_values
 from secure_broker import Pki, ScramUsers, SecureKafka, make_pki
 
 
@@ -135,18 +136,8 @@ def create_topics(conf: dict[str, Any], partitions: dict[str, int]) -> None:
 
 
 def produce(conf: dict[str, Any], topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    from confluent_kafka import Producer
-
-    p = Producer({**conf, "linger.ms": 5})
-    errors: list[Any] = []
-    n = 0
-    for key, value in records:
-        p.produce(topic, key=key, value=value, on_delivery=lambda err, msg: errors.append(err) if err else None)
-        n += 1
-        if n % 1000 == 0:
-            p.poll(0)
-    assert p.flush(30) == 0 and not errors, f"produce failed: {errors[:3]}"
-    return n
+    """:func:`fixtures_daemon.produce_values` with a secured librdkafka configuration."""
+    return produce_values(conf["bootstrap.servers"], topic, records, config=conf)
 
 
 def read(conf: dict[str, Any], topic: str, expect: int, timeout: float = 90.0) -> list[Any]:

@@ -34,6 +34,8 @@ Key = tuple[str, str]
 Record = Mapping[str, Any]
 
 EXACT_FIELDS = ("core_label_id", "core_label_name", "mapped_label_name", "is_rejected", "model_version", "schema_version", "label_version")
+#: written out here on purpose (not imported from taskclf_daemon.schema): the oracle does not
+#: trust the code under test for which fields it compares
 OVERLAY_FIELDS = (
     "app_switch_count_last_15m",
     "keys_per_min_rolling_5",
