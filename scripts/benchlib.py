@@ -108,10 +108,10 @@ def build_workload(records: int, users: int, golden_inputs: Path = GOLDEN / "inp
     """Clone the golden users' row sequences into ``users`` new users, ``records`` rows in all.
 
     Clone ``k`` of golden user ``g`` gets user id ``uuid5(BENCH_NS, f"{g}/{k}")``, a contiguous
-    slice of ``g``'s rows starting at a deterministic offset, and a time shift of ``-(k + 1040)``
-    whole weeks (so ``day_of_week`` and ``hour_of_day`` stay true, and every window lies in the
-    past). When a user needs more rows than its golden user has, the sequence repeats, shifted by
-    a further 520 weeks per lap. The
+    slice of ``g``'s rows starting at a deterministic offset, and a time shift of whole weeks
+    (so ``day_of_week`` and ``hour_of_day`` stay true): ``k`` weeks back, and when a user needs
+    more rows than its golden user has, the sequence repeats, each lap 2 weeks after the last,
+    the last lap 2 weeks back -- every window lies in the past. The
     produce order is round-robin over users (row 0 of every user, then row 1, ...), i.e. all
     users active at once, as a fleet of agents would produce.
     """
@@ -137,12 +137,15 @@ def build_workload(records: int, users: int, golden_inputs: Path = GOLDEN / "inp
         n = base + (1 if u < extra else 0)
         uid = str(uuid.uuid5(BENCH_NS, f"{g}/{k}"))
         start = (k * 37) % len(src)
+        laps = (start + n - 1) // len(src) + 1 if n else 0
         seq: list[bytes] = []
         for j in range(n):
             idx = start + j
             lap, pos = divmod(idx, len(src))
-            # into the past (a window ahead of its record's Kafka timestamp is dead-lettered)
-            shift = dt.timedelta(weeks=520 * lap - k - 1040)
+            # into the past, the last lap 2 weeks back, each earlier lap 2 weeks before the next
+            # (the golden stream spans ~1 day): a window ahead of its record's Kafka timestamp
+            # would be dead-lettered
+            shift = dt.timedelta(weeks=-k - 2 * (laps - lap))
             row = dict(src[pos])
             row["user_id"] = uid
             row["bucket_start_ts"] = _fmt_ts(_parse_ts(row["bucket_start_ts"]) + shift)
