@@ -169,3 +169,65 @@ def test_dict_fast_path_agrees_with_the_detailed_checks(version: str) -> None:
     assert v._fast(row) is None
     with pytest.raises(InvalidRecord, match="must be after"):
         v.validate(row)
+
+
+def _schema_order(version: str) -> list[str]:
+    names = [n for n, _ in SCHEMAS[version].registry]
+    return (["user_id"] if "user_id" not in names else []) + names
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_rows_in_schema_order_take_the_exact_fast_path(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = RowValidator(SCHEMAS[version])
+    base = _base(version)
+    obj = {n: base.get(n) for n in _schema_order(version)}
+    ref = v._validate(dict(obj))
+
+    def fail(o: Any) -> Any:
+        raise AssertionError("not the exact fast path")
+
+    monkeypatch.setattr(v, "_fast", fail)
+    monkeypatch.setattr(v, "_validate", fail)
+    w = v.validate(obj)
+    assert (w.user_id, w.ts_us, w.values) == (ref.user_id, ref.ts_us, ref.values)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_msgspec_fast_path_takes_rows_without_optional_fields(version: str) -> None:
+    import orjson
+
+    v = RowValidator(SCHEMAS[version])
+    base = _base(version)
+    for name in _optional_fields(version):
+        row = {k: x for k, x in base.items() if k != name}
+        w = v.fast_decode(orjson.dumps(row))
+        assert w is not None, name
+        assert w.values == v._validate(row).values, name
+
+
+def test_decode_window_answers_well_formed_rows_with_the_msgspec_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    from taskclf_daemon.codec import decode_window
+
+    v = RowValidator(SCHEMAS["v1"])
+    data = orjson.dumps(make_row())
+
+    def fail(o: Any) -> Any:
+        raise AssertionError("decoded twice")
+
+    monkeypatch.setattr(v, "validate", fail)
+    assert decode_window(data, v).user_id == make_row()["user_id"]
+
+
+def test_invalid_json_detail_is_the_parsers_message() -> None:
+    import orjson
+
+    from taskclf_daemon.codec import decode_window
+
+    for data in (b"{bad", b'{"a": 1,}', b"[1, 2"):
+        with pytest.raises(orjson.JSONDecodeError) as ej:
+            orjson.loads(data)
+        with pytest.raises(InvalidRecord) as ei:
+            decode_window(data, V1)
+        assert (ei.value.reason, ei.value.detail) == ("invalid_json", str(ej.value)[:200])
