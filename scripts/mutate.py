@@ -218,7 +218,7 @@ def write_report(elapsed: dict[str, float]) -> tuple[float, int, list[str]]:
         "(`make mutate MUTATE_ARGS=--fresh`; `--rerun-survivors` re-checks only the survivors).",
         "",
         f"Groups measured: {', '.join('`' + g + '`' for g in measured) or 'none'}."
-        + (" Wall time of the last runs: " + ", ".join(f"{g} {t / 60:.0f} min" for g, t in elapsed.items()) + "." if elapsed else ""),
+        + (" Wall time of the runs of the last invocation: " + ", ".join(f"{g} {t / 60:.0f} min" for g, t in elapsed.items()) + "." if elapsed else ""),
         "",
         "| group | module | mutants | killed | survived | not run | survivors equivalent | score / without equivalents |",
         "|---|---|---|---|---|---|---|---|",
