@@ -229,7 +229,7 @@ def test_dead_letters_are_cut_to_fit_and_say_so():
     assert (k, len(v), cut) == (b"k", 99, "value")
     k, v, cut = fit(b"K" * 600_000, b"v" * 600_000, 1000)
     assert (len(k), len(v), cut) == (500, 500, "key,value")
-    assert fit(None, None, 10) == (None, b"", "")
+    assert fit(None, None, 10) == (None, None, "")  # a tombstone stays a tombstone
 
 
 # --- 4. loud failures -----------------------------------------------------------------------------

@@ -50,21 +50,21 @@ def output_headers(source: bytes, processed_ms: bytes) -> list[tuple[str, bytes]
     return [(SOURCE, source), (PROCESSED_MS, processed_ms)]
 
 
-def fit_dead_letter(key: bytes | None, value: bytes | None, limit: int) -> tuple[bytes | None, bytes, str]:
+def fit_dead_letter(key: bytes | None, value: bytes | None, limit: int) -> tuple[bytes | None, bytes | None, str]:
     """The key and value of a dead letter cut to ``limit`` bytes together (value first, then the
     key), and which were cut (``""``, ``"value"`` or ``"key,value"``): a dead letter is never
-    itself too large to produce."""
-    value = value if value is not None else b""
+    itself too large to produce. A null key or value (a tombstone) stays null."""
     klen = len(key) if key is not None else 0
-    if klen + len(value) <= limit:
+    if klen + (len(value) if value is not None else 0) <= limit:
         return key, value, ""
+    value = value if value is not None else b""
     if klen <= limit // 2:
         return key, value[: limit - klen], "value"
     half = limit // 2
     return (key or b"")[:half], value[: limit - half], "key,value"
 
 
-def dead_letter(d: DeadLetter, max_produce_bytes: int) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+def dead_letter(d: DeadLetter, max_produce_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """Key, value and headers of the dead letter of ``d``: the original key and value (cut to fit
     ``max_produce_bytes``, then flagged in ``taskclf-dlq-truncated``), reason, detail, source."""
     src = d.source
