@@ -65,6 +65,8 @@ class PipelineShard:
         self.validator = RowValidator(pipeline.bundle.schema)
         self.states = pipeline.new_state_store()
         self._ahead_us = int(limits.max_event_ahead_s * 1_000_000) if limits.max_event_ahead_s > 0 else None
+        #: largest key + value of a produced record (outputs, changelog values); None = no limit
+        self._max_record = limits.max_produce_bytes - RECORD_OVERHEAD if limits.max_produce_bytes else None
         self._user_part: dict[str, int] = {}
         self._part_users: dict[int, set[str]] = {}
         self._parked: dict[int, dict[str, UserState]] = {}
@@ -136,7 +138,7 @@ class PipelineShard:
         outputs = Outputs()
         confs = []
         rejected = 0
-        max_out = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
+        max_out = self._max_record
         keep, last_value, last_labels = self._keep_recent, self._last_value, self._last_labels
         for p in res.predictions:
             key = _key(p.user_id)
@@ -213,7 +215,7 @@ class PipelineShard:
         dirty = self.states.take_dirty()
         evicted, counts = self._evict(only, now_s, dirty)
         updates = []
-        max_rec = self.limits.max_produce_bytes - RECORD_OVERHEAD if self.limits.max_produce_bytes else None
+        max_rec = self._max_record
         oversize = 0
         for u in dirty:
             st = self.states.users.get(u)
