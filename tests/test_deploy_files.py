@@ -176,12 +176,15 @@ def mount_secrets(toml: str, tmp_path: Path) -> str:
     (the files the kubelet would mount), so that ``*_file`` settings can be read offline."""
     objs = k8s_objects()
     mounted = tmp_path / "secret-volume"
-    mounted.mkdir(exist_ok=True)
-    for key, value in objs["Secret"]["stringData"].items():
-        (mounted / key).write_text(value)
     pod = objs["StatefulSet"]["spec"]["template"]["spec"]
-    (vol,) = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == objs["Secret"]["metadata"]["name"]]
-    (path,) = [m["mountPath"] for m in the_container(objs["StatefulSet"])["volumeMounts"] if m["name"] == vol]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == objs["Secret"]["metadata"]["name"]]
+    data = objs["Secret"]["stringData"]
+    items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
+    for item in items:
+        f = mounted / item["path"]
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(data[item["key"]])
+    (path,) = [m["mountPath"] for m in the_container(objs["StatefulSet"])["volumeMounts"] if m["name"] == volume["name"]]
     return toml.replace(path.rstrip("/") + "/", f"{mounted}/")
 
 
@@ -457,6 +460,11 @@ def test_configmap_toml_loads(tmp_path: Path) -> None:
 def test_statefulset_env_loads_with_the_configmap(tmp_path: Path) -> None:
     s = settings_for_k8s(tmp_path)
     assert s.http_port > 0
+    # the Secret's files reach the settings: Kafka password and the per-user routes' token
+    secret = k8s_objects()["Secret"]["stringData"]
+    assert s.sasl_password == secret["sasl-password"]
+    assert s.http_user_routes is True
+    assert s.http_auth_token == secret["http-auth-token"], "per-user routes must require the token of the Secret"
 
 
 # ----------------------------------------------------------------------------------------------
