@@ -159,14 +159,18 @@ class Daemon:
         await self.producer.start()
         await ensure_changelog(s, self.producer, self.changelog)
         sink = kio.OutputSink(self.producer)
-        await sink.prepare([s.output_topic, s.dlq_topic, self.changelog])
+        await sink.prepare([s.output_topic, s.dlq_topic])
         self.reader = kio.make_reader(s)
         await self.reader.start()
         self._probe_task = asyncio.create_task(self._probe_loop())
         self.consumer = kio.make_consumer(s, max_records=s.max_batch_records)
         invalid = InvalidRatio(s.invalid_window, s.max_invalid_ratio)
         self.emitter = Emitter(sink, self.tracker, m, output_topic=s.output_topic, dlq_topic=s.dlq_topic, max_produce_bytes=s.max_produce_bytes, invalid=invalid, shard_users=self.shard_users)
-        self.checkpointer = cp = Checkpointer(hosts=self.shards, tracker=self.tracker, sink=sink, consumer=self.consumer, changelog_topic=self.changelog, metrics=m, finish=self._finish_all, shard_users=self.shard_users)
+        # the changelog has a sink of its own (same producer): a pipelined checkpoint flushes it
+        # in the background, never taking outputs the emitter has appended but not flushed
+        cl_sink = kio.OutputSink(self.producer)
+        await cl_sink.prepare([self.changelog])
+        self.checkpointer = cp = Checkpointer(hosts=self.shards, tracker=self.tracker, sink=cl_sink, consumer=self.consumer, changelog_topic=self.changelog, metrics=m, finish=self._finish_all, shard_users=self.shard_users)
         self.rebalancer = Rebalancer(
             hosts=self.shards, scheduler=self.scheduler, checkpointer=cp, lock=self._lock, consumer=self.consumer, reader=self.reader,
             changelog_topic=self.changelog, restore_timeout_s=s.restore_timeout_s, revoke_budget_s=0.2 * s.max_poll_interval_ms / 1000.0,
@@ -198,6 +202,7 @@ class Daemon:
         while not self._stop.is_set():
             if emitter.flood is not None:
                 raise InvalidFlood(emitter.flood)
+            cp.check()
             self._last_poll = time.monotonic()
             await pump.backpressure()
             data = await pump.poll()
@@ -214,7 +219,8 @@ class Daemon:
             if now >= next_checkpoint:
                 next_checkpoint = now + s.commit_interval_ms / 1000.0
                 async with self._lock:
-                    await cp.run(deadline=now + 10.0, interruptible=True)
+                    # the barrier only: the checkpoint completes while the loop goes on
+                    await cp.start(deadline=now + 10.0)
                 self._refresh_gauges()
                 stalled = self.scheduler.stalled(WORKER_STALL_S)
                 if stalled:
@@ -244,6 +250,8 @@ class Daemon:
                     self._lock.release()
         except Exception as exc:  # noqa: BLE001 - shutdown must go on
             self.log.warning("shutdown_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
+        if self.checkpointer is not None:
+            self.checkpointer.abandon()
         if self._probe_task is not None:
             self._probe_task.cancel()
         for name, comp in (("consumer", self.consumer), ("reader", self.reader), ("producer", self.producer)):

@@ -75,6 +75,10 @@ class PipelineShard:
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
+        #: tombstones (user -> partition) of the last checkpoint, and those of failed ones to
+        #: write again (a user forgotten must not come back from the changelog on a restore)
+        self._tombs_in_checkpoint: dict[str, int] = {}
+        self._tombs_again: dict[str, int] = {}
         #: for the HTTP API only (``keep_recent``), in memory only -- not in the changelog, so
         #: empty again after a restore: user -> last output value (~1 KB) and user -> labels of
         #: the last :data:`RECENT_WINDOWS` outputs (~0.8 KB); bounded by the users in memory,
@@ -233,6 +237,12 @@ class PipelineShard:
             self._state_bytes += len(value) - self._state_size.get(u, 0)
             self._state_size[u] = len(value)
         self._in_checkpoint = dirty
+        for u, part in list(self._tombs_again.items()):
+            if only is None or part in only:
+                del self._tombs_again[u]
+                if u not in self.states.users:  # back meanwhile: its new state is written instead
+                    evicted.setdefault(u, part)
+        self._tombs_in_checkpoint = evicted
         tombs = [(part, _key(u)) for u, part in evicted.items()]
         if oversize:
             counts["oversize"] = oversize
@@ -242,6 +252,8 @@ class PipelineShard:
         """The changelog of the last checkpoint was not acknowledged: write it again next time."""
         self.states.dirty |= {u for u in self._in_checkpoint if u in self.states.users}
         self._in_checkpoint = set()
+        self._tombs_again.update(self._tombs_in_checkpoint)
+        self._tombs_in_checkpoint = {}
 
     def _evict(self, only: list[int] | None, now_s: int, dirty: set[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Forget the users :func:`choose_forgotten` picks (the retention sweep at most every
@@ -272,6 +284,8 @@ class PipelineShard:
         the revoke succeeded) users whose state is in the changelog are parked: reused without a
         restore if the partition comes back in the next assignment. Returns users parked."""
         parked = 0
+        gone = set(partitions)
+        self._tombs_again = {u: p for u, p in self._tombs_again.items() if p not in gone}
         for part in partitions:
             keep: dict[str, UserState] = {}
             for u in self._part_users.pop(part, set()):
