@@ -28,6 +28,7 @@ from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import Settings
 from taskclf_daemon.emitter import Emitter, InvalidFlood, InvalidRatio
 from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.feedback import ensure_feedback_topics
 from taskclf_daemon.health import HealthServer
 from taskclf_daemon.http_api import ApiHandlers
 from taskclf_daemon.log import get_logger
@@ -61,7 +62,7 @@ class Daemon:
         self.log = get_logger("daemon").bind(group=settings.group_id)
         self.changelog = changelog_topic_name(settings)
         self.shards = make_shards(settings, pipeline)
-        self.scheduler = Scheduler(self.shards, settings.input_topic, settings.max_batch_records)
+        self.scheduler = Scheduler(self.shards, settings.input_topic, settings.max_batch_records, settings.feedback_topic)
         #: the HTTP API's handlers (user routes answer once consuming)
         self.api = ApiHandlers(settings, pipeline, self.description, self.shards, self.scheduler)
         self.tracker = OffsetTracker()
@@ -158,6 +159,9 @@ class Daemon:
         self.producer = kio.make_producer(s)
         await self.producer.start()
         await ensure_changelog(s, self.producer, self.changelog)
+        created = await ensure_feedback_topics(s, self.producer)
+        if created:
+            self.log.info("topics_created", topics=created)
         sink = kio.OutputSink(self.producer)
         await sink.prepare([s.output_topic, s.dlq_topic])
         self.reader = kio.make_reader(s)
@@ -174,14 +178,15 @@ class Daemon:
         self.rebalancer = Rebalancer(
             hosts=self.shards, scheduler=self.scheduler, checkpointer=cp, lock=self._lock, consumer=self.consumer, reader=self.reader,
             changelog_topic=self.changelog, restore_timeout_s=s.restore_timeout_s, revoke_budget_s=0.2 * s.max_poll_interval_ms / 1000.0,
-            metrics=m, on_failure=self.fail, group=s.group_id,
+            metrics=m, on_failure=self.fail, group=s.group_id, feedback_topic=s.feedback_topic,
         )
         self.pump = Pump(
             consumer=self.consumer, scheduler=self.scheduler, emitter=self.emitter, rebalancer=self.rebalancer, tracker=self.tracker, lock=self._lock,
             stop=self._stop, metrics=m, max_batch_records=s.max_batch_records, max_in_flight_records=s.max_in_flight_records, collect=cp.collect, alive=self._alive,
         )
         self.api.consumer, self.api.rebalancer = self.consumer, self.rebalancer
-        self.consumer.subscribe([s.input_topic], listener=Listener(self.rebalancer))
+        topics = [s.input_topic] + ([s.feedback_topic] if s.feedback_topic else [])
+        self.consumer.subscribe(topics, listener=Listener(self.rebalancer))
         await self.consumer.start()
         self._started = True
         self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic)

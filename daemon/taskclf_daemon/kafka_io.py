@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalSaslStateError,
@@ -98,7 +100,19 @@ def make_consumer(s: Settings, *, max_records: int) -> AIOKafkaConsumer:
         max_poll_interval_ms=s.max_poll_interval_ms,
         max_poll_records=max_records,
         isolation_level="read_committed",
+        **_assignor(s),
     )
+
+
+def _assignor(s: Settings) -> dict[str, Any]:
+    """With a feedback topic the group must give partition p of both topics to one member: the
+    range assignor does (equal partition counts), aiokafka's default round-robin does not.
+    Round-robin stays the second choice so that a rolling upgrade from a build without it can
+    join the group; meanwhile a feedback partition without its input twin is left paused
+    (:mod:`taskclf_daemon.feedback`)."""
+    if not s.feedback_topic:
+        return {}
+    return {"partition_assignment_strategy": (RangePartitionAssignor, RoundRobinPartitionAssignor)}
 
 
 def make_reader(s: Settings) -> AIOKafkaConsumer:

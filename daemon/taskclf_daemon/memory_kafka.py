@@ -97,6 +97,9 @@ class MemoryConsumer:
     def highwater(self, tp: Any) -> int:
         return len(self.broker.log.get(MemoryTP(tp.topic, tp.partition), []))
 
+    def last_stable_offset(self, tp: Any) -> int:
+        return self.highwater(tp)
+
     async def getmany(self, *tps: Any, timeout_ms: int = 0, max_records: int | None = None) -> dict[MemoryTP, list[MemoryRecord]]:
         want = [MemoryTP(t.topic, t.partition) for t in tps] or sorted(self._assigned)
         out: dict[MemoryTP, list[MemoryRecord]] = {}

@@ -65,6 +65,10 @@ class Pump:
                 async with self.lock:  # never while a checkpoint runs (see Scheduler.submit)
                     sch.submit(int(time.time()))
             tps = sch.fetch_plan(self.consumer.assignment())
+            gate = self.rebalancer.catch_up
+            if gate is not None and gate.held:
+                # paused input partitions wait for their feedback twin (taskclf_daemon.feedback)
+                await gate.update(self.consumer)
             if tps is None:
                 await self._fetch(None, 0)  # no shard can take more: wait for one to finish a batch
                 continue
@@ -105,7 +109,10 @@ class Pump:
         fits; emit what is finished. Call with the lock held."""
         m, rb = self.metrics, self.rebalancer
         owned = self.consumer.assignment()
-        for tp, msgs in data.items():
+        fb = rb.feedback_topic
+        # label spans before windows: a span fetched with the windows it labels counts for them
+        items = sorted(data.items(), key=lambda kv: kv[0].topic != fb) if fb is not None else data.items()
+        for tp, msgs in items:
             if not msgs:
                 continue
             key = (tp.topic, tp.partition)
@@ -157,7 +164,10 @@ class Pump:
         if self.tracker.in_flight_records < limit:
             return
         self.metrics.backpressure.inc()
-        parts = list(self.consumer.assignment())
+        # only what is not paused already (input partitions held for their feedback twin,
+        # feedback partitions without their input: those stay paused)
+        paused = self.consumer.paused()
+        parts = [tp for tp in self.consumer.assignment() if tp not in paused]
         self.consumer.pause(*parts)
         try:
             while self.tracker.in_flight_records >= limit and not self.stop.is_set():

@@ -19,6 +19,7 @@ from typing import Any
 from taskclf_daemon import changelog, kafka_io as kio
 from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.feedback import CatchUpGate, orphans
 from taskclf_daemon.log import get_logger
 from taskclf_daemon.metrics import Metrics
 from taskclf_daemon.scheduler import Scheduler
@@ -45,6 +46,7 @@ class Rebalancer:
         metrics: Metrics,
         on_failure: Callable[[str], None],
         group: str,
+        feedback_topic: str | None = None,
     ) -> None:
         self.hosts = hosts
         self.scheduler = scheduler
@@ -63,6 +65,9 @@ class Rebalancer:
         self.restoring = 0
         #: per partition: the next offset to process (for the lag gauge); cleared on revoke
         self.next_offset: dict[TP, int] = {}
+        self.feedback_topic = feedback_topic or None
+        #: input partitions waiting for their feedback twin to be read (None: no feedback topic)
+        self.catch_up = None if self.feedback_topic is None else CatchUpGate(scheduler.topic, self.feedback_topic, restore_timeout_s)
         self._log = get_logger("rebalance").bind(group=group)
 
     async def on_revoked(self, revoked: list[Any]) -> None:
@@ -104,6 +109,8 @@ class Rebalancer:
                 self.next_offset.pop(key, None)
                 self.metrics.forget_partition(*key)
             self.assigned -= keys
+            if self.catch_up is not None:
+                self.catch_up.forget(p for _, p in keys)
             await self.refresh_stats()
         self._log.info("partitions_revoked", partitions=sorted(p for _, p in keys), users_parked=parked)
 
@@ -115,12 +122,16 @@ class Rebalancer:
             self.consumer.pause(*assigned)
         self.restoring += 1
         reuse: set[int] = set()
+        held: set[TP] = set()
         try:
+            held = self._feedback_twins(assigned)
+            keys -= held
             by_shard = self._split(keys)
             # Step 2. Every shard drops parked state of partitions that went elsewhere.
             got = await asyncio.gather(*(h.reuse(by_shard.get(i, [])) for i, h in enumerate(self.hosts)))
             reuse = {p for r in got for p in r}
-            # Step 3. The others are restored from the changelog.
+            # Step 3. The others are restored from the changelog (a partition's users once,
+            # whether its input or its feedback partition -- or both -- came).
             todo = sorted(k for k in keys if k[1] not in reuse)
             if todo:
                 await self._restore(todo)
@@ -128,15 +139,36 @@ class Rebalancer:
             await self.refresh_stats()
         finally:
             self.restoring -= 1
-            # Step 4. Resume what we still own.
+            # Step 4. Resume what we still own -- but not a feedback partition without its input
+            # (never), nor an input partition waiting for its feedback twin (the pump resumes it).
             owned = self.consumer.assignment()
-            self.consumer.resume(*[tp for tp in assigned if tp in owned])
-        self._log.info("partitions_assigned", partitions=sorted(p for _, p in keys), reused=sorted(reuse))
+            waiting = set() if self.catch_up is None else set(self.catch_up.held)
+            self.consumer.resume(*[tp for tp in assigned if tp in owned and (tp.topic, tp.partition) not in held and not (tp.topic == self.scheduler.topic and tp.partition in waiting)])
+        self._log.info("partitions_assigned", partitions=sorted({p for _, p in keys}), reused=sorted(reuse))
+
+    def _feedback_twins(self, assigned: list[Any]) -> set[TP]:
+        """Hold the new input partitions until their feedback twins are read (the catch-up
+        gate); return the feedback partitions assigned without their input twin (left paused)."""
+        if self.catch_up is None or self.feedback_topic is None:
+            return set()
+        owned = list(self.consumer.assignment())
+        lonely = orphans(assigned, owned, self.scheduler.topic, self.feedback_topic)
+        if lonely:
+            self.metrics.feedback_orphans.inc(len(lonely))
+            self._log.warning(
+                "feedback_partitions_without_input",
+                partitions=sorted(tp.partition for tp in lonely),
+                fix="every member must run with the same feedback_topic (range assignor); left paused until the next rebalance",
+            )
+        twins = {tp.partition for tp in owned if tp.topic == self.feedback_topic}
+        self.catch_up.hold(tp.partition for tp in assigned if tp.topic == self.scheduler.topic and tp.partition in twins)
+        return {(tp.topic, tp.partition) for tp in lonely}
 
     async def _restore(self, keys: list[TP]) -> None:
         """Rebuild the users of ``keys`` from the changelog (latest record per user wins)."""
         t0 = time.monotonic()
-        by_part, n = await changelog.read_latest(self.reader, self.changelog_topic, [p for _, p in keys], self.restore_timeout_s)
+        parts = sorted({p for _, p in keys})
+        by_part, n = await changelog.read_latest(self.reader, self.changelog_topic, parts, self.restore_timeout_s)
         per_shard: dict[int, list[tuple[int, bytes, bytes]]] = {}
         for part, recs in by_part.items():
             per_shard.setdefault(self.scheduler.shard_of(part), []).extend(recs)
@@ -152,7 +184,7 @@ class Rebalancer:
         took = time.monotonic() - t0
         self.metrics.restore_duration.observe(took)
         self.metrics.restored_records.inc(n)
-        self._log.info("partitions_restored", partitions=sorted(p for _, p in keys), records=n, users=users, unreadable=len(errors), seconds=round(took, 3))
+        self._log.info("partitions_restored", partitions=parts, records=n, users=users, unreadable=len(errors), seconds=round(took, 3))
 
     async def refresh_stats(self) -> None:
         stats = await asyncio.gather(*(h.stats() for h in self.hosts))

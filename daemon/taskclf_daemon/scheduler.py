@@ -82,9 +82,11 @@ class Work:
 class Scheduler:
     """Pending records and in-flight micro-batches of every shard."""
 
-    def __init__(self, hosts: Sequence[ShardHost], topic: str, max_batch_records: int) -> None:
+    def __init__(self, hosts: Sequence[ShardHost], topic: str, max_batch_records: int, feedback_topic: str | None = None) -> None:
         self.hosts = hosts
         self.topic = topic
+        #: label spans (the learning loop's input): batches of their own, the shard's ``feedback``
+        self.feedback_topic = feedback_topic or None
         self.max_batch_records = max_batch_records
         #: per shard: the batches it is computing, oldest first (at most SHARD_DEPTH)
         self.queues: list[deque[Work]] = [deque() for _ in hosts]
@@ -130,9 +132,11 @@ class Scheduler:
         for i, pend in enumerate(self.pending):
             q = self.queues[i]
             while pend and len(q) < SHARD_DEPTH:
-                b = RawBatch(self.topic)
+                # a batch holds one topic: windows, or label spans (fetched first: see Pump.take)
+                topic = pend[0][0][0]
+                b = RawBatch(topic)
                 next_offsets: dict[TP, int] = {}
-                while pend and len(b) < limit:
+                while pend and len(b) < limit and pend[0][0][0] == topic:
                     tp, msgs = pend[0]
                     take = msgs[: limit - len(b)]
                     if len(take) < len(msgs):
@@ -146,7 +150,9 @@ class Scheduler:
                     b.timestamps.extend([m.timestamp if m.timestamp is not None else -1 for m in take])
                     next_offsets[tp] = take[-1].offset + 1
                 self.pending_n[i] -= len(b)
-                q.append(Work(self.hosts[i].process(b, now_s), len(b), next_offsets, b.timestamps, time.monotonic()))
+                host = self.hosts[i]
+                fut = host.feedback(b, now_s) if topic == self.feedback_topic else host.process(b, now_s)
+                q.append(Work(fut, len(b), next_offsets, b.timestamps, time.monotonic()))
 
     def drop(self, keys: set[TP]) -> int:
         """Forget pending records of ``keys`` (revoked: never submitted, never committed)."""

@@ -21,6 +21,7 @@ from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
+from taskclf_daemon.pipeline.labelspan import decode_span
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
@@ -96,7 +97,7 @@ class PipelineShard:
         index: list[int] = []
         dead: list[DeadLetter] = []
         topic, validator, limit, ahead = batch.topic, self.validator, self.limits.max_record_bytes, self._ahead_us
-        user_part, part_users = self._user_part, self._part_users
+        user_part = self._user_part
         for i, (part, off, value, key, kts) in enumerate(zip(batch.partitions, batch.offsets, batch.values, batch.keys, batch.timestamps)):
             try:
                 if value is None:
@@ -121,11 +122,7 @@ class PipelineShard:
                 continue
             w.source = SourceRef(topic, part, off)
             if user_part.get(u) != part:
-                old = user_part.get(u)
-                if old is not None:
-                    part_users.get(old, set()).discard(u)
-                user_part[u] = part
-                part_users.setdefault(part, set()).add(u)
+                self._own(u, part)
             windows.append(w)
             index.append(i)
         t1 = time.perf_counter()
@@ -166,6 +163,53 @@ class PipelineShard:
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
         return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
+
+    def feedback(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
+        """Label-span records of the feedback topic (key = user_id): each span goes to its
+        user's learning state (``pipeline/learner.py``), where it labels that user's windows at
+        a defined point of their stream; a bad one is a dead letter with the reason. No outputs.
+        ``skipped`` counts ``span_accepted`` and ``span_ignored`` (a duplicate, or too late:
+        its windows were finalised without it)."""
+        dead: list[DeadLetter] = []
+        learner = self.pipeline.learner
+        counts = {"span_accepted": 0, "span_ignored": 0}
+        limit = self.limits.max_record_bytes
+        for i, (part, value, key) in enumerate(zip(batch.partitions, batch.values, batch.keys)):
+            try:
+                if value is None:
+                    raise InvalidRecord("not_an_object", "record has no value (tombstone)")
+                if learner is None:
+                    raise InvalidRecord("processing_error", "the learning loop is off in this worker")
+                span = decode_span(value, limit, key)
+                u = span.user_id
+                assert u is not None  # decode_span with a key: user_id == key
+                st = self.states.users.get(u)
+                snap = None if st is None else st.snapshot()
+                try:
+                    ok = learner.add_span(span, self.states, u)
+                except Exception:
+                    self._undo(u, snap)
+                    raise
+            except InvalidRecord as exc:
+                dead.append(_dead(batch, i, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one record never stops the shard
+                dead.append(_dead(batch, i, "processing_error", _error_detail(exc)))
+                continue
+            self._own(u, part)
+            self.states.get(u).seen_s = now_s
+            counts["span_accepted" if ok else "span_ignored"] += 1
+        return ShardResult(Outputs(), dead, {k: n for k, n in counts.items() if n}, {}, [], 0, {}, len(self.states))
+
+    def _own(self, u: str, part: int) -> None:
+        """Record that user ``u`` belongs to partition ``part`` (its changelog partition)."""
+        user_part = self._user_part
+        if user_part.get(u) != part:
+            old = user_part.get(u)
+            if old is not None:
+                self._part_users.get(old, set()).discard(u)
+            user_part[u] = part
+            self._part_users.setdefault(part, set()).add(u)
 
     def _run(self, windows: list[FeatureWindow], index: list[int], dead: list[DeadLetter], batch: RawBatch) -> BatchResult:
         """The pipeline over ``windows``; if it raises, every user's state goes back to before

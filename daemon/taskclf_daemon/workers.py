@@ -69,6 +69,7 @@ class ShardOp(enum.Enum):
     """The duties of a shard, as they travel over a worker's pipe (see :data:`_DISPATCH`)."""
 
     PROCESS = "process"
+    FEEDBACK = "feedback"
     CHECKPOINT = "checkpoint"
     CHECKPOINT_FAILED = "checkpoint_failed"
     RELEASE = "release"
@@ -81,6 +82,7 @@ class ShardOp(enum.Enum):
 #: what each op calls on the worker's shard
 _DISPATCH: dict[ShardOp, Callable[..., Any]] = {
     ShardOp.PROCESS: PipelineShard.process,
+    ShardOp.FEEDBACK: PipelineShard.feedback,
     ShardOp.CHECKPOINT: PipelineShard.checkpoint,
     ShardOp.CHECKPOINT_FAILED: PipelineShard.checkpoint_failed,
     ShardOp.RELEASE: PipelineShard.release,
@@ -100,6 +102,10 @@ class ShardHost(Protocol):
 
     def process(self, batch: RawBatch, now_s: int) -> asyncio.Future[ShardResult]:
         """Submit a micro-batch; the future resolves when the shard has run it."""
+        ...
+
+    def feedback(self, batch: RawBatch, now_s: int) -> asyncio.Future[ShardResult]:
+        """Submit a batch of label-span records (the feedback topic), like :meth:`process`."""
         ...
 
     async def checkpoint(self, only: list[int] | None, now_s: int) -> CheckpointData: ...
@@ -130,6 +136,9 @@ class _TypedCalls:
 
     def process(self, batch: RawBatch, now_s: int) -> asyncio.Future[ShardResult]:
         return self._submit(ShardOp.PROCESS, batch, now_s)
+
+    def feedback(self, batch: RawBatch, now_s: int) -> asyncio.Future[ShardResult]:
+        return self._submit(ShardOp.FEEDBACK, batch, now_s)
 
     async def checkpoint(self, only: list[int] | None, now_s: int) -> CheckpointData:
         return cast(CheckpointData, await self._submit(ShardOp.CHECKPOINT, only, now_s))
