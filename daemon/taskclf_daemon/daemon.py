@@ -163,13 +163,15 @@ class Daemon:
         if created:
             self.log.info("topics_created", topics=created)
         sink = kio.OutputSink(self.producer)
-        await sink.prepare([s.output_topic, s.dlq_topic])
+        await sink.prepare([s.output_topic, s.dlq_topic] + ([s.label_requests_topic] if s.feedback_topic and s.label_requests_topic else []))
         self.reader = kio.make_reader(s)
         await self.reader.start()
         self._probe_task = asyncio.create_task(self._probe_loop())
         self.consumer = kio.make_consumer(s, max_records=s.max_batch_records)
         invalid = InvalidRatio(s.invalid_window, s.max_invalid_ratio)
-        self.emitter = Emitter(sink, self.tracker, m, output_topic=s.output_topic, dlq_topic=s.dlq_topic, max_produce_bytes=s.max_produce_bytes, invalid=invalid, shard_users=self.shard_users)
+        self.emitter = Emitter(sink, self.tracker, m, output_topic=s.output_topic, dlq_topic=s.dlq_topic, max_produce_bytes=s.max_produce_bytes, invalid=invalid, shard_users=self.shard_users,
+            label_requests_topic=s.label_requests_topic if s.feedback_topic else None,
+        )
         # the changelog has a sink of its own (same producer): a pipelined checkpoint flushes it
         # in the background, never taking outputs the emitter has appended but not flushed
         cl_sink = kio.OutputSink(self.producer)

@@ -52,12 +52,25 @@ class InvalidRatio:
 class Emitter:
     """Produces what the shards hand back; see the module docstring."""
 
-    def __init__(self, sink: Sink, tracker: OffsetTracker, metrics: Metrics, *, output_topic: str, dlq_topic: str, max_produce_bytes: int, invalid: InvalidRatio, shard_users: list[int]) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        tracker: OffsetTracker,
+        metrics: Metrics,
+        *,
+        output_topic: str,
+        dlq_topic: str,
+        max_produce_bytes: int,
+        invalid: InvalidRatio,
+        shard_users: list[int],
+        label_requests_topic: str | None = None,
+    ) -> None:
         self.sink = sink
         self.tracker = tracker
         self.metrics = metrics
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
+        self.label_requests_topic = label_requests_topic or None
         self.max_produce_bytes = max_produce_bytes
         self.invalid = invalid
         #: why the daemon must stop for invalid input (set once), else None
@@ -80,6 +93,12 @@ class Emitter:
         outs = res.outputs
         for key, value, source in zip(outs.keys, outs.values, outs.sources, strict=True):
             await append(out_topic, key, value, output_headers(source, processed_ms))
+        req = res.requests
+        if req.keys and self.label_requests_topic is not None:
+            # acknowledged with the batch's outputs: a request is never lost by a restart
+            for key, value, source in zip(req.keys, req.values, req.sources, strict=True):
+                await append(self.label_requests_topic, key, value, output_headers(source, processed_ms))
+            m.label_requests.inc(len(req.keys))
         for outcome, n in res.skipped.items():
             m.records_processed.labels(outcome).inc(n)
         m.record_batch(res.tally, res.confidences, res.rejected, res.timings, work.records)

@@ -92,6 +92,8 @@ class Metrics:
         self.changelog_records = Counter("taskclf_changelog_records_total", "State changelog records produced", ["kind"], registry=r)
         # Counter: changelog records that could not be read at restore (those users start empty).
         self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog records unreadable at restore", registry=r)
+        # Counter: taskclf LabelRequest records produced (windows worth a label).
+        self.label_requests = Counter("taskclf_label_requests_total", "Label requests produced (unsure windows, within the per-user daily budget)", registry=r)
         # Counter: feedback partitions assigned without their input twin (left paused).
         self.feedback_orphans = Counter("taskclf_feedback_orphan_partitions_total", "Feedback partitions assigned without their input partition (group not on the range assignor)", registry=r)
         # Counter: changelog records read while restoring partitions.

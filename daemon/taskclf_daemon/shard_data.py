@@ -108,6 +108,8 @@ class ShardResult:
     rejected: int
     timings: dict[str, float]
     state_users: int
+    #: taskclf LabelRequest records for the label-request topic (key user_id), in input order
+    requests: Outputs = field(default_factory=Outputs)
 
 
 @dataclass(frozen=True, slots=True)
