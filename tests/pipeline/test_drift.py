@@ -21,7 +21,7 @@ from taskclf_daemon.pipeline.drift import (
     psi,
     write_profile,
 )
-from taskclf_daemon.pipeline.drift_window import NULL_SLOT, OUT_SLOT, DriftWindow, drift_values, feature_psi, merge_counts
+from taskclf_daemon.pipeline.drift_window import NEVER_NULL, NULL_SLOT, OUT_SLOT, DriftWindow, drift_values, feature_psi, merge_counts
 
 NF = len(DRIFT_FEATURES)
 KPM = DRIFT_FEATURES.index("keys_per_min")
@@ -202,3 +202,13 @@ def test_a_malformed_profile_fails_naming_the_field(tmp_path, mutate, field):
 def test_parse_rejects_what_is_not_a_profile(tmp_path):
     with pytest.raises(ArtifactError, match="format"):
         parse_profile({"format": "something else"}, tmp_path / PROFILE_FILE)
+
+
+def test_features_read_from_the_model_matrix_are_never_null_in_the_decoder():
+    from taskclf_daemon.codec import _FIELDS
+
+    assert NEVER_NULL < set(DRIFT_FEATURES)
+    for f in DRIFT_FEATURES:
+        check, required, _default = _FIELDS[f]
+        never_null = required and not check._contract["nullable"]
+        assert never_null == (f in NEVER_NULL), f

@@ -6,12 +6,12 @@ Per micro-batch (:meth:`DriftTap.observe`, vectorised, a few numpy calls per bat
   features (null -> NaN; ``session_length_so_far`` as overlaid, i.e. what the model saw), the
   post-reject class, the row entropy of the calibrated probabilities, and per categorical
   column how many windows carry a value outside the bundle's vocabulary;
-* :class:`DriftWindow` turns each feature value into a *slot* -- null, outside the reference
-  range, or its reference bin -- and writes slot, class and entropy into a ring of the last
-  ``capacity`` windows.
+* :class:`DriftWindow` writes them into a ring of the last ``capacity`` windows (a copy).
 
-:meth:`DriftWindow.counts` sums the ring into :class:`DriftCounts` (slot counts per feature,
-class counts, entropy sum): small, picklable, and additive across shards
+:meth:`DriftWindow.counts` (off the hot path, every ``drift_refresh_s``) turns each feature
+value of the ring into a *slot* -- null, outside the reference range, or its reference bin --
+and sums the ring into :class:`DriftCounts` (slot counts per feature, class counts, entropy
+sum): small, picklable, and additive across shards
 (:func:`merge_counts`). :func:`drift_values` turns them into taskclf's statistics against the
 reference profile; the PSI of a window equals :func:`taskclf_daemon.pipeline.drift.psi` over
 the same values exactly (the slots reproduce ``np.histogram``'s bins on the reference edges).
@@ -38,6 +38,9 @@ OUT_SLOT = 1  # finite but outside the reference edges (np.histogram drops it)
 SLOTS = PSI_BINS + 2  # then bin i at slot 2 + i
 _NF = len(DRIFT_FEATURES)
 _NC = len(CLASS_NAMES)
+#: required, non-nullable fields of the FeatureRow contract (the decoder refuses a null): read
+#: from the model matrix, where they are exact; the nullable ones from the window's values
+NEVER_NULL = frozenset({"app_switch_count_last_5m", "app_foreground_time_ratio", "app_change_count", "hour_of_day"})
 
 
 class BatchArrays(NamedTuple):
@@ -56,10 +59,12 @@ class DriftObserver:
     def __init__(self, bundle: ModelBundle) -> None:
         cols = bundle.schema.feature_columns
         self.bundle = bundle
-        self._direct = [j for j, f in enumerate(DRIFT_FEATURES) if f not in OVERLAY_COLUMNS]
+        # overlaid features as the model saw them, and never-null ones: the matrix column
+        from_x = OVERLAY_COLUMNS + tuple(NEVER_NULL)
+        self._direct = [j for j, f in enumerate(DRIFT_FEATURES) if f not in from_x]
         self._get = itemgetter(*(DRIFT_FEATURES[j] for j in self._direct))
-        self._overlay = [j for j, f in enumerate(DRIFT_FEATURES) if f in OVERLAY_COLUMNS]
-        self._overlay_cols = [cols.index(DRIFT_FEATURES[j]) for j in self._overlay]
+        self._from_x = [j for j, f in enumerate(DRIFT_FEATURES) if f in from_x]
+        self._x_cols = [cols.index(DRIFT_FEATURES[j]) for j in self._from_x]
         self.categorical: list[tuple[str, int, int]] = [
             (c, cols.index(c), enc.unknown) for c in bundle.schema.categorical_columns if (enc := bundle.encoders.get(c)) is not None
         ]
@@ -69,7 +74,7 @@ class DriftObserver:
         out = np.empty((len(windows), _NF), dtype=np.float64)
         get = self._get
         out[:, self._direct] = np.array([get(w.values) for w in windows], dtype=np.float64)
-        out[:, self._overlay] = X[:, self._overlay_cols]
+        out[:, self._from_x] = X[:, self._x_cols]
         return out
 
     def unseen(self, X: np.ndarray) -> dict[str, int]:
@@ -94,7 +99,8 @@ class DriftCounts:
 
 
 class DriftWindow:
-    """The ring of the last ``capacity`` windows' slots, classes and entropies, for one profile."""
+    """The ring of the last ``capacity`` windows' feature values, classes and entropies, for one
+    profile (~150 bytes per window)."""
 
     def __init__(self, profile: ReferenceProfile, capacity: int) -> None:
         if capacity < 1:
@@ -110,7 +116,7 @@ class DriftWindow:
         self._bins = np.array([f.bins for f in feats], dtype=np.int64)
         self._last = np.array([f.edges[-1] if f.bins else np.nan for f in feats])
         self._offsets = np.arange(_NF, dtype=np.int64) * SLOTS
-        self._slots = np.zeros((capacity, _NF), dtype=np.uint8)
+        self._values = np.zeros((capacity, _NF), dtype=np.float64)
         self._classes = np.zeros(capacity, dtype=np.uint8)
         self._entropy = np.zeros(capacity, dtype=np.float64)
         self._pos = 0
@@ -131,15 +137,14 @@ class DriftWindow:
         if n > cap:
             values, classes, entropies = values[-cap:], classes[-cap:], entropies[-cap:]
             n = cap
-        s = self.slots(values)
         end = self._pos + n
         first = min(end, cap) - self._pos
-        self._slots[self._pos : self._pos + first] = s[:first]
+        self._values[self._pos : self._pos + first] = values[:first]
         self._classes[self._pos : self._pos + first] = classes[:first]
         self._entropy[self._pos : self._pos + first] = entropies[:first]
         rest = n - first
         if rest:
-            self._slots[:rest] = s[first:]
+            self._values[:rest] = values[first:]
             self._classes[:rest] = classes[first:]
             self._entropy[:rest] = entropies[first:]
         self._pos = end % cap
@@ -147,7 +152,7 @@ class DriftWindow:
 
     def counts(self) -> DriftCounts:
         k = self.filled
-        slots = np.bincount((self._slots[:k].astype(np.int64) + self._offsets).ravel(), minlength=_NF * SLOTS).reshape(_NF, SLOTS)
+        slots = np.bincount((self.slots(self._values[:k]).astype(np.int64) + self._offsets).ravel(), minlength=_NF * SLOTS).reshape(_NF, SLOTS)
         classes = np.bincount(self._classes[:k], minlength=_NC).astype(np.int64)
         return DriftCounts(self.profile, slots, classes, float(self._entropy[:k].sum()), k)
 
