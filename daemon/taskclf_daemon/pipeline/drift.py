@@ -59,6 +59,13 @@ CLASS_NAMES: tuple[str, ...] = (*LABELS, MIXED_UNKNOWN)
 REJECT_CLASS = len(LABELS)
 PSI_BINS = 10  # taskclf's DEFAULT_PSI_BINS
 EPS = 1e-8
+# taskclf's alert thresholds (core/defaults.py), used by deploy/prometheus/rules.yml (a test
+# ties the rules to these): PSI > 0.2 warning, > 2 x 0.2 critical; reject rate up by >= 0.10
+# critical; mean entropy > 2 x the reference warning; a class share moved by > 0.15 warning
+PSI_THRESHOLD = 0.2
+REJECT_RATE_INCREASE_THRESHOLD = 0.10
+ENTROPY_SPIKE_MULTIPLIER = 2.0
+CLASS_SHIFT_THRESHOLD = 0.15
 PROFILE_FILE = "drift_reference.json"
 PROFILE_FORMAT = "taskclf-daemon/drift-reference"
 PROFILE_VERSION = 1
