@@ -212,3 +212,16 @@ def test_features_read_from_the_model_matrix_are_never_null_in_the_decoder():
         check, required, _default = _FIELDS[f]
         never_null = required and not check._contract["nullable"]
         assert never_null == (f in NEVER_NULL), f
+
+
+def test_counts_cross_the_worker_pipe_intact():
+    import pickle
+
+    prof = _profile(_column(np.arange(100.0)))
+    win = DriftWindow(prof, 50)
+    win.add(_column(np.arange(20.0)), np.full(20, 3), np.full(20, 0.5))
+    c = win.counts()
+    back = pickle.loads(pickle.dumps(c))
+    assert back.profile == prof and back.windows == 20 and back.entropy_sum == 10.0
+    assert np.array_equal(back.slots, c.slots) and np.array_equal(back.classes, c.classes)
+    assert drift_values(back) == drift_values(c)

@@ -195,3 +195,13 @@ def test_monitor_merges_shards_into_gauges_and_counts_nulls_once(home: Path, lin
     unseen = reg.get_sample_value("taskclf_unseen_categories_total", {"feature": "user_id"})
     assert unseen is not None and unseen >= 0
     assert PROFILE_FILE == "drift_reference.json"
+
+
+def test_reference_without_any_valid_window_fails_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "none.jsonl"
+    empty.write_bytes(b'{"not": "a row"}\n')
+    out = tmp_path / "ref.json"
+    rc = main(["reference", "--policy", str(golden_dir() / "models" / "inference_policy.json"), "--windows", str(empty), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "none.jsonl:1: missing_field" in err and "no valid window to build a drift reference from" in err
