@@ -8,6 +8,7 @@ from typing import Any
 from taskclf_daemon.errors import ConfigError
 from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
 from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.drift import PROFILE_FILE, load_profile
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy, ResolvedInference, check_policy_against_model, resolve_inference
 
@@ -55,6 +56,7 @@ def build_pipeline(
         state_ttl_seconds=state_ttl_seconds or None,
     )
     pipe = InferencePipeline(bundle, store, cfg, tax)
+    pipe.reference = load_profile(bundle.path, bundle.schema_hash)
     desc = resolved.describe()
     desc.update(bundle.backend_info())
     desc.update(
@@ -69,6 +71,7 @@ def build_pipeline(
         smoothing_mode="trailing (taskclf online)",
         event_time_policy=event_time_policy,
         state_ttl_seconds=state_ttl_seconds or None,
+        drift_reference=str(bundle.path / PROFILE_FILE) if pipe.reference is not None else None,
     )
     return pipe, desc
 

@@ -69,19 +69,25 @@ class _Progress:
         sys.stderr.flush()
 
 
-def cmd_replay(a: argparse.Namespace) -> int:
+def _pipeline_from_flags(a: argparse.Namespace) -> Any:
+    """The pipeline (and its description) the inference flags of :func:`add_inference_flags` name."""
     from taskclf_daemon.artifacts import build_pipeline
-    from taskclf_daemon.offline.replay import open_input, open_output, replay
 
-    pipe, desc = build_pipeline(
+    return build_pipeline(
         model_dir=a.model_dir,
         calibrator_store=a.calibrator_store,
         policy=a.policy,
         taxonomy=a.taxonomy,
         smooth_window=a.smooth_window,
         reject_threshold=a.reject_threshold,
-        model_backend=a.model_backend,
+        model_backend=getattr(a, "model_backend", "lightgbm"),
     )
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline.replay import open_input, open_output, replay
+
+    pipe, desc = _pipeline_from_flags(a)
     print("replay: settings " + json.dumps(desc, sort_keys=True), file=sys.stderr)
 
     def on_bad(lineno: int, exc: Any) -> None:
@@ -124,6 +130,30 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         rows = train.load_rows(a.data)
     store = calibrate.calibrate_store(Path(a.model_dir), rows, method=a.method, out_dir=Path(a.out), progress=_Progress())
     print(f"calibrate: wrote {a.out} (method={store.method}, per-user calibrators={len(store.user_calibrators)})", file=sys.stderr)
+    return 0
+
+
+def cmd_reference(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline.reference import profile_from_windows
+    from taskclf_daemon.offline.replay import open_input
+    from taskclf_daemon.pipeline.drift import PROFILE_FILE, write_profile
+
+    pipe, desc = _pipeline_from_flags(a)
+    print("reference: settings " + json.dumps({k: desc.get(k) for k in ("model_bundle_id", "calibrator_store", "calibration_method", "reject_threshold")}, sort_keys=True), file=sys.stderr)
+
+    def on_bad(lineno: int, exc: Any) -> None:
+        print(f"{a.windows}:{lineno}: {exc.reason}: {exc.detail}", file=sys.stderr)
+
+    src = open_input(a.windows)
+    try:
+        prof, summary = profile_from_windows(pipe, src, source=f"reference: {a.windows}", on_bad=on_bad)
+    finally:
+        if a.windows != "-":
+            src.close()
+    out = write_profile(prof, Path(a.out) if a.out else pipe.bundle.path / PROFILE_FILE)
+    print(summary.line().replace("replay:", "reference:", 1), file=sys.stderr)
+    print(f"reference: wrote {out} ({prof.windows} windows, reject rate {prof.reject_rate:.4f}, mean entropy {prof.mean_entropy:.4f})", file=sys.stderr)
+    print(str(out))
     return 0
 
 
@@ -278,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=100, help="boosting rounds (taskclf: 100)")
     p.add_argument("--out", required=True, help="models directory; the bundle goes to OUT/<run_id>/")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reference", help="write a bundle's drift reference profile (drift_reference.json) from a file of windows")
+    add_inference_flags(p)
+    p.add_argument("--windows", required=True, help="JSONL(.gz) of FeatureRows representative of normal traffic ('-' = stdin)")
+    p.add_argument("--out", help="where to write the profile (default: <bundle>/drift_reference.json, which the daemon loads)")
+    p.set_defaults(func=cmd_reference)
 
     p = sub.add_parser("calibrate", help="fit a per-user CalibratorStore for a bundle")
     p.add_argument("--model-dir", required=True)

@@ -107,6 +107,9 @@ KEYS: dict[str, Key] = {
     "max_invalid_ratio": Key("processing", "float", 0.5, "stop with an error when the share of invalid records in the last invalid_window records exceeds this (1.0 = never)", _range(0.0, 1.0)),
     "invalid_window": Key("processing", "int", 1000, "records over which max_invalid_ratio is measured", _min(10)),
     "shutdown_timeout_s": Key("processing", "float", 30.0, "bound on draining at SIGTERM", _min(0.1)),
+    # --- drift
+    "drift_window_size": Key("drift", "int", 10000, "windows in the sliding window drift is measured over (split evenly across the pipeline workers), against the bundle's drift_reference.json; 0 = no drift metrics", _min(0)),
+    "drift_refresh_s": Key("drift", "float", 15.0, "how often the drift gauges (taskclf_feature_psi, class shares, reject rate, entropy) are recomputed from the window", _min(1.0)),
     # --- http
     "http_host": Key("http", "str", "0.0.0.0", "address of the HTTP server (/healthz /readyz /metrics, the JSON API of docs/openapi.json)"),
     "http_port": Key("http", "int", 8080, "port of the HTTP server (0 = disabled)", _port),
@@ -241,6 +244,9 @@ class Settings:
     max_invalid_ratio: float
     invalid_window: int
     shutdown_timeout_s: float
+    # [drift]
+    drift_window_size: int
+    drift_refresh_s: float
     # [http]
     http_host: str
     http_port: int

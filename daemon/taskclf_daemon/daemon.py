@@ -26,6 +26,7 @@ from taskclf_daemon import kafka_io as kio
 from taskclf_daemon.changelog import changelog_topic_name, ensure_changelog
 from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import Settings
+from taskclf_daemon.drift_monitor import DriftMonitor
 from taskclf_daemon.emitter import Emitter, InvalidFlood, InvalidRatio
 from taskclf_daemon.errors import TaskclfDaemonError
 from taskclf_daemon.health import HealthServer
@@ -65,6 +66,8 @@ class Daemon:
         #: the HTTP API's handlers (user routes answer once consuming)
         self.api = ApiHandlers(settings, pipeline, self.description, self.shards, self.scheduler)
         self.tracker = OffsetTracker()
+        #: the drift gauges (drift_monitor.py); None with drift_window_size = 0
+        self.drift = DriftMonitor(self.shards, self.metrics, settings.drift_refresh_s, self.log) if settings.drift_window_size > 0 else None
         self.shard_users = [0] * len(self.shards)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -120,6 +123,8 @@ class Daemon:
         self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
+        if self.drift is not None and self.pipeline.reference is None:
+            self.log.info("drift_metrics_off", reason="the model bundle has no drift_reference.json", fix="taskclf-daemon reference --model-dir <bundle> --windows <windows.jsonl> writes one")
         try:  # a refused login or certificate is fatal at once, before /healthz is ever served
             await kio.check_security(s, timeout=min(20.0, s.request_timeout_ms / 1000.0))
         except TaskclfDaemonError as exc:
@@ -222,6 +227,8 @@ class Daemon:
                     # the barrier only: the checkpoint completes while the loop goes on
                     await cp.start(deadline=now + 10.0)
                 self._refresh_gauges()
+                if self.drift is not None:
+                    self.drift.tick(now)
                 stalled = self.scheduler.stalled(WORKER_STALL_S)
                 if stalled:
                     raise TaskclfDaemonError(stalled)
@@ -263,6 +270,8 @@ class Daemon:
                 self.log.warning("client_stop_failed", client=name, error=f"{type(exc).__name__}: {exc}")
         if self.http is not None:
             await self.http.stop()
+        if self.drift is not None:
+            await self.drift.stop()
         await asyncio.gather(*(sh.stop(timeout=min(2.0, left())) for sh in self.shards), return_exceptions=True)
         self.log.info("daemon_stopped", exit_code=self.exit_code, state_users=self.state_users, shutdown_seconds=round(time.monotonic() - t0, 3))
 

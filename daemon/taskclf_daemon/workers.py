@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.pipeline.drift_window import DriftCounts
 from taskclf_daemon.shard import CheckpointData, PipelineShard, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class ShardOp(enum.Enum):
     ADOPT = "adopt"
     STATS = "stats"
     USER = "user"
+    DRIFT = "drift"
 
 
 #: what each op calls on the worker's shard
@@ -88,6 +90,7 @@ _DISPATCH: dict[ShardOp, Callable[..., Any]] = {
     ShardOp.ADOPT: PipelineShard.adopt,
     ShardOp.STATS: PipelineShard.stats,
     ShardOp.USER: PipelineShard.user_info,
+    ShardOp.DRIFT: PipelineShard.drift_counts,
 }
 
 
@@ -116,6 +119,10 @@ class ShardHost(Protocol):
 
     async def user_info(self, user_id: str) -> UserInfo | None:
         """What the shard holds about one user (the HTTP API); queued behind its batches."""
+        ...
+
+    async def drift_counts(self) -> DriftCounts | None:
+        """The shard's drift window summarised (None: drift off or nothing seen yet)."""
         ...
 
     async def stop(self, timeout: float = 5.0) -> None: ...
@@ -151,6 +158,9 @@ class _TypedCalls:
 
     async def user_info(self, user_id: str) -> UserInfo | None:
         return cast(UserInfo | None, await self._submit(ShardOp.USER, user_id))
+
+    async def drift_counts(self) -> DriftCounts | None:
+        return cast(DriftCounts | None, await self._submit(ShardOp.DRIFT))
 
 
 class LocalShard(_TypedCalls):

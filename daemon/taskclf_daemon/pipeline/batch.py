@@ -28,6 +28,8 @@ from taskclf_daemon.labels import (
 )
 from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.decision import reject_mask, smooth_trailing, thresholds_for
+from taskclf_daemon.pipeline.drift import ReferenceProfile
+from taskclf_daemon.pipeline.drift_window import BatchArrays
 from taskclf_daemon.pipeline.features import push_window
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.pipeline.output import OutputEncoder
@@ -77,6 +79,9 @@ class BatchResult:
     #: windows not applied, with the reason: ``replayed`` (input offset already applied to the
     #: user's state), ``duplicate`` (same bucket_start_ts as the last applied), ``late`` (older)
     skipped: list[tuple[FeatureWindow, str]] = field(default_factory=list)
+    #: the batch's arrays for the drift tap (references, nothing copied); None when the batch
+    #: was re-run one window at a time
+    arrays: BatchArrays | None = None
 
 
 class InferencePipeline:
@@ -87,6 +92,8 @@ class InferencePipeline:
         self.store = store
         self.config = config or PipelineConfig()
         self.taxonomy = taxonomy
+        #: the bundle's drift reference profile (``drift_reference.json``), None = no drift metrics
+        self.reference: ReferenceProfile | None = None
         if store is not None:
             store.check_binding(bundle.schema_hash, bundle.bundle_id)
         self._const = {
@@ -161,7 +168,8 @@ class InferencePipeline:
         arg = probs.argmax(axis=1) if len(windows) else np.empty(0, dtype=np.int64)
         rejected = reject_mask(conf, thresholds_for(uids, cfg.reject_threshold, cfg.per_user_thresholds))
         w_ = cfg.smooth_window
-        post = np.where(rejected, REJECT_ID, arg).tolist()
+        post_ids = np.where(rejected, REJECT_ID, arg)
+        post = post_ids.tolist()
         smoothed = []
         for i, w in enumerate(windows):
             smoothed.append(smooth_trailing(get(w.user_id).smooth, post[i], w_))
@@ -195,4 +203,4 @@ class InferencePipeline:
         ]
         t6 = time.perf_counter()
         timings = {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5}
-        return BatchResult(out, timings, skipped)
+        return BatchResult(out, timings, skipped, BatchArrays(windows, X, probs, post_ids))
