@@ -279,3 +279,22 @@ def test_the_shard_side_loads_in_the_background_and_commits_only_what_it_loaded(
     assert reload_step(s.shard, "commit") == NEW_RUN and s.shard.pipeline.bundle.bundle_id == NEW_RUN
     with pytest.raises(ValueError, match="unknown reload step"):
         reload_step(s.shard, "rollback")
+
+
+def test_a_policy_changed_while_the_daemon_loads_is_reloaded_at_the_first_check(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon process and its workers load at different moments: the signature the
+    reloader starts from is the one before any load, so such a change is never missed."""
+    from taskclf_daemon import artifacts, cli
+
+    settings = _settings(home)
+    before = signature(policy_path(home))
+    real = artifacts.pipeline_from_settings
+
+    def load_then_change(s: Any) -> Any:
+        out = real(s)
+        write_policy(home, model_dir=f"models/{NEW_RUN}", calibrator_store_dir=None)
+        return out
+
+    monkeypatch.setattr(artifacts, "pipeline_from_settings", load_then_change)
+    d = cli.build_daemon(settings)
+    assert d.pipeline.bundle.bundle_id == GOLDEN_RUN and d.reloader.loaded == before != signature(policy_path(home))
