@@ -186,7 +186,7 @@ class Reloader:
         self.pipeline = new
         self.loaded = sig
         self.on_swap(new, desc)
-        return self._done(trigger, "ok", t0, new, None, previous=running)
+        return self._done(trigger, "ok", t0, new, None, previous=running, inference=desc)
 
     def _load(self) -> tuple[ReloadSpec, InferencePipeline, dict[str, Any]]:
         """Resolve and load in this process (a thread: off the event loop)."""
@@ -217,7 +217,9 @@ class Reloader:
         # all or none: once the commits are submitted they run, even if we are cancelled now
         await asyncio.shield(asyncio.gather(*(sh.reload("commit") for sh in self.shards)))
 
-    def _done(self, trigger: str, result: str, t0: float, pipe: InferencePipeline, error: str | None, previous: InferencePipeline | None = None) -> Outcome:
+    def _done(
+        self, trigger: str, result: str, t0: float, pipe: InferencePipeline, error: str | None, previous: InferencePipeline | None = None, inference: dict[str, Any] | None = None
+    ) -> Outcome:
         store = pipe.store
         out = Outcome(
             time=format_ts_us(time.time_ns() // 1000),
@@ -234,7 +236,8 @@ class Reloader:
         fields = out.document()
         if result == "ok":
             assert previous is not None
-            self.log.info("model_reloaded", previous_bundle_id=previous.bundle.bundle_id, **fields)
+            # the resolved settings and their sources, as the start-up line shows them
+            self.log.info("model_reloaded", previous_bundle_id=previous.bundle.bundle_id, inference=inference, **fields)
         else:
             self.log.warning("model_reload_failed", **fields)
         return out
