@@ -175,9 +175,15 @@ def build_daemon(settings: Any, metrics: Any = None) -> Any:
     """Load artifacts per the settings and construct the daemon (not started)."""
     from taskclf_daemon.artifacts import pipeline_from_settings
     from taskclf_daemon.daemon import Daemon
+    from taskclf_daemon.reload import signature, watched_file
 
+    # the watched file as it was before anything was loaded: should it change while the daemon
+    # process or its workers load, the first check reloads and every shard converges
+    before = signature(watched_file(settings))
     pipe, desc = pipeline_from_settings(settings)
-    return Daemon(settings, pipe, desc, metrics)
+    daemon = Daemon(settings, pipe, desc, metrics)
+    daemon.reloader.loaded = before
+    return daemon
 
 
 def cmd_run(a: argparse.Namespace) -> int:

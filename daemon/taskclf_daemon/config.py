@@ -90,6 +90,7 @@ KEYS: dict[str, Key] = {
     "smooth_window": Key("model", "int", 3, "rolling-majority smoothing window (taskclf default 3)", _min(1)),
     "reject_threshold": Key("model", "threshold", "policy", "global reject threshold in [0,1], 'none' to disable, 'policy' = the policy's (else 0.55)"),
     "idle_gap_seconds": Key("model", "float", 300.0, "gap that starts a new session (taskclf: 300)", _min(0.0)),
+    "reload_interval_s": Key("model", "float", 60.0, "how often the policy file (else taskclf's models/inference_policy.json, else models/active.json beside model_dir) is checked for a change that hot-reloads the artifacts, keeping per-user state (taskclf: 60; 0 = no watching, SIGHUP still reloads)", _min(0.0)),
     # --- state
     "state_ttl_seconds": Key("state", "float", 604800.0, "a window more than this after the user's previous one (event time, that user's own windows only) starts from empty state (0 = never)", _min(0.0)),
     "state_retention_s": Key("state", "float", 2592000.0, "a user with no window for this long (processing time) is forgotten: dropped from memory and tombstoned in the changelog (0 = never)", _min(0.0)),
@@ -227,6 +228,7 @@ class Settings:
     smooth_window: int
     reject_threshold: float | None | FromPolicy
     idle_gap_seconds: float
+    reload_interval_s: float
     # [state]
     state_ttl_seconds: float
     state_retention_s: float

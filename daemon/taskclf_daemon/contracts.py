@@ -256,6 +256,15 @@ def window_prediction_schema() -> dict[str, Any]:
         "model_bundle_id": {"type": "string", "minLength": 1, "description": "Provenance added by the daemon: the model bundle's directory name (taskclf's run id)."},
         "smoothed_label_name": {"enum": smoothed, "description": f"taskclf's rolling-majority smoothed label; {MIXED_UNKNOWN} for a rejected window that the majority keeps."},
         "calibrator_scope": {"enum": list(CALIBRATOR_SCOPES), "description": "Which calibrator produced core_probs: the user's own, the store's global one, or none (no store)."},
+        "calibrator_store_id": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "description": (
+                "Provenance added by the daemon: the calibrator store in force, <store directory name>@<first 8 hex of the "
+                "sha256 of its store.json metadata>; null without a store. With model_bundle_id it names the artifacts "
+                "that produced the record (both change at a hot reload)."
+            ),
+        },
     }
     assert tuple(props) == RECORD_KEYS, "window-prediction properties out of step with pipeline.output.RECORD_KEYS"
     return {
@@ -265,7 +274,7 @@ def window_prediction_schema() -> dict[str, Any]:
         "description": (
             "One prediction per accepted input window: a JSON object, UTF-8, keys in this order (taskclf's "
             "fields first, then the daemon's provenance: model_bundle_id, smoothed_label_name, "
-            "calibrator_scope). Kafka key: the UTF-8 bytes of user_id; partition: Kafka's default murmur2 "
+            "calibrator_scope, calibrator_store_id). Kafka key: the UTF-8 bytes of user_id; partition: Kafka's default murmur2 "
             "partitioner over that key. Delivery is at-least-once: after a restart or rebalance a record "
             "may be produced again, byte-identical; deduplicate on (user_id, bucket_start_ts). The schema is "
             "closed (additionalProperties false) so the daemon's tests catch an undocumented field; a "

@@ -37,6 +37,7 @@ from taskclf_daemon.offsets import OffsetTracker
 from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.pump import Pump
 from taskclf_daemon.rebalance import Listener, Rebalancer
+from taskclf_daemon.reload import Reloader
 from taskclf_daemon.scheduler import Scheduler
 from taskclf_daemon.workers import make_shards, tune_gc
 
@@ -65,6 +66,10 @@ class Daemon:
         self.scheduler = Scheduler(self.shards, settings.input_topic, settings.max_batch_records)
         #: the HTTP API's handlers (user routes answer once consuming)
         self.api = ApiHandlers(settings, pipeline, self.description, self.shards, self.scheduler)
+        #: hot reload (``reload.py``): watches the policy file once consuming, and SIGHUP
+        self.reloader = Reloader(settings, self.shards, pipeline, self.metrics, self._swapped)
+        self.api.last_reload = lambda: self.reloader.last.document() if self.reloader.last else None
+        self._reload_task: asyncio.Task[None] | None = None
         self.tracker = OffsetTracker()
         #: the drift gauges (drift_monitor.py); None with drift_window_size = 0
         self.drift = DriftMonitor(self.shards, self.metrics, settings.drift_refresh_s, self.log) if settings.drift_window_size > 0 else None
@@ -188,8 +193,15 @@ class Daemon:
         self.api.consumer, self.api.rebalancer = self.consumer, self.rebalancer
         self.consumer.subscribe([s.input_topic], listener=Listener(self.rebalancer))
         await self.consumer.start()
+        self._reload_task = asyncio.create_task(self.reloader.run())
         self._started = True
         self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic)
+
+    def _swapped(self, pipeline: InferencePipeline, description: dict[str, Any]) -> None:
+        """A hot reload put new artifacts in force in every shard."""
+        self.pipeline, self.description = pipeline, description
+        self.metrics.set_model(pipeline.bundle.bundle_id, pipeline.bundle.schema_hash, description.get("calibration_method", "none"))
+        self.api.set_pipeline(pipeline, description)
 
     def _alive(self) -> None:
         self._last_poll = time.monotonic()
@@ -259,8 +271,9 @@ class Daemon:
             self.log.warning("shutdown_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
         if self.checkpointer is not None:
             self.checkpointer.abandon()
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        for task in (self._probe_task, self._reload_task):
+            if task is not None:
+                task.cancel()
         for name, comp in (("consumer", self.consumer), ("reader", self.reader), ("producer", self.producer)):
             if comp is None:
                 continue
@@ -297,7 +310,8 @@ class Daemon:
 
 
 async def serve(daemon: Daemon) -> int:
-    """Run ``daemon`` with SIGTERM/SIGINT handlers (a second signal forces exit)."""
+    """Run ``daemon`` with SIGTERM/SIGINT handlers (a second signal forces exit) and SIGHUP
+    (hot reload)."""
     loop = asyncio.get_running_loop()
     hits = {"n": 0}
 
@@ -308,9 +322,10 @@ async def serve(daemon: Daemon) -> int:
             raise SystemExit(EXIT_FATAL)
         daemon.request_stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: daemon.reloader.request}
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
     return await daemon.run()

@@ -352,6 +352,17 @@ class PipelineShard:
         """This shard's drift window summarised; None when drift is off or nothing was seen yet."""
         return None if self._drift is None else self._drift.counts()
 
+    # --- hot reload ----------------------------------------------------------------------------
+    def swap_pipeline(self, pipeline: InferencePipeline) -> str:
+        """Run the next batches with ``pipeline`` (a hot reload): every user's state is kept, so
+        it must read that state as the running one does (same schema, same smoothing window).
+        Returns the new bundle id."""
+        old = self.pipeline
+        if (pipeline.bundle.schema_hash, pipeline.config.smooth_window) != (old.bundle.schema_hash, old.config.smooth_window):
+            raise ValueError(f"cannot swap in bundle {pipeline.bundle.bundle_id}: its schema or smoothing window differs from the running one")
+        self.pipeline = pipeline
+        return pipeline.bundle.bundle_id
+
     # --- the HTTP API --------------------------------------------------------------------------
     def user_info(self, user_id: str) -> UserInfo | None:
         """What this shard holds about ``user_id``; None if the user is not in memory."""

@@ -96,11 +96,12 @@ class InferencePipeline:
         self.reference: ReferenceProfile | None = None
         if store is not None:
             store.check_binding(bundle.schema_hash, bundle.bundle_id)
-        self._const = {
+        self._const: dict[str, str | None] = {
             "model_version": bundle.schema_hash,
             "schema_version": bundle.schema.tag,
             "label_version": LABEL_VERSION,
             "model_bundle_id": bundle.bundle_id,
+            "calibrator_store_id": store.store_id if store is not None else None,
         }
         self._encoder = OutputEncoder(self._const)
 
