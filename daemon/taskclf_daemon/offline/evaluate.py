@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ class _RecordingLearner(Learner):
         super().__init__(*args, **kwargs)
         self.rows: list[tuple[str, int, np.ndarray, np.ndarray, str]] = []
 
-    def personalise(self, windows, raw, X, overlays, probs, scopes, states):  # type: ignore[no-untyped-def]
+    def personalise(self, windows, raw, X, overlays, probs, scopes, states):
         glob = np.array(probs, dtype=np.float64, copy=True)
         out, sc, extras = super().personalise(windows, raw, X, overlays, probs, scopes, states)
         for i, w in enumerate(windows):
@@ -166,7 +167,7 @@ def _report(learner: _RecordingLearner, states: StateStore, spans: Sequence[Labe
         }
         start = first_decision.get(uid)
         later = [(r, t) for r, t in labelled if start is not None and r[1] > start]
-        if later:
+        if later and start is not None:
             y = np.asarray([t for _, t in later])
             G = np.stack([r[2] for r, _ in later])
             P = np.stack([r[3] for r, _ in later])
@@ -219,3 +220,53 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             lines.append(f"| {uid} | {u['labelled_windows']} | {u['refits']} | {fm} | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
+
+
+def read_lines(path: str | Path) -> list[bytes]:
+    from taskclf_daemon.offline.replay import open_input
+
+    src = open_input(str(path))
+    try:
+        return src.read().splitlines()
+    finally:
+        if str(path) != "-":
+            src.close()
+
+
+def split_labelled(lines: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """One labelled file (FeatureRows with a ``label`` column) -> (window lines, span lines):
+    the spans are each user's maximal runs of consecutive windows with one label."""
+    import orjson
+
+    from taskclf_daemon.offline.personas import spans_from_labelled
+
+    rows = [orjson.loads(ln) for ln in lines if ln.strip()]
+    labelled = [r for r in rows if isinstance(r, dict) and r.get("label") is not None and "user_id" in r and "bucket_start_ts" in r]
+    windows = [orjson.dumps({k: v for k, v in r.items() if k != "label"}) if isinstance(r, dict) else orjson.dumps(r) for r in rows]
+    return windows, [orjson.dumps(s) for s in spans_from_labelled(labelled)]
+
+
+def write_outputs(result: EvalResult, out_dir: str | Path, *, plots: bool = True) -> tuple[list[Path], str | None]:
+    """report.json, report.md, models.json, decisions.jsonl and (optional) PNGs in ``out_dir``.
+    Returns (files written, why plots were skipped or None)."""
+    import json
+
+    import orjson
+
+    from taskclf_daemon.offline.report_plots import matplotlib_missing, write_plots
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    files = [d / "report.json", d / "report.md", d / "models.json", d / "decisions.jsonl"]
+    files[0].write_text(json.dumps(result.report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    files[1].write_text(markdown(result.report), encoding="utf-8")
+    files[2].write_bytes(orjson.dumps(result.models, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    files[3].write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in result.decisions))
+    skipped = None
+    if plots:
+        skipped = matplotlib_missing()
+        if skipped is None:
+            files += write_plots(d, result.report, result.reliability)
+    else:
+        skipped = "plots skipped (--no-plots)"
+    return files, skipped

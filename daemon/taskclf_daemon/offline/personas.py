@@ -27,7 +27,7 @@ from taskclf_daemon.offline.synthetic import generate_labelled
 from taskclf_daemon.timeutil import format_ts_us, parse_ts_us
 
 KINDS = ("normal", "swap", "noise")
-DEFAULT_KINDS = ("swap", "normal", "noise", "swap", "normal")
+DEFAULT_KINDS = ("swap", "normal", "normal", "noise", "normal", "swap")
 SWAP = {"Build": "Debug", "Debug": "Build", "ReadResearch": "Review", "Review": "ReadResearch", "Write": "Communicate", "Communicate": "Write"}
 _MIN_US = 60_000_000
 
