@@ -64,7 +64,7 @@ def test_personas_acceptance(result: ev.EvalResult, data: tuple) -> None:
     for u in swap:
         later = users[u]["later"]
         assert users[u]["final_model"] is not None and users[u]["final_model"]["kind"] == "head"
-        assert later["macro_f1_gain"] >= 0.05, (u, later)  # measured: +0.189 and +0.174
+        assert later["macro_f1_gain"] >= 0.05, (u, later)  # measured: +0.203 and +0.174
         assert later["nll_gain"] > 1.0
     for u in noise:
         assert users[u]["labelled_windows"] >= 1000 and users[u]["refits"] >= 3  # eligible, gated repeatedly ...

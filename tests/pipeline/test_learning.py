@@ -110,11 +110,13 @@ def test_labels_lead_to_personal_models_at_defined_points_and_replays_are_identi
                 n += 1
                 hits_p += r["core_label_id"] == want
                 hits_g += g["core_label_id"] == want
-    assert n > 1000 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)  # measured: 697 vs 367 of 1397
+    assert n > 1000 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)  # measured: 746 vs 396 of 1520
     # batching, and a restart from the state bytes at any point, give the same bytes
     assert _drive(pipe, ws, spans, batch=7, cut=1900)[0] == out
     # the state holds the adopted model; its bytes round-trip
-    u = sorted(adopted)[0]
+    on_personal = [u for u in sorted(adopted) if states.users[u].learn.model is not None]
+    assert len(on_personal) >= 4
+    u = on_personal[0]
     st = states.users[u]
     assert st.learn is not None and st.learn.model is not None and st.learn.decision is not None
     assert UserState.from_bytes(st.to_bytes(), 3, learn_config=LEARN).to_bytes() == st.to_bytes()

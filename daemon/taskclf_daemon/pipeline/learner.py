@@ -39,6 +39,11 @@ from taskclf_daemon.pipeline.personalize import Decision, GateConfig, decide, el
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.state import StateStore
 
+#: a user not yet eligible is re-checked when the evidence first reaches ``min_windows`` and then
+#: every this many new labelled windows (eligibility scans the evidence: ~0.1 ms at 2,000)
+_RECHECK = 20
+_DAY_US = 86_400_000_000
+
 
 class Learner:
     """Per-user learning over a :class:`StateStore` (the state lives in ``UserState.learn``)."""
@@ -98,8 +103,9 @@ class Learner:
             learn = self.learning(states, w.user_id)
             if learn.model is not None:
                 groups.setdefault(id(learn.model), (learn.model, []))[1].append(i)
-            if learn.add_window(w.user_id, w.ts_us, raw[i], extras[i], cfg) and not learn.eligible:
-                learn.eligible = eligibility(learn.evidence_arrays(), self.gate).is_eligible
+            added = learn.add_window(w.user_id, w.ts_us, raw[i], extras[i], cfg)
+            if added and not learn.eligible and len(learn.evidence) >= self.gate.min_windows and (learn.labels_total // _RECHECK != (learn.labels_total - added) // _RECHECK or len(learn.evidence) - added < self.gate.min_windows):
+                learn.eligible = self._eligible(learn)
             if learn.eligible and learn.due(w.ts_us, cfg):
                 self._refit(w.user_id, learn, w.ts_us)
         if groups:
@@ -110,6 +116,12 @@ class Learner:
                 for i in rows:
                     scopes[i] = "user"
         return probs, scopes, extras
+
+    def _eligible(self, learn: UserLearning) -> bool:
+        g = self.gate
+        days = {e[0] // _DAY_US for e in learn.evidence}
+        labels = {e[1] for e in learn.evidence}
+        return len(learn.evidence) >= g.min_windows and len(days) >= g.min_days and len(labels) >= g.min_labels
 
     def _refit(self, user_id: str, learn: UserLearning, ts_us: int) -> None:
         glob = None if learn.model is None else self.in_force(user_id, None)
