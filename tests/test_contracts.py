@@ -361,7 +361,7 @@ def test_output_schema_refuses_what_the_daemon_never_writes(plain: tuple[Any, Pi
 
 
 def test_changelog_values_validate(plain: tuple[Any, PipelineShard, Any]) -> None:
-    v = _validator("user-state.v2.schema.json")
+    v = _validator("user-state.v3.schema.json")
     cp = plain[1].checkpoint(None, now_s=1_775_469_600)
     assert len(cp.updates) == len({json.loads(ln)["user_id"] for ln in _golden_lines()}) == 10
     users = {json.loads(ln)["user_id"] for ln in _golden_lines()}

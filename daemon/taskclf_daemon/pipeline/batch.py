@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from taskclf_daemon.pipeline.output import OutputEncoder
 from taskclf_daemon.records import FeatureWindow, SourceRef
 from taskclf_daemon.state import StateStore
 from taskclf_daemon.timeutil import format_ts_us
+
+if TYPE_CHECKING:
+    from taskclf_daemon.pipeline.learner import Learner
 
 _NAMES = LABELS + (MIXED_UNKNOWN,)
 
@@ -104,6 +107,16 @@ class InferencePipeline:
             "calibrator_store_id": store.store_id if store is not None else None,
         }
         self._encoder = OutputEncoder(self._const)
+        #: the learning loop's hook (:meth:`attach_learner`); None = no learning, no cost
+        self.learner: Learner | None = None
+
+    def attach_learner(self, learner: Learner | None) -> None:
+        """Run ``learner`` after calibration in every batch: it sees each applied window's raw
+        probabilities, encoded row and overlay (its evidence) and replaces the calibrated
+        probabilities of users with a personal model (scope ``user``)."""
+        if learner is not None:
+            learner.bind(self.store, self.bundle.schema.feature_columns)
+        self.learner = learner
 
     def new_state_store(self) -> StateStore:
         return StateStore(self.config.smooth_window)
@@ -164,6 +177,8 @@ class InferencePipeline:
             probs, scopes = self.store.calibrate_batch(raw, uids)
         else:
             probs, scopes = raw, ["none"] * len(uids)
+        if self.learner is not None and windows:
+            probs, scopes, _ = self.learner.personalise(windows, raw, X, overlays, probs, scopes, states)
         t4 = time.perf_counter()
         conf = probs.max(axis=1) if len(windows) else np.empty(0)
         arg = probs.argmax(axis=1) if len(windows) else np.empty(0, dtype=np.int64)
