@@ -305,6 +305,11 @@ def test_dashboard_covers_the_daemon_metrics() -> None:
         "taskclf_predict_batch_size_records_bucket", "taskclf_predictions_total", "taskclf_rejected_total",
         "taskclf_prediction_confidence_bucket", "taskclf_state_users", "taskclf_rebalances_total", "taskclf_ready",
         "taskclf_in_flight_records", "taskclf_offset_commits_total",
+        # drift and reloads
+        "taskclf_feature_psi", "taskclf_class_share", "taskclf_reference_class_share", "taskclf_reject_rate",
+        "taskclf_reference_reject_rate", "taskclf_mean_entropy", "taskclf_reference_mean_entropy", "taskclf_feature_null_rate",
+        "taskclf_feature_nulls_total", "taskclf_unseen_categories_total", "taskclf_drift_window_windows",
+        "taskclf_model_reloads_total", "taskclf_model_info",
     ):
         assert needed in used, f"no dashboard panel shows {needed}"
 
@@ -378,6 +383,26 @@ def test_alert_topics_are_covered() -> None:
     ):
         assert needle in exprs or needle in text, f"no alert or recording rule uses {needle}"
     assert "histogram_quantile(0.99" in text
+
+
+def test_drift_alerts_use_taskclfs_thresholds() -> None:
+    """Spec 10: PSI > 0.2 warning and > 0.4 critical, reject rate +0.10 critical, entropy > 2x
+    warning, class shift > 0.15 warning -- the same constants as the daemon's drift module."""
+    from taskclf_daemon.pipeline import drift
+
+    by_name = {a["alert"]: a for a in alerts()}
+    expected = {
+        "TaskclfFeatureDrift": ("warning", f"taskclf_feature_psi > {drift.PSI_THRESHOLD} <= {2 * drift.PSI_THRESHOLD}"),
+        "TaskclfFeatureDriftCritical": ("critical", f"taskclf_feature_psi > {2 * drift.PSI_THRESHOLD}"),
+        "TaskclfRejectRateIncrease": ("critical", f"taskclf_reject_rate - taskclf_reference_reject_rate >= {drift.REJECT_RATE_INCREASE_THRESHOLD:.2f}"),
+        "TaskclfEntropySpike": ("warning", f"taskclf_mean_entropy > {drift.ENTROPY_SPIKE_MULTIPLIER:g} * taskclf_reference_mean_entropy"),
+        "TaskclfClassShift": ("warning", f"abs(taskclf_class_share - taskclf_reference_class_share) > {drift.CLASS_SHIFT_THRESHOLD}"),
+    }
+    for name, (severity, condition) in expected.items():
+        assert by_name[name]["labels"]["severity"] == severity, name
+        assert condition in by_name[name]["expr"], f"{name}: {condition!r} not in {by_name[name]['expr']!r}"
+    reload = by_name["TaskclfModelReloadFailed"]["expr"]
+    assert 'taskclf_model_reloads_total{result=~"error|refused"}' in reload
 
 
 def test_readme_documents_every_alert() -> None:

@@ -26,6 +26,7 @@ from taskclf_daemon import kafka_io as kio
 from taskclf_daemon.changelog import changelog_topic_name, ensure_changelog
 from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import Settings
+from taskclf_daemon.drift_monitor import DriftMonitor
 from taskclf_daemon.emitter import Emitter, InvalidFlood, InvalidRatio
 from taskclf_daemon.errors import TaskclfDaemonError
 from taskclf_daemon.feedback import ensure_feedback_topics
@@ -37,6 +38,7 @@ from taskclf_daemon.offsets import OffsetTracker
 from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.pump import Pump
 from taskclf_daemon.rebalance import Listener, Rebalancer
+from taskclf_daemon.reload import Reloader
 from taskclf_daemon.scheduler import Scheduler
 from taskclf_daemon.workers import make_shards, tune_gc
 
@@ -65,7 +67,13 @@ class Daemon:
         self.scheduler = Scheduler(self.shards, settings.input_topic, settings.max_batch_records, settings.feedback_topic)
         #: the HTTP API's handlers (user routes answer once consuming)
         self.api = ApiHandlers(settings, pipeline, self.description, self.shards, self.scheduler)
+        #: hot reload (``reload.py``): watches the policy file once consuming, and SIGHUP
+        self.reloader = Reloader(settings, self.shards, pipeline, self.metrics, self._swapped)
+        self.api.last_reload = lambda: self.reloader.last.document() if self.reloader.last else None
+        self._reload_task: asyncio.Task[None] | None = None
         self.tracker = OffsetTracker()
+        #: the drift gauges (drift_monitor.py); None with drift_window_size = 0
+        self.drift = DriftMonitor(self.shards, self.metrics, settings.drift_refresh_s, self.log) if settings.drift_window_size > 0 else None
         self.shard_users = [0] * len(self.shards)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -121,6 +129,8 @@ class Daemon:
         self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
+        if self.drift is not None and self.pipeline.reference is None:
+            self.log.info("drift_metrics_off", reason="the model bundle has no drift_reference.json", fix="taskclf-daemon reference --model-dir <bundle> --windows <windows.jsonl> writes one")
         try:  # a refused login or certificate is fatal at once, before /healthz is ever served
             await kio.check_security(s, timeout=min(20.0, s.request_timeout_ms / 1000.0))
         except TaskclfDaemonError as exc:
@@ -190,8 +200,15 @@ class Daemon:
         topics = [s.input_topic] + ([s.feedback_topic] if s.feedback_topic else [])
         self.consumer.subscribe(topics, listener=Listener(self.rebalancer))
         await self.consumer.start()
+        self._reload_task = asyncio.create_task(self.reloader.run())
         self._started = True
         self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic)
+
+    def _swapped(self, pipeline: InferencePipeline, description: dict[str, Any]) -> None:
+        """A hot reload put new artifacts in force in every shard."""
+        self.pipeline, self.description = pipeline, description
+        self.metrics.set_model(pipeline.bundle.bundle_id, pipeline.bundle.schema_hash, description.get("calibration_method", "none"))
+        self.api.set_pipeline(pipeline, description)
 
     def _alive(self) -> None:
         self._last_poll = time.monotonic()
@@ -229,6 +246,8 @@ class Daemon:
                     # the barrier only: the checkpoint completes while the loop goes on
                     await cp.start(deadline=now + 10.0)
                 self._refresh_gauges()
+                if self.drift is not None:
+                    self.drift.tick(now)
                 stalled = self.scheduler.stalled(WORKER_STALL_S)
                 if stalled:
                     raise TaskclfDaemonError(stalled)
@@ -259,8 +278,9 @@ class Daemon:
             self.log.warning("shutdown_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
         if self.checkpointer is not None:
             self.checkpointer.abandon()
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        for task in (self._probe_task, self._reload_task):
+            if task is not None:
+                task.cancel()
         for name, comp in (("consumer", self.consumer), ("reader", self.reader), ("producer", self.producer)):
             if comp is None:
                 continue
@@ -270,6 +290,8 @@ class Daemon:
                 self.log.warning("client_stop_failed", client=name, error=f"{type(exc).__name__}: {exc}")
         if self.http is not None:
             await self.http.stop()
+        if self.drift is not None:
+            await self.drift.stop()
         await asyncio.gather(*(sh.stop(timeout=min(2.0, left())) for sh in self.shards), return_exceptions=True)
         self.log.info("daemon_stopped", exit_code=self.exit_code, state_users=self.state_users, shutdown_seconds=round(time.monotonic() - t0, 3))
 
@@ -295,7 +317,8 @@ class Daemon:
 
 
 async def serve(daemon: Daemon) -> int:
-    """Run ``daemon`` with SIGTERM/SIGINT handlers (a second signal forces exit)."""
+    """Run ``daemon`` with SIGTERM/SIGINT handlers (a second signal forces exit) and SIGHUP
+    (hot reload)."""
     loop = asyncio.get_running_loop()
     hits = {"n": 0}
 
@@ -306,9 +329,10 @@ async def serve(daemon: Daemon) -> int:
             raise SystemExit(EXIT_FATAL)
         daemon.request_stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: daemon.reloader.request}
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
     return await daemon.run()

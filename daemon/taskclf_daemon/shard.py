@@ -21,6 +21,7 @@ from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
+from taskclf_daemon.pipeline.drift_window import DriftCounts, DriftTap
 from taskclf_daemon.pipeline.labelspan import decode_span
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
@@ -87,6 +88,8 @@ class PipelineShard:
         self._keep_recent = limits.keep_recent
         self._last_value: dict[str, bytes] = {}
         self._last_labels: dict[str, deque[str]] = {}
+        #: the drift sliding window (pipeline/drift_window.py); None = off
+        self._drift = DriftTap(limits.drift_window) if limits.drift_window > 0 else None
 
     # --- processing ----------------------------------------------------------------------------
     def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -127,6 +130,10 @@ class PipelineShard:
             index.append(i)
         t1 = time.perf_counter()
         res = self._run(windows, index, dead, batch)
+        t2 = time.perf_counter()
+        if self._drift is not None:
+            self._drift.observe(self.pipeline.bundle, self.pipeline.reference, res.arrays)
+        t3 = time.perf_counter()
         users = self.states.users
         for w in windows:
             st = users.get(w.user_id)
@@ -162,6 +169,8 @@ class PipelineShard:
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
+        if self._drift is not None:
+            timings["drift"] = t3 - t2
         return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
 
     def feedback(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -382,6 +391,21 @@ class PipelineShard:
 
     def stats(self) -> ShardStats:
         return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))
+
+    def drift_counts(self) -> DriftCounts | None:
+        """This shard's drift window summarised; None when drift is off or nothing was seen yet."""
+        return None if self._drift is None else self._drift.counts()
+
+    # --- hot reload ----------------------------------------------------------------------------
+    def swap_pipeline(self, pipeline: InferencePipeline) -> str:
+        """Run the next batches with ``pipeline`` (a hot reload): every user's state is kept, so
+        it must read that state as the running one does (same schema, same smoothing window).
+        Returns the new bundle id."""
+        old = self.pipeline
+        if (pipeline.bundle.schema_hash, pipeline.config.smooth_window) != (old.bundle.schema_hash, old.config.smooth_window):
+            raise ValueError(f"cannot swap in bundle {pipeline.bundle.bundle_id}: its schema or smoothing window differs from the running one")
+        self.pipeline = pipeline
+        return pipeline.bundle.bundle_id
 
     # --- the HTTP API --------------------------------------------------------------------------
     def user_info(self, user_id: str) -> UserInfo | None:
