@@ -403,6 +403,13 @@ def user_state_schema() -> dict[str, Any]:
             "o": {"type": "integer", "minimum": -1, "description": "Input offset of the last window applied; -1 = none."},
             "p": {"type": "integer", "minimum": -1, "description": "Input partition of o; -1 = none."},
             "k": {"type": "integer", "minimum": 0, "description": "Processing time (epoch seconds) the user was last seen: retention only."},
+            "q": {
+                "type": "array",
+                "prefixItems": [{"type": "integer"}, {"type": "integer", "minimum": 0}],
+                "minItems": 2,
+                "items": False,
+                "description": "Label requests: [UTC day of event time (days since the epoch), asks that day]; absent until the user is first asked.",
+            },
             "L": {
                 "type": "object",
                 "description": (

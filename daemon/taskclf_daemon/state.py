@@ -15,6 +15,7 @@ import orjson
 from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import HISTORY_ROWS
 from taskclf_daemon.pipeline.evidence import LearnConfig, UserLearning
+from taskclf_daemon.pipeline.label_requests import AskBudget
 
 #: version of the serialized user state (changelog value); bump on incompatible change.
 #: 2 added the partition of ``last_offset`` (``p``) and the processing-time second the user was
@@ -42,13 +43,13 @@ class HistoryEntry(NamedTuple):
 
 
 #: what :meth:`UserState.snapshot` returns: every field, the deques copied (the learning state's own snapshot)
-Snapshot = tuple[deque[HistoryEntry], int | None, deque[int], int | None, int, int, int, int, UserLearning | None, tuple[object, ...] | None]
+Snapshot = tuple[deque[HistoryEntry], int | None, deque[int], int | None, int, int, int, int, UserLearning | None, tuple[object, ...] | None, AskBudget | None]
 
 
 class UserState:
     """Rolling state of one user. Mutated only by the pipeline, in the user's window order."""
 
-    __slots__ = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset", "last_partition", "seen_s", "learn")
+    __slots__ = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset", "last_partition", "seen_s", "learn", "asks")
 
     def __init__(self, smooth_window: int) -> None:
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_ROWS)
@@ -65,14 +66,17 @@ class UserState:
         self.seen_s = 0
         #: the learning loop's state (None: the user never met the learner; no cost, format 2)
         self.learn: UserLearning | None = None
+        #: label requests asked on the current UTC day (None: never asked; no bytes written)
+        self.asks: AskBudget | None = None
 
     def snapshot(self) -> Snapshot:
         """Everything :meth:`restore` needs to undo later changes (cheap: two deque copies)."""
-        learn = self.learn
-        return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, learn, None if learn is None else learn.snapshot())
+        learn, asks = self.learn, self.asks
+        learn_snap = None if learn is None else learn.snapshot()
+        return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, learn, learn_snap, None if asks is None else AskBudget(asks.day, asks.asked))
 
     def restore(self, snap: Snapshot) -> None:
-        (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, self.learn, learn_snap) = snap
+        (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, self.learn, learn_snap, self.asks) = snap
         if self.learn is not None and learn_snap is not None:
             self.learn.restore(learn_snap)
 
@@ -92,6 +96,8 @@ class UserState:
         }
         if self.learn is not None:
             d["L"] = self.learn.to_obj()
+        if self.asks is not None:
+            d["q"] = self.asks.to_obj()
         return orjson.dumps(d)
 
     @classmethod
@@ -118,6 +124,8 @@ class UserState:
             st.seen_s = int(d.get("k", now_s))
             if d.get("L") is not None:
                 st.learn = UserLearning.from_obj(d["L"], learn_config or LearnConfig())
+            if d.get("q") is not None:
+                st.asks = AskBudget.from_obj(d["q"])
             return st
         except StateFormatError:
             raise
@@ -167,8 +175,12 @@ class StateStore:
         return st
 
     def reset(self, user_id: str) -> UserState:
-        """Forget a user's history (e.g. after an idle gap longer than the TTL)."""
+        """Forget a user's history (e.g. after an idle gap longer than the TTL): the overlay,
+        session and smoothing start empty; what the user taught (learning state, asks) stays."""
+        old = self.users.get(user_id)
         st = self.users[user_id] = UserState(self.smooth_window)
+        if old is not None:
+            st.learn, st.asks = old.learn, old.asks
         self.dirty.add(user_id)
         return st
 

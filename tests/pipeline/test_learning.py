@@ -77,10 +77,13 @@ def test_learner_without_labels_changes_no_output_and_keeps_state_bounded(golden
     out, states, learner = _drive(pipe, ws, [])
     assert out == plain
     assert learner.decisions == []
-    for st in states.users.values():
-        assert st.learn is not None and len(st.learn.evidence) == 0 and 0 < len(st.learn.ring) <= 61
+    # users who never sent a span have no learning state at all: format-2 bytes, no ring
+    plain_states = pipe.new_state_store()
+    pipe.process(ws, plain_states)
+    for uid, st in states.users.items():
+        assert st.learn is None
         b = st.to_bytes()
-        assert orjson.loads(b)["v"] == 3 and UserState.from_bytes(b, 3, learn_config=LEARN).to_bytes() == b
+        assert orjson.loads(b)["v"] == 2 and b == plain_states.users[uid].to_bytes()
 
 
 def test_labels_lead_to_personal_models_at_defined_points_and_replays_are_identical(golden) -> None:
@@ -110,7 +113,8 @@ def test_labels_lead_to_personal_models_at_defined_points_and_replays_are_identi
                 n += 1
                 hits_p += r["core_label_id"] == want
                 hits_g += g["core_label_id"] == want
-    assert n > 1000 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)  # measured: 746 vs 396 of 1520
+    # measured: 445 vs 208 of 925 (learning starts at a user's first span: its own windows came before it)
+    assert n > 800 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)
     # batching, and a restart from the state bytes at any point, give the same bytes
     assert _drive(pipe, ws, spans, batch=7, cut=1900)[0] == out
     # the state holds the adopted model; its bytes round-trip

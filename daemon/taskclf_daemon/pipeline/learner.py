@@ -7,7 +7,10 @@ the user's order:
 1. the window is calibrated with the user's **model in force** (the adopted personal model,
    else the store's calibrator: nothing changes for a user without one);
 2. its raw probabilities and head extras enter the user's recent ring; windows past the
-   bounded wait are finalised and labelled into evidence (:mod:`~taskclf_daemon.pipeline.evidence`);
+   bounded wait are finalised and labelled into evidence (:mod:`~taskclf_daemon.pipeline.evidence`).
+   Only users who sent a label span have learning state: a user's learning starts with their
+   first span (windows before it are never evidence), so users who never label cost nothing
+   (no ring in memory, no bytes in the changelog);
 3. if a refit is due (eligible, then every ``refit_every`` new labelled windows or
    ``refit_days`` of event time), the candidates are fitted and gated **now**
    (:func:`~taskclf_daemon.pipeline.personalize.decide`); an adopted model is in force from the
@@ -100,7 +103,9 @@ class Learner:
         groups: dict[int, tuple[PersonalModel, list[int]]] = {}
         cfg = self.config
         for i, w in enumerate(windows):
-            learn = self.learning(states, w.user_id)
+            learn = states.get(w.user_id).learn
+            if learn is None:  # the user never sent a label: nothing to learn, nothing kept
+                continue
             if learn.model is not None:
                 groups.setdefault(id(learn.model), (learn.model, []))[1].append(i)
             added = learn.add_window(w.user_id, w.ts_us, raw[i], extras[i], cfg)
