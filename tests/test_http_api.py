@@ -72,6 +72,12 @@ class FakeDaemon:
             "calibrator": {"scope": "user", "kind": "temperature", "method": "temperature"},
             "recent_labels": {"windows": 3, "labels": {"Build": 2, "Write": 1}},
             "last_prediction": PRED,
+            "personalisation": None if uid != "u-1" else {
+                "evidence": {"labeled_windows": 240, "labeled_days": 4, "distinct_labels": 5, "is_eligible": True, "labels_total": 240, "pending_windows": 12, "known_spans": 3},
+                "in_force": {"scope": "user", "kind": "head", "version": "h1"},
+                "last_decision": {"adopted": {"kind": "head", "version": "h1"}, "reason": "best held-out NLL"},
+                "top_features": [{"feature": "logp_Build", "weight": 1.25, "pushes_toward": "Debug", "toward_weight": 0.9}],
+            },
         }
         return 200, body
 

@@ -10,7 +10,10 @@ from taskclf_daemon.errors import ConfigError
 from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
 from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.drift import PROFILE_FILE, load_profile
+from taskclf_daemon.pipeline.evidence import LearnConfig
+from taskclf_daemon.pipeline.learner import Learner
 from taskclf_daemon.pipeline.model import ModelBundle
+from taskclf_daemon.pipeline.personalize import GateConfig
 from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy, ResolvedInference, check_policy_against_model, resolve_inference
 
 
@@ -53,6 +56,20 @@ class LoadOptions:
     state_ttl_seconds: float | None = None
     model_backend: str = "lightgbm"
     model_cache_dir: str | Path | None = None
+    #: the learning loop (a :class:`Learner` on the pipeline) when a feedback topic is set
+    feedback_topic: str = ""
+    label_wait_s: float = 3600.0
+    refit_every: int = 200
+    refit_days: float = 7.0
+    evidence_cap: int = 2000
+    personal_nll_margin: float = 0.01
+
+    def learner(self) -> Learner | None:
+        """The learning loop these options ask for (None: no feedback topic, no learning)."""
+        if not self.feedback_topic:
+            return None
+        learn = LearnConfig(evidence_cap=self.evidence_cap, label_wait_s=self.label_wait_s, refit_every=self.refit_every, refit_days=self.refit_days)
+        return Learner(learn, GateConfig(nll_margin=self.personal_nll_margin))
 
     @classmethod
     def from_settings(cls, settings: Any) -> LoadOptions:
@@ -83,6 +100,7 @@ def load_resolved(resolved: ResolvedInference, options: LoadOptions) -> tuple[In
     )
     pipe = InferencePipeline(bundle, store, cfg, tax)
     pipe.reference = load_profile(bundle.path, bundle.schema_hash)
+    pipe.attach_learner(o.learner())
     desc = resolved.describe()
     desc.update(bundle.backend_info())
     desc.update(
@@ -98,6 +116,7 @@ def load_resolved(resolved: ResolvedInference, options: LoadOptions) -> tuple[In
         event_time_policy=o.event_time_policy,
         state_ttl_seconds=o.state_ttl_seconds or None,
         drift_reference=str(bundle.path / PROFILE_FILE) if pipe.reference is not None else None,
+        learning=bool(o.feedback_topic),
     )
     return pipe, desc
 

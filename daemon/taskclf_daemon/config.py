@@ -113,6 +113,12 @@ KEYS: dict[str, Key] = {
     # --- drift
     "drift_window_size": Key("drift", "int", 10000, "windows in the sliding window drift is measured over (split evenly across the pipeline workers), against the bundle's drift_reference.json; 0 = no drift metrics", _min(0)),
     "drift_refresh_s": Key("drift", "float", 15.0, "how often the drift gauges (taskclf_feature_psi, class shares, reject rate, entropy) are recomputed from the window", _min(1.0)),
+    # --- learning (only with feedback_topic)
+    "label_wait_s": Key("learning", "float", 3600.0, "how long (event time, the user's own windows) a window waits for a label span before it is finalised; a span arriving later does not label it", _min(0.0)),
+    "refit_every": Key("learning", "int", 200, "refit a user's personal candidates after this many new labelled windows (once eligible: >= 200 labelled windows, >= 3 days, >= 3 labels)", _min(1)),
+    "refit_days": Key("learning", "float", 7.0, "... or after this much event time since the last refit (taskclf's 7-day cadence)", _min(0.0)),
+    "evidence_cap": Key("learning", "int", 2000, "labelled windows kept per user (the newest); the evidence a refit uses", _min(10)),
+    "personal_nll_margin": Key("learning", "float", 0.01, "held-out NLL (nats) a personal candidate must gain over the model in force to be adopted (and macro-F1 may fall at most taskclf's 0.02)", _min(0.0)),
     # --- http
     "http_host": Key("http", "str", "0.0.0.0", "address of the HTTP server (/healthz /readyz /metrics, the JSON API of docs/openapi.json)"),
     "http_port": Key("http", "int", 8080, "port of the HTTP server (0 = disabled)", _port),
@@ -253,6 +259,12 @@ class Settings:
     # [drift]
     drift_window_size: int
     drift_refresh_s: float
+    # [learning]
+    label_wait_s: float
+    refit_every: int
+    refit_days: float
+    evidence_cap: int
+    personal_nll_margin: float
     # [http]
     http_host: str
     http_port: int

@@ -77,6 +77,8 @@ class Emitter:
         self.flood: str | None = None
         #: users in memory per shard, as last reported (shared with the checkpointer)
         self.shard_users = shard_users
+        #: users on a personal model per shard, as last reported
+        self._personal = [0] * len(shard_users)
         self._log = get_logger("emitter")
 
     async def emit(self, shard: int, work: Work, res: ShardResult) -> None:
@@ -99,6 +101,18 @@ class Emitter:
             for key, value, source in zip(req.keys, req.values, req.sources, strict=True):
                 await append(self.label_requests_topic, key, value, output_headers(source, processed_ms))
             m.label_requests.inc(len(req.keys))
+        for outcome, kind, gain, cands in res.refits:
+            m.personal_refits.labels(outcome).inc()
+            if kind:
+                m.personal_adoptions.labels(kind).inc()
+            if gain is not None:
+                m.personal_gain.observe(gain)
+            for ck, ok in cands:
+                if not ok:
+                    m.personal_refused.labels(ck).inc()
+        if res.refits or res.personal_users != self._personal[shard]:
+            self._personal[shard] = res.personal_users
+            m.personal_users.set(sum(self._personal))
         for outcome, n in res.skipped.items():
             m.records_processed.labels(outcome).inc(n)
         m.record_batch(res.tally, res.confidences, res.rejected, res.timings, work.records)

@@ -99,6 +99,7 @@ def user_document(info: UserInfo) -> dict[str, Any]:
         "calibrator": {"scope": info.calibrator_scope, "kind": info.calibrator_kind, "method": info.calibration_method},
         "recent_labels": {"windows": len(info.recent_labels), "labels": dict(Counter(info.recent_labels).most_common())},
         "last_prediction": None if info.last_prediction is None else orjson.loads(info.last_prediction),
+        "personalisation": info.personalisation,
     }
 
 

@@ -94,6 +94,15 @@ class Metrics:
         self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog records unreadable at restore", registry=r)
         # Counter: taskclf LabelRequest records produced (windows worth a label).
         self.label_requests = Counter("taskclf_label_requests_total", "Label requests produced (unsure windows, within the per-user daily budget)", registry=r)
+        # The learning loop: refits by outcome, adoptions and refused candidates by kind, the
+        # held-out gain of adopted models, users on a personal model (never a user_id label).
+        self.personal_refits = Counter("taskclf_personal_refits_total", "Personal refits by outcome (adopted, kept: no candidate passed the gate, reverted: back to global)", ["outcome"], registry=r)
+        self.personal_adoptions = Counter("taskclf_personal_adoptions_total", "Personal models adopted by kind (temperature, isotonic, head)", ["kind"], registry=r)
+        self.personal_refused = Counter("taskclf_personal_candidates_refused_total", "Personal candidates that did not pass the gate, by kind", ["kind"], registry=r)
+        self.personal_gain = Histogram(
+            "taskclf_personal_heldout_gain_nats", "Held-out NLL gain of adopted personal models over the model in force (nats)", buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=r
+        )
+        self.personal_users = Gauge("taskclf_personal_users", "Users served by a personal model (this instance)", registry=r)
         # Counter: feedback partitions assigned without their input twin (left paused).
         self.feedback_orphans = Counter("taskclf_feedback_orphan_partitions_total", "Feedback partitions assigned without their input partition (group not on the range assignor)", registry=r)
         # Counter: changelog records read while restoring partitions.

@@ -22,6 +22,7 @@ from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
 from taskclf_daemon.pipeline.drift_window import DriftCounts, DriftTap
+from taskclf_daemon.pipeline.label_requests import ASK_BELOW, ELIGIBLE_ASKS_PER_DAY, MAX_ASKS_PER_DAY, AskBudget, encode_request, should_ask
 from taskclf_daemon.pipeline.labelspan import decode_span
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
@@ -90,6 +91,10 @@ class PipelineShard:
         self._last_labels: dict[str, deque[str]] = {}
         #: the drift sliding window (pipeline/drift_window.py); None = off
         self._drift = DriftTap(limits.drift_window) if limits.drift_window > 0 else None
+        #: label requests for unsure windows (a label-request topic is configured)
+        self._asking = limits.label_requests
+        #: users served by a personal model (for the gauge)
+        self._personal: set[str] = set()
 
     # --- processing ----------------------------------------------------------------------------
     def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -166,12 +171,54 @@ class PipelineShard:
                 if ring is None:
                     ring = last_labels[p.user_id] = deque(maxlen=RECENT_WINDOWS)
                 ring.append(p.label)
+        requests = self._label_requests(res.predictions) if self._asking else Outputs()
+        refits = self._refits()
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
         if self._drift is not None:
             timings["drift"] = t3 - t2
-        return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
+        return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states), requests, refits, len(self._personal))
+
+    def _label_requests(self, predictions: list[Prediction]) -> Outputs:
+        """taskclf LabelRequests for the unsure windows of ``predictions``, within each user's
+        daily budget (``pipeline/label_requests.py``): the full quota while the user is short of
+        evidence for a personal model, a smaller one after."""
+        out = Outputs()
+        users = self.states.users
+        for p in predictions:
+            if not p.confidence < ASK_BELOW:
+                continue
+            st = users.get(p.user_id)
+            if st is None:
+                continue
+            budget = st.asks if st.asks is not None else AskBudget()
+            quota = ELIGIBLE_ASKS_PER_DAY if st.learn is not None and st.learn.eligible else MAX_ASKS_PER_DAY
+            if should_ask(budget, p.ts_us, p.confidence, quota):
+                st.asks = budget
+                out.append(_key(p.user_id), encode_request(p.user_id, p.ts_us, p.confidence, p.core_label_id), source_header(p.source) if p.source else b"")
+        return out
+
+    def _refits(self) -> list[tuple[str, str, float | None, tuple[tuple[str, bool], ...]]]:
+        """The learner's refits since the last call, summarised for metrics (no user ids)."""
+        learner = self.pipeline.learner
+        if learner is None or not learner.decisions:
+            return []
+        out = []
+        for u, d in learner.take_decisions():
+            cands = tuple((c.kind, c.qualifies) for c in d.candidates)
+            st = self.states.users.get(u)
+            if st is not None and st.learn is not None and st.learn.model is not None:
+                self._personal.add(u)
+            else:
+                self._personal.discard(u)
+            if d.adopted is not None:
+                best = next((c for c in d.candidates if c.kind == d.adopted.kind), None)
+                gain = None if best is None or d.in_force_scores is None else d.in_force_scores.nll - best.scores.nll
+                out.append(("adopted", d.adopted.kind, gain, cands))
+            else:
+                out.append(("reverted" if d.revert_to_global else "kept", "", None, cands))
+        return out
 
     def feedback(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
         """Label-span records of the feedback topic (key = user_id): each span goes to its
@@ -234,7 +281,8 @@ class PipelineShard:
         try:
             return self.pipeline.process(windows, self.states)
         except Exception:  # noqa: BLE001 - isolate the record that caused it, below
-            pass
+            if self.pipeline.learner is not None:
+                self.pipeline.learner.take_decisions()  # undone below with the states
         for u, snap in snaps.items():
             self._undo(u, snap)
         preds: list[Prediction] = []
@@ -330,6 +378,7 @@ class PipelineShard:
         self._state_bytes -= self._state_size.pop(u, 0)
         self._last_value.pop(u, None)
         self._last_labels.pop(u, None)
+        self._personal.discard(u)
 
     # --- rebalance -----------------------------------------------------------------------------
     def release(self, partitions: list[int], durable: bool) -> int:
@@ -385,6 +434,8 @@ class PipelineShard:
         return n, errors
 
     def _adopt(self, u: str, st: UserState, part: int) -> None:
+        if st.learn is not None and st.learn.model is not None:
+            self._personal.add(u)
         self.states.put(u, st)
         self._user_part[u] = part
         self._part_users.setdefault(part, set()).add(u)
@@ -422,4 +473,8 @@ class PipelineShard:
             kind, method = cal.kind, store.method
         last_ts = None if st.last_ts_us is None else format_ts_us(st.last_ts_us)
         labels = tuple(self._last_labels.get(user_id, ()))
-        return UserInfo(user_id, part, st.windows_seen, last_ts, scope, kind, method, labels, self._last_value.get(user_id))
+        learner = self.pipeline.learner
+        prof = None if learner is None else learner.profile(self.states, user_id)
+        if prof is not None and st.learn is not None and st.learn.model is not None:
+            scope, kind = "user", st.learn.model.kind
+        return UserInfo(user_id, part, st.windows_seen, last_ts, scope, kind, method, labels, self._last_value.get(user_id), prof)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES
 from taskclf_daemon.records import DeadLetter, OutputRecord
@@ -36,6 +36,8 @@ class ShardLimits:
     keep_recent: bool = True
     #: windows of this shard's drift sliding window (0 = no drift metrics)
     drift_window: int = 0
+    #: write taskclf LabelRequests for unsure windows (a label-request topic is configured)
+    label_requests: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> ShardLimits:
@@ -47,6 +49,7 @@ class ShardLimits:
             max_state_users=s.max_state_users,
             keep_recent=s.http_user_routes,
             drift_window=-(-s.drift_window_size // max(1, s.pipeline_workers)),
+            label_requests=bool(s.feedback_topic and s.label_requests_topic),
         )
 
 
@@ -113,6 +116,12 @@ class ShardResult:
     state_users: int
     #: taskclf LabelRequest records for the label-request topic (key user_id), in input order
     requests: Outputs = field(default_factory=Outputs)
+    #: the batch's personal refits (no user ids): (outcome ``adopted``/``kept``/``reverted``,
+    #: adopted kind or "", held-out NLL gain of the adopted model (nats) or None,
+    #: ((candidate kind, qualified), ...))
+    refits: list[tuple[str, str, float | None, tuple[tuple[str, bool], ...]]] = field(default_factory=list)
+    #: users of the shard served by a personal model
+    personal_users: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +166,6 @@ class UserInfo:
     recent_labels: tuple[str, ...]
     #: the last output value produced for the user (a WindowPrediction JSON document)
     last_prediction: bytes | None
+    #: the learning loop's view of the user (evidence, eligibility, model in force, last
+    #: decision, top head features); None without a feedback topic or before the first span
+    personalisation: dict[str, Any] | None = None

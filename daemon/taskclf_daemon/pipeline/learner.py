@@ -152,8 +152,10 @@ class Learner:
         learn = st.learn
         elig = eligibility(learn.evidence_arrays(), self.gate)
         model = self.in_force(user_id, learn)
+        head = model.head if model.kind == "head" else None
         return {
             "evidence": {**elig.to_json(), "labels_total": learn.labels_total, "pending_windows": len(learn.ring), "known_spans": len(learn.spans)},
             "in_force": {"scope": model.scope, "kind": model.kind, "version": model.version},
             "last_decision": learn.decision,
+            "top_features": None if head is None else head.top_features(),
         }

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from taskclf_daemon.errors import ArtifactError
-from taskclf_daemon.labels import N_LABELS
+from taskclf_daemon.labels import LABELS, N_LABELS
 from taskclf_daemon.pipeline.calibration import Calibrator, IdentityCalibrator, calibrator_from_json
 from taskclf_daemon.pipeline.head_features import HEAD_FEATURES, head_matrix
 
@@ -66,6 +66,19 @@ class HeadParams:
             return cls(mean, scale, weights, bias, float(obj.get("l2", 0.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(source, f"bad head parameters: {exc}", "refit the user's personal model", field="head") from None
+
+    def top_features(self, k: int = 5) -> list[dict[str, Any]]:
+        """The user's "top triggers": the ``k`` head features with the largest weights (L2 norm
+        over the classes; the features are standardised, so weights compare), each with the
+        label it pushes up most. Ties keep the feature order."""
+        W = np.asarray(self.weights)
+        norms = np.sqrt((W * W).sum(axis=1))
+        order = sorted(range(len(norms)), key=lambda j: (-float(norms[j]), j))[:k]
+        out = []
+        for j in order:
+            c = int(np.argmax(W[j]))
+            out.append({"feature": HEAD_FEATURES[j], "weight": round(float(norms[j]), 6), "pushes_toward": LABELS[c], "toward_weight": round(float(W[j, c]), 6)})
+        return out
 
     def logits(self, F: np.ndarray) -> np.ndarray:
         """``((F - mean) / scale) @ W + b`` summed feature by feature (row-independent)."""
