@@ -193,7 +193,7 @@ class PipelineShard:
             if st is None:
                 continue
             budget = st.asks if st.asks is not None else AskBudget()
-            quota = ELIGIBLE_ASKS_PER_DAY if st.learn is not None and st.learn.eligible else MAX_ASKS_PER_DAY
+            quota = ELIGIBLE_ASKS_PER_DAY if p.eligible else MAX_ASKS_PER_DAY
             if should_ask(budget, p.ts_us, p.confidence, quota):
                 st.asks = budget
                 out.append(_key(p.user_id), encode_request(p.user_id, p.ts_us, p.confidence, p.core_label_id), source_header(p.source) if p.source else b"")

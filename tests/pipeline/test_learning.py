@@ -113,8 +113,9 @@ def test_labels_lead_to_personal_models_at_defined_points_and_replays_are_identi
                 n += 1
                 hits_p += r["core_label_id"] == want
                 hits_g += g["core_label_id"] == want
-    # measured: 445 vs 208 of 925 (learning starts at a user's first span: its own windows came before it)
-    assert n > 800 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)
+    # measured: 330 vs 174 of 635 (learning starts at a user's first span, and the gate wants a
+    # gain over the label baseline beyond the noise of the held-out tail)
+    assert n > 500 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)
     # batching, and a restart from the state bytes at any point, give the same bytes
     assert _drive(pipe, ws, spans, batch=7, cut=1900)[0] == out
     # the state holds the adopted model; its bytes round-trip

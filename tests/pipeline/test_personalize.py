@@ -116,3 +116,17 @@ def test_same_evidence_same_bytes_and_json_round_trip() -> None:
         PersonalModel.from_json(tampered)
     with pytest.raises(ArtifactError, match="not a personal model"):
         PersonalModel.from_json({"type": "temperature", "temperature": 1.5})
+
+
+def test_clearly_below_wants_the_margin_and_beyond_two_standard_errors() -> None:
+    from taskclf_daemon.pipeline.scoring import clearly_below
+
+    b = np.full(100, 2.0)
+    wobble = np.where(np.arange(100) % 2 == 0, 1.0, -1.0)
+    # mean gain 0.05 nats; paired sd 0.5 -> se 0.05: 2 se reach past zero -> luck, refused
+    assert not clearly_below(b - 0.05 + 0.5 * wobble, b, 0.01)
+    # the same mean gain with sd 0.1 -> se 0.01: clear
+    assert clearly_below(b - 0.05 + 0.1 * wobble, b, 0.01)
+    # ... but not by a margin larger than the gain
+    assert not clearly_below(b - 0.05 + 0.1 * wobble, b, 0.06)
+    assert not clearly_below(b[:1] - 1.0, b[:1], 0.01)  # one window proves nothing

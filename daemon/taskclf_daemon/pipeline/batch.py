@@ -73,6 +73,8 @@ class Prediction:
     calibrator_scope: str
     value: bytes
     source: SourceRef | None = None
+    #: the user had enough evidence for a personal model right after this window (learning only)
+    eligible: bool = False
 
 
 @dataclass(slots=True)
@@ -213,8 +215,10 @@ class InferencePipeline:
             smoothed_names,
             scopes,
         )
+        learner = self.learner
+        eligible = learner.eligible_at if learner is not None and len(learner.eligible_at) == len(windows) else [False] * len(windows)
         out = [
-            Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], values[i], w.source)
+            Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], values[i], w.source, eligible[i])
             for i, w in enumerate(windows)
         ]
         t6 = time.perf_counter()

@@ -59,6 +59,9 @@ class Learner:
         self.hour_column = hour_column
         #: (user_id, decision) of every refit since the last :meth:`take_decisions`
         self.decisions: list[tuple[str, Decision]] = []
+        #: per window of the last :meth:`personalise` call: the user had enough evidence for a
+        #: personal model right after that window (what the label-request quota reads)
+        self.eligible_at: list[bool] = []
 
     def bind(self, store: CalibratorStore | None, feature_columns: Sequence[str]) -> None:
         """Called by the pipeline: the calibrator store in use and the model row's columns."""
@@ -102,6 +105,7 @@ class Learner:
         extras = extras_batch(overlays, hours)
         groups: dict[int, tuple[PersonalModel, list[int]]] = {}
         cfg = self.config
+        eligible = self.eligible_at = [False] * n
         for i, w in enumerate(windows):
             learn = states.get(w.user_id).learn
             if learn is None:  # the user never sent a label: nothing to learn, nothing kept
@@ -113,6 +117,7 @@ class Learner:
                 learn.eligible = self._eligible(learn)
             if learn.eligible and learn.due(w.ts_us, cfg):
                 self._refit(w.user_id, learn, w.ts_us)
+            eligible[i] = learn.eligible
         if groups:
             probs = probs.copy()
             for model, rows in groups.values():

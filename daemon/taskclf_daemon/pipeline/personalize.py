@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from taskclf_daemon.labels import MIN_DISTINCT_LABELS, MIN_LABELED_DAYS, MIN_LABELED_WINDOWS, N_LABELS
-from taskclf_daemon.pipeline.calibfit import fit_isotonic, fit_temperature, nll
+from taskclf_daemon.pipeline.calibfit import fit_isotonic, fit_temperature
 from taskclf_daemon.pipeline.calibration import TemperatureCalibrator
 from taskclf_daemon.pipeline.head_features import HEAD_FEATURES, N_EXTRAS, head_matrix
 from taskclf_daemon.pipeline.personal_model import HeadParams, PersonalModel
-from taskclf_daemon.pipeline.scoring import Scores, score
+from taskclf_daemon.pipeline.scoring import Scores, clearly_below, score, window_losses
 
 _DAY_US = 86_400_000_000
 CANDIDATE_KINDS = ("temperature", "isotonic", "head")
@@ -197,9 +197,14 @@ def _fit_candidate(kind: str, fit: Evidence, in_force: PersonalModel, seq: int, 
 
 def label_baseline_nll(fit: Evidence, hold: Evidence) -> float:
     """Held-out NLL of the older part's add-one smoothed label frequencies."""
+    return float(label_baseline_losses(fit, hold).mean())
+
+
+def label_baseline_losses(fit: Evidence, hold: Evidence) -> np.ndarray:
+    """Per held-out window, the log-loss of the older part's add-one smoothed label frequencies."""
     counts = np.bincount(fit.y, minlength=N_LABELS).astype(np.float64) + 1.0
     prior = counts / counts.sum()
-    return nll(np.broadcast_to(prior, (len(hold), N_LABELS)), hold.y)
+    return window_losses(np.broadcast_to(prior, (len(hold), N_LABELS)), np.asarray(hold.y, dtype=np.int64))
 
 
 def _passes(s: Scores, ref: Scores, cfg: GateConfig) -> list[str]:
@@ -218,14 +223,25 @@ class _References:
 
     in_force: Scores
     global_: Scores | None
-    baseline_nll: float
+    baseline: np.ndarray
+
+    @property
+    def baseline_nll(self) -> float:
+        return float(self.baseline.mean())
+
+    def beats_baseline(self, s: Scores, cfg: GateConfig) -> bool:
+        """``s`` is clearly (beyond the noise of the held-out tail) below the label-frequency baseline."""
+        return s.losses is not None and clearly_below(s.losses, self.baseline, cfg.nll_margin)
 
     def why_not(self, s: Scores, cfg: GateConfig) -> list[str]:
         why = [w.format(ref="the model in force") for w in _passes(s, self.in_force, cfg)]
         if self.global_ is not None:
             why += [w.format(ref="the global calibrator") for w in _passes(s, self.global_, cfg)]
-        if not s.nll <= self.baseline_nll - cfg.nll_margin:
-            why.append(f"held-out NLL {s.nll:.4f} not {cfg.nll_margin} below the user's label-frequency baseline ({self.baseline_nll:.4f}): the labels carry no signal the model can use")
+        if not self.beats_baseline(s, cfg):
+            why.append(
+                f"held-out NLL {s.nll:.4f} not clearly (by {cfg.nll_margin} and beyond 2 standard errors) below the user's "
+                f"label-frequency baseline ({self.baseline_nll:.4f}): the labels carry no signal the model can use"
+            )
         return why
 
 
@@ -261,10 +277,10 @@ def _decide(ev: Evidence, in_force: PersonalModel, at_us: int, cfg: GateConfig, 
     back_fit, back = ev.take(slice(0, n - n_hold - n_back)), ev.take(slice(n - n_hold - n_back, n - n_hold))
     base_scores = score(in_force.apply(hold.raw, hold.extras), hold.y)
     glob_scores = None if global_model is None else score(global_model.apply(hold.raw, hold.extras), hold.y)
-    refs = _References(base_scores, glob_scores, label_baseline_nll(fit, hold))
+    refs = _References(base_scores, glob_scores, label_baseline_losses(fit, hold))
     back_refs = None
     if n_back and len(np.unique(back_fit.y)) >= 2:
-        back_refs = _References(score(in_force.apply(back.raw, back.extras), back.y), None if global_model is None else score(global_model.apply(back.raw, back.extras), back.y), label_baseline_nll(back_fit, back))
+        back_refs = _References(score(in_force.apply(back.raw, back.extras), back.y), None if global_model is None else score(global_model.apply(back.raw, back.extras), back.y), label_baseline_losses(back_fit, back))
     seq = (in_force.seq if in_force.scope == "user" else 0) + 1
     results: list[CandidateResult] = []
     best: tuple[float, int, PersonalModel] | None = None
@@ -282,6 +298,8 @@ def _decide(ev: Evidence, in_force: PersonalModel, at_us: int, cfg: GateConfig, 
         if ok and (best is None or (s.nll, rank) < (best[0], best[1])):
             best = (s.nll, rank, model)
     adopted = best[2] if best is not None else None
+    # a personal model in force that no longer beats the global calibrator is dropped (one that
+    # merely stops beating the label baseline stays: going back to global would be worse still)
     revert = adopted is None and glob_scores is not None and (not _passes(glob_scores, base_scores, cfg) or base_scores.macro_f1 < glob_scores.macro_f1 - cfg.f1_tolerance)
     reason = f"adopted {adopted.kind}" if adopted is not None else ("the personal model in force no longer beats the global calibrator: back to global" if revert else "no candidate beat the model in force")
     return Decision(at_us, elig, n - n_hold, n_hold, in_force.kind, in_force.version, base_scores, refs.baseline_nll, tuple(results), adopted, reason, revert, glob_scores)
