@@ -336,3 +336,17 @@ def test_settings_are_typed_immutable_and_match_the_key_table() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.smooth_window = 5  # type: ignore[misc]
     assert s.replace(smooth_window=5).smooth_window == 5 and s.smooth_window == 3
+
+
+def test_feedback_topic_is_on_by_default_and_empty_turns_learning_off() -> None:
+    s = load_settings(None, env={}, flags={"model_dir": "m"})
+    assert (s.feedback_topic, s.label_requests_topic) == ("taskclf.labels", "taskclf.label-requests")
+    off = load_settings(None, env={"TASKCLF_FEEDBACK_TOPIC": "", "TASKCLF_LABEL_REQUESTS_TOPIC": ""}, flags={"model_dir": "m"})
+    assert off.feedback_topic is None and off.label_requests_topic is None
+    from taskclf_daemon.artifacts import LoadOptions
+    from taskclf_daemon.shard_data import ShardLimits
+
+    assert LoadOptions.from_settings(off).learner() is None and ShardLimits.from_settings(off).label_requests is False
+    on = LoadOptions.from_settings(s).learner()
+    assert on is not None and on.config.refit_every == 200 and on.config.label_wait_s == 3600.0 and on.gate.nll_margin == 0.01
+    assert ShardLimits.from_settings(s).label_requests is True

@@ -57,7 +57,7 @@ class LoadOptions:
     model_backend: str = "lightgbm"
     model_cache_dir: str | Path | None = None
     #: the learning loop (a :class:`Learner` on the pipeline) when a feedback topic is set
-    feedback_topic: str = ""
+    feedback_topic: str | None = None
     label_wait_s: float = 3600.0
     refit_every: int = 200
     refit_days: float = 7.0

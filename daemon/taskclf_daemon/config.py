@@ -57,8 +57,8 @@ KEYS: dict[str, Key] = {
     "input_topic": Key("kafka", "str", "taskclf.features", "topic of FeatureRow windows (key = user_id)"),
     "output_topic": Key("kafka", "str", "taskclf.predictions", "topic of WindowPrediction records (key = user_id)"),
     "dlq_topic": Key("kafka", "str", "taskclf.features.dlq", "dead-letter topic for refused records"),
-    "feedback_topic": Key("kafka", "str", "taskclf.labels", "topic of taskclf LabelSpan records (key = user_id), the learning loop's input; co-partitioned with input_topic (same partition count, checked at start; the group uses the range assignor). Empty = off: no learning"),
-    "label_requests_topic": Key("kafka", "str", "taskclf.label-requests", "topic of taskclf LabelRequest records the daemon writes for windows worth a label (confidence < 0.55, at most 20 per user per UTC day); empty = none. Only with feedback_topic"),
+    "feedback_topic": Key("kafka", "optstr", "taskclf.labels", "topic of taskclf LabelSpan records (key = user_id), the learning loop's input; co-partitioned with input_topic (same partition count, checked at start; the group uses the range assignor). Empty = off: no learning"),
+    "label_requests_topic": Key("kafka", "optstr", "taskclf.label-requests", "topic of taskclf LabelRequest records the daemon writes for windows worth a label (confidence < 0.55, at most 20 per user per UTC day); empty = none. Only with feedback_topic"),
     "group_id": Key("kafka", "str", "taskclf-daemon", "consumer group id (instances sharing it split the partitions)"),
     "group_instance_id": Key("kafka", "optstr", None, "static membership id (avoids rebalances on rolling restarts); empty = dynamic"),
     "client_id": Key("kafka", "str", "taskclf-daemon", "Kafka client id"),
@@ -203,8 +203,8 @@ class Settings:
     input_topic: str
     output_topic: str
     dlq_topic: str
-    feedback_topic: str
-    label_requests_topic: str
+    feedback_topic: str | None
+    label_requests_topic: str | None
     group_id: str
     group_instance_id: str | None
     client_id: str
