@@ -23,6 +23,11 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
 Throughput = records / (last output CreateTime - first output CreateTime), the same for (a),
 (b) and (c): the group join is excluded. Every output topic is read back with confluent-kafka
 ``assign()`` and deduplicated on (user_id, bucket_start_ts); the count must equal the input.
+**Values**: the outputs of (b), (c) and the latency daemon must equal, byte for byte, an offline
+replay of the same records (``scripts/bench_verify.py``: the pure pipeline, same settings,
+``lightgbm`` backend), and re-emitted copies must equal the first; a ``values_<phase>:`` line
+gives compared/equal/differing/missing/extra counts, the differing fields and an example, and
+any difference fails the run (exit 1).
 Noise: ``others_cores`` per phase (machine busy CPU minus this process tree); runs with
 ``others_cores > 0.3`` are marked contended (C).
 
@@ -53,6 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_verify as bv
 import benchlib as bl
 
 EXIT_OK = 0
@@ -89,6 +95,9 @@ class Bench:
         self.rid = uuid.uuid4().hex[:6]
         self.results: dict[str, Any] = {"config": {k: v for k, v in vars(a).items()}, "bootstrap_servers": bootstrap, "run_id": self.rid}
         self.policy = str(Path(a.policy).resolve())
+        #: the daemon's settings as this benchmark runs it (defaults + the golden policy): the
+        #: offline replay reference, the stage profile and the naive daemon use the same
+        self.settings = bl.settings_for(bootstrap).replace(policy=self.policy)
 
     def topic(self, name: str) -> str:
         return f"bench-{self.rid}-{name}"
@@ -186,6 +195,19 @@ class Bench:
             bl.log(f"{what}: {read.duplicates} duplicate outputs (re-emitted), deduplicated")
         return res
 
+    def verify_values(self, what: str, read: bl.TopicRead, records: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        """The drained values equal an offline replay of ``records`` (bench_verify.py), byte for byte."""
+        t0 = time.monotonic()
+        res = bv.compare_values(read.values, bv.reference_values(self.settings, records))
+        res["conflicts"] = read.value_conflicts
+        res["replay_s"] = round(time.monotonic() - t0, 1)
+        _out(bv.summary_line(what, res, read.value_conflicts))
+        if not res["ok"] or read.value_conflicts:
+            self.results.setdefault("errors", []).append(
+                f"{what}: {res['differing']} of {res['compared']} values differ from the offline replay, {res['missing']} missing, "
+                f"{res['extra']} extra, {read.value_conflicts} re-emitted copies differ (example: {res.get('example')})")
+        return res
+
     def noise_str(self, noise: dict[str, Any]) -> str:
         return f"others_cores={noise.get('others_cores')} own_cores={noise.get('own_cores')} state={noise.get('state')}"
 
@@ -255,7 +277,7 @@ class Bench:
             noise = self.mon.end()
         finally:
             rc = self.stop_daemon(p, dlog)
-        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000))
+        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000), keep_values=True)
         d_eps = read.rate()
         emitted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"')
         stages = {}
@@ -276,11 +298,15 @@ class Bench:
              f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
              f"{self.noise_str(noise)}")
         _out(f"io_ratio: {d_eps / pt_eps:.3f} (daemon/passthrough)")
+        bl.log("(b) values: the drained outputs against an offline replay of the same backlog")
+        R["daemon"]["values"] = self.verify_values("daemon", read, wl.records)
+        del read
 
         # ---- stage profile (offline, this process)
-        from taskclf_daemon.artifacts import build_pipeline
+        from taskclf_daemon.artifacts import pipeline_from_settings
 
-        pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0, model_backend=os.environ.get("TASKCLF_MODEL_BACKEND", "lightgbm"))
+        backend = os.environ.get("TASKCLF_MODEL_BACKEND", self.settings.model_backend)
+        pipe, _desc = pipeline_from_settings(self.settings.replace(model_backend=backend))
         if a.profile_records:
             k = min(a.profile_records, len(wl))
             bl.log(f"(p) stage profile: {k} records through decode + InferencePipeline.process in batches of 1000")
@@ -290,7 +316,7 @@ class Bench:
             R["stage_profile"] = prof
             _out("stage_profile_us_per_record: " + " ".join(f"{s}={prof[s]}" for s in ("decode", "features", "encode", "predict", "calibrate", "decide", "serialize", "total"))
                  + f" raw_booster_predict={prof['raw_booster_predict']} R_model={prof['R_model']} {self.noise_str(prof['noise'])}")
-            pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0, model_backend=os.environ.get("TASKCLF_MODEL_BACKEND", "lightgbm"))  # fresh state
+            pipe, _desc = pipeline_from_settings(self.settings.replace(model_backend=backend))  # fresh state
 
         # ---- (c) naive
         bl.log(f"(c) naive daemon: {naive_n} records one at a time (process([w]), send_and_wait, commit per message)")
@@ -300,9 +326,10 @@ class Bench:
         self.mon.begin("naive")
         res = bl.run_async(bl.naive_daemon(s_naive, pipe, t_nin, t_nout, naive_n, timeout=self.timeout_for(naive_n, 50)), self.timeout_for(naive_n, 50) + 30)
         noise = self.mon.end()
-        read = bl.read_topic(self.bootstrap, t_nout, expect=naive_n, timeout=self.timeout_for(naive_n, 5000))
+        read = bl.read_topic(self.bootstrap, t_nout, expect=naive_n, timeout=self.timeout_for(naive_n, 5000), keep_values=True)
         n_eps = read.rate()
         R["naive"] = {"eps": round(n_eps, 1), **self.verify("naive", read, naive_n), **res, "noise": noise}
+        R["naive"]["values"] = self.verify_values("naive", read, naive_records)
         _out(f"naive: eps={n_eps:.0f} records={read.unique} span_s={read.span_s():.2f} "
              f"us_per_message={json.dumps(res.get('us_per_message'), separators=(',', ':'))} {self.noise_str(noise)}")
         _out(f"naive_ratio: {d_eps / n_eps:.2f} (daemon/naive)")
@@ -346,12 +373,14 @@ class Bench:
                 else:
                     bl.Procs.stop(p, timeout=20.0)
             rin = bl.read_topic(self.bootstrap, t_lin, expect=n_lat, dedupe=False, keep_positions=True, timeout=self.timeout_for(n_lat, 5000))
-            rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000))
+            rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000), keep_values=who == "daemon")
             lat = bl.join_latencies(rout, rin, t_lin)
             pct = bl.percentiles(lat, (50, 90, 99))
             achieved = rin.rate()
             R["latency"][who] = {**{k: round(v, 1) for k, v in pct.items()}, "max": round(max(lat), 1) if lat else None, "events": len(lat),
                                  "achieved_eps": round(achieved), **self.verify(f"latency {who}", rout, n_lat), "noise": noise}
+            if who == "daemon":
+                R["latency"][who]["values"] = self.verify_values("latency_daemon", rout, lat_wl.records)
             _out(f"latency_{who}: offered_eps={rate:.0f} achieved_eps={achieved:.0f} events={len(lat)} p50_ms={pct['p50']:.1f} "
                  f"p90_ms={pct['p90']:.1f} p99_ms={pct['p99']:.1f} {self.noise_str(noise)}")
 
@@ -392,7 +421,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
     ap.add_argument("--pipeline-workers", type=int, default=None, help="pipeline_workers of the daemon (default: the daemon's default, 2; env TASKCLF_PIPELINE_WORKERS)")
-    ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon and the naive daemon (default: lightgbm; env TASKCLF_MODEL_BACKEND)")
+    ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon, the naive daemon and the stage profile (default: the daemon's default; env TASKCLF_MODEL_BACKEND)")
     a = ap.parse_args(argv)
     if a.model_backend:
         os.environ["TASKCLF_MODEL_BACKEND"] = a.model_backend
