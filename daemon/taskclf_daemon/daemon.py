@@ -120,6 +120,7 @@ class Daemon:
         self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
+        self.pipeline.bundle.add_backend_listener(lambda b: m.set_backend(b.backend))
         try:  # a refused login or certificate is fatal at once, before /healthz is ever served
             await kio.check_security(s, timeout=min(20.0, s.request_timeout_ms / 1000.0))
         except TaskclfDaemonError as exc:
