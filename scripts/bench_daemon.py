@@ -10,7 +10,11 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
     about a second, so it runs ``--passthrough-rounds`` times (default 3) and the median counts;
 (b) **daemon**: ``taskclf-daemon run --policy <golden policy>`` as a subprocess draining the same
     pre-loaded backlog (>= 100k windows of >= 1,000 users cloned from the golden inputs);
-    peak RSS (VmHWM) and the daemon's own per-stage timings from ``/metrics``;
+    peak RSS (VmHWM), the backend in force and the daemon's own per-stage timings from
+    ``/metrics``. With the ``auto`` (default) or ``lleaves`` backend the compiled model is
+    cached first (``compile_cache:`` line), as a first start does in the background, so (b)
+    measures a normal start; ``--cold-cache`` skips that (a first start: LightGBM until the
+    background compile is swapped in);
 (p) **stage profile** (offline, in this process): µs per record of decode, features, encode,
     predict, calibrate, decide, serialize on the same rows, and ``R_model``;
 (c) **naive**: one message at a time (``InferencePipeline.process([window])``,
@@ -208,6 +212,23 @@ class Bench:
                 f"{res['extra']} extra, {read.value_conflicts} re-emitted copies differ (example: {res.get('example')})")
         return res
 
+    def warm_compile_cache(self) -> dict[str, Any]:
+        """With the ``auto``/``lleaves`` backend, make sure the compiled model is cached (as the
+        daemon's first start does in the background) so (b) measures a normal start."""
+        backend = os.environ.get("TASKCLF_MODEL_BACKEND", self.settings.model_backend)
+        if backend == "lightgbm" or self.a.cold_cache:
+            return {"backend": backend, "cache": "not warmed"}
+        from taskclf_daemon.pipeline import compiled as cc
+        from taskclf_daemon.pipeline.policy import resolve_inference
+
+        model_txt = Path(resolve_inference(policy_path=self.policy).model_dir) / "model.txt"
+        cache_file = cc.cache_file_for(model_txt, os.environ.get("TASKCLF_MODEL_CACHE_DIR") or self.settings.model_cache_dir)
+        t0 = time.monotonic()
+        compiled = cc.CompileJob(model_txt, cache_file).run()
+        res = {"backend": backend, "cache": "compiled" if compiled else "warm", "seconds": round(time.monotonic() - t0, 1), "file": str(cache_file)}
+        _out(f"compile_cache: backend={backend} cache={res['cache']} seconds={res['seconds']}")
+        return res
+
     def noise_str(self, noise: dict[str, Any]) -> str:
         return f"others_cores={noise.get('others_cores')} own_cores={noise.get('own_cores')} state={noise.get('state')}"
 
@@ -267,6 +288,7 @@ class Bench:
             _out(f"passthrough: eps={pt_eps:.0f} (median of {len(rounds)} rounds: {', '.join(str(r['eps']) for r in rounds)})")
 
         # ---- (b) daemon
+        R["compile_cache"] = self.warm_compile_cache()
         bl.log("(b) daemon: taskclf-daemon run draining the same backlog")
         self.mon.begin("daemon")
         p, port, dlog = self.start_daemon("b", t_in, t_d, t_dlq, {})
@@ -285,17 +307,19 @@ class Bench:
             sec = bl.prom_sum(body, "taskclf_stage_duration_seconds_sum", f'stage="{st}"')
             stages[st] = round(sec / emitted * 1e6, 2) if emitted else None
         calls = bl.prom_sum(body, "taskclf_predict_batch_size_records_count")
+        in_force = [b for b in ("lightgbm", "lleaves") if bl.prom_sum(body, "taskclf_model_backend_info", f'backend="{b}"') == 1.0]
         R["daemon"] = {"eps": round(d_eps), **self.verify("daemon", read, expect), "ready_s": round(ready_s, 2), "exit_code": rc,
                        "rss_mb": round(rss) if rss else None, "stage_us_per_record": stages,
                        "mean_batch": round(emitted / calls, 1) if calls else None,
                        "dlq": bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"'),
                        "commits_ok": bl.prom_sum(body, "taskclf_offset_commits_total", 'result="ok"'),
-                       "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise}
+                       "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise,
+                       "backend_in_force": in_force[0] if in_force else None}
         daemon_cpu = noise.get("daemon_b_cores")
         if daemon_cpu is not None and noise.get("wall_s"):
             R["daemon"]["daemon_cpu_s"] = round(daemon_cpu * noise["wall_s"], 2)
         _out(f"daemon: eps={d_eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
-             f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
+             f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} backend={R['daemon']['backend_in_force']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
              f"{self.noise_str(noise)}")
         _out(f"io_ratio: {d_eps / pt_eps:.3f} (daemon/passthrough)")
         bl.log("(b) values: the drained outputs against an offline replay of the same backlog")
@@ -420,6 +444,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    ap.add_argument("--cold-cache", action="store_true", help="do not compile the model before (b): measure a first start (LightGBM until the background compile is swapped in)")
     ap.add_argument("--pipeline-workers", type=int, default=None, help="pipeline_workers of the daemon (default: the daemon's default, 2; env TASKCLF_PIPELINE_WORKERS)")
     ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon, the naive daemon and the stage profile (default: the daemon's default; env TASKCLF_MODEL_BACKEND)")
     a = ap.parse_args(argv)
