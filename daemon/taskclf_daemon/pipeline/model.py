@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -337,7 +338,7 @@ class ModelBundle:
             try:
                 compiled_now = job.run()
                 self._use_compiled(lleaves, model_path, cache_file, from_cache=not compiled_now, t0=t0)
-                _log.info("model_backend_swapped backend=lleaves bundle=%s compiled=%s seconds=%.1f", self.bundle_id, compiled_now, time.perf_counter() - t0)
+                _log.info("model_backend_swapped backend=lleaves bundle=%s compiled=%s seconds=%.1f pid=%d", self.bundle_id, compiled_now, time.perf_counter() - t0, os.getpid())
             except Exception as exc:  # noqa: BLE001 -- LightGBM stays in force; say why
                 self.backend_note = f"background compile failed ({exc.__class__.__name__}: {exc}); using lightgbm"
                 _log.warning("model_backend_compile_failed bundle=%s error=%s", self.bundle_id, exc)
