@@ -336,3 +336,24 @@ def test_auto_treats_a_truncated_cache_file_as_a_miss(tmp_path: Path, monkeypatc
     assert b.wait_for_backend(timeout=60) and b.backend == "lightgbm"
     assert [j.cache_file for j in jobs] == [target] and jobs[0].nice == 10
     assert json.dumps(b.backend_info())  # serialisable for the log line
+
+
+def test_a_compile_waits_for_the_lock_and_skips_a_model_compiled_meanwhile(tmp_path: Path) -> None:
+    """The compile child takes the cache file's lock; finding the object there once it has the
+    lock (another process compiled it meanwhile) it exits without compiling."""
+    import threading
+    import time
+
+    cache_file = tmp_path / "cache" / "model-x.o"
+    job = cc.CompileJob(_bundle_dir() / "model.txt", cache_file)
+    result: list[bool] = []
+    with cc.cache_lock(cache_file):  # another process compiling
+        t = threading.Thread(target=lambda: result.append(job.run()))
+        t.start()
+        time.sleep(3.0)
+        assert t.is_alive() and job._proc is not None and job._proc.poll() is None, "the child must wait for the lock"
+        cache_file.write_bytes(b"\x7fELF" + b"\0" * 60)  # ... which then publishes its object
+    t.join(timeout=60)
+    assert result == [False]
+    assert job._proc.returncode == 10
+    assert sorted(p.name for p in cache_file.parent.iterdir()) == [".model-x.o.lock", "model-x.o"]

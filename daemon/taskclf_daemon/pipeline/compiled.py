@@ -27,10 +27,10 @@ Measured: 0 of 120,000 random rows differ (NaN, +-0, tiny, huge, +-inf, unseen, 
 fractional and out-of-range categories), nor any of the 3,030 golden rows; and every load of a
 compiled model is checked against LightGBM on :func:`probe_rows` before it serves (model.py).
 
-Compiling takes 30-100 s, so it is cached (key: model sha256, lleaves/llvmlite versions, CPU,
-options) and runs in a child process (no GIL contention with serving, a crash cannot take the
-daemon down) under an exclusive lock per cache file, so several processes starting at once
-compile once. Native code is only loaded from a cache that :func:`untrusted_cache_reason` accepts.
+Compiling takes 30-100 s (more on a busy machine) and ~1.1 GB, so it is cached (key: model
+sha256, lleaves/llvmlite versions, CPU, options) and runs in a niced child process (no GIL
+contention with serving, a crash cannot take the daemon down) holding an exclusive lock per
+cache file, so several processes starting at once compile once. Native code is only loaded from a cache that :func:`untrusted_cache_reason` accepts.
 """
 
 from __future__ import annotations
@@ -275,10 +275,19 @@ def compile_to_cache(model_file: Path, cache_file: Path) -> None:
             tmp.unlink()
 
 
+#: exit status of the compile child when another process had already compiled the model
+_EXIT_ALREADY_CACHED = 10
+
+
+def _cached(cache_file: Path) -> bool:
+    return cache_file.is_file() and looks_like_object(cache_file)
+
+
 class CompileJob:
-    """Makes sure ``cache_file`` holds the compile of ``model_file``: under :func:`cache_lock`, a
-    child process compiles it unless it is already there. :meth:`cancel` kills the child (a
-    compile abandoned at exit is simply redone by the next start)."""
+    """Makes sure ``cache_file`` holds the compile of ``model_file``: a child process takes
+    :func:`cache_lock` and compiles unless the file is (by then) there. The child holds the lock,
+    so a compile outlives a parent that exits (its cache is then ready for the next start) and
+    no second compile starts meanwhile. :meth:`cancel` kills the child."""
 
     def __init__(self, model_file: Path, cache_file: Path, *, nice: int = 0) -> None:
         self.model_file = model_file
@@ -288,30 +297,29 @@ class CompileJob:
         self._cancelled = False
 
     def run(self) -> bool:
-        """Returns True if it compiled, False if the cache was already there.
+        """Returns True if this job compiled, False if the cache was already there.
 
         :raises CompileError: the child failed (its last error line is in the message)
         """
+        if _cached(self.cache_file):
+            return False
+        if self._cancelled:
+            raise CompileError("cancelled")
         try:
-            with cache_lock(self.cache_file):
-                if self.cache_file.is_file() and looks_like_object(self.cache_file):
-                    return False
-                if self._cancelled:
-                    raise CompileError("cancelled")
-                for stale in self.cache_file.parent.glob(f".{self.cache_file.name}.*.tmp"):  # left by a killed compile
-                    with contextlib.suppress(OSError):
-                        stale.unlink()
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "taskclf_daemon.pipeline.compiled", str(self.model_file), str(self.cache_file), str(self.nice)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                )
-                _, err = self._proc.communicate()
-                if self._proc.returncode != 0:
-                    lines = err.decode(errors="replace").strip().splitlines()
-                    raise CompileError(lines[-1] if lines else f"compile process exited with {self._proc.returncode}")
-                return True
+            self.cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "taskclf_daemon.pipeline.compiled", str(self.model_file), str(self.cache_file), str(self.nice)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            _, err = self._proc.communicate()
         except OSError as exc:
             raise CompileError(f"cannot compile into {self.cache_file.parent} ({exc})") from None
+        if self._proc.returncode == _EXIT_ALREADY_CACHED:
+            return False
+        if self._proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise CompileError(lines[-1] if lines else f"compile process exited with {self._proc.returncode}")
+        return True
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -351,9 +359,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.nice(int(args[2]))
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:  # LLVM peaks at ~1.1 GB on
         f.write("1000")  # 800 trees: under memory pressure the kernel kills this child, not the daemon
+    model_file, cache_file = Path(args[0]), Path(args[1])
     try:
-        compile_to_cache(Path(args[0]), Path(args[1]))
-    except (CompileError, ImportError) as exc:
+        with cache_lock(cache_file):  # held until this process ends: one compile at a time
+            if _cached(cache_file):
+                return _EXIT_ALREADY_CACHED
+            for stale in cache_file.parent.glob(f".{cache_file.name}.*.tmp"):  # left by a killed compile
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            compile_to_cache(model_file, cache_file)
+    except (CompileError, ImportError, OSError) as exc:
         print(f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 -- report any failure of the compiler in one line
