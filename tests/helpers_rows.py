@@ -104,3 +104,19 @@ def make_window(**overrides: Any) -> FeatureWindow:
 def golden_dir() -> Path:
     """The golden fixture directory (plain files, checked against its manifest's sha256 sums)."""
     return golden_home()
+
+
+def golden_pipeline_windows() -> tuple[Any, list[FeatureWindow]]:
+    """The golden fixture's pipeline (its inference policy) and its input windows, each with a
+    ``SourceRef("in", 0, line index)``."""
+    from taskclf_daemon.artifacts import build_pipeline
+    from taskclf_daemon.codec import decode_window
+    from taskclf_daemon.records import SourceRef
+
+    g = golden_dir()
+    pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json")
+    v = RowValidator(pipe.bundle.schema)
+    ws = [decode_window(ln, v) for ln in (g / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
+    for i, w in enumerate(ws):
+        w.source = SourceRef("in", 0, i)
+    return pipe, ws

@@ -325,6 +325,10 @@ def _check_outputs(res: Any) -> list[dict[str, Any]]:
 def test_outputs_without_a_taxonomy_validate(plain: tuple[Any, PipelineShard, Any]) -> None:
     recs = _check_outputs(plain[2])
     assert {r["calibrator_scope"] for r in recs} == {"user", "global"}
+    # provenance: the bundle and the store in force, the store id as the pipeline names it
+    assert {(r["model_bundle_id"], r["calibrator_store_id"]) for r in recs} == {("2026-04-06_000000_run-0001", plain[0].store.store_id)}
+    assert plain[0].store.store_id.startswith("calibrator_store@") and len(plain[0].store.store_id) == len("calibrator_store@") + 8
+    assert list(recs[0])[-1] == "calibrator_store_id"
     assert any(r["is_rejected"] for r in recs) and any(r["smoothed_label_name"] == MIXED_UNKNOWN for r in recs)
     for r in recs:
         assert r["mapped_label_name"] == r["smoothed_label_name"] and list(r["mapped_probs"]) == list(LABELS)
@@ -348,13 +352,16 @@ def test_output_schema_refuses_what_the_daemon_never_writes(plain: tuple[Any, Pi
         {**rec, "bucket_start_ts": "2026-04-06T01:23:00+00:00"},
         {**rec, "calibrator_scope": "users"},
         {k: x for k, x in rec.items() if k != "model_bundle_id"},
+        {k: x for k, x in rec.items() if k != "calibrator_store_id"},
+        {**rec, "calibrator_store_id": ""},
     ]
+    assert _errors(v, {**rec, "calibrator_store_id": None}) == []  # no store
     for b in bad:
         assert _errors(v, b), b
 
 
 def test_changelog_values_validate(plain: tuple[Any, PipelineShard, Any]) -> None:
-    v = _validator("user-state.v2.schema.json")
+    v = _validator("user-state.v3.schema.json")
     cp = plain[1].checkpoint(None, now_s=1_775_469_600)
     assert len(cp.updates) == len({json.loads(ln)["user_id"] for ln in _golden_lines()}) == 10
     users = {json.loads(ln)["user_id"] for ln in _golden_lines()}

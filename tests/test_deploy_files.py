@@ -176,12 +176,15 @@ def mount_secrets(toml: str, tmp_path: Path) -> str:
     (the files the kubelet would mount), so that ``*_file`` settings can be read offline."""
     objs = k8s_objects()
     mounted = tmp_path / "secret-volume"
-    mounted.mkdir(exist_ok=True)
-    for key, value in objs["Secret"]["stringData"].items():
-        (mounted / key).write_text(value)
     pod = objs["StatefulSet"]["spec"]["template"]["spec"]
-    (vol,) = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == objs["Secret"]["metadata"]["name"]]
-    (path,) = [m["mountPath"] for m in the_container(objs["StatefulSet"])["volumeMounts"] if m["name"] == vol]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == objs["Secret"]["metadata"]["name"]]
+    data = objs["Secret"]["stringData"]
+    items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
+    for item in items:
+        f = mounted / item["path"]
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(data[item["key"]])
+    (path,) = [m["mountPath"] for m in the_container(objs["StatefulSet"])["volumeMounts"] if m["name"] == volume["name"]]
     return toml.replace(path.rstrip("/") + "/", f"{mounted}/")
 
 
@@ -302,6 +305,11 @@ def test_dashboard_covers_the_daemon_metrics() -> None:
         "taskclf_predict_batch_size_records_bucket", "taskclf_predictions_total", "taskclf_rejected_total",
         "taskclf_prediction_confidence_bucket", "taskclf_state_users", "taskclf_rebalances_total", "taskclf_ready",
         "taskclf_in_flight_records", "taskclf_offset_commits_total",
+        # drift and reloads
+        "taskclf_feature_psi", "taskclf_class_share", "taskclf_reference_class_share", "taskclf_reject_rate",
+        "taskclf_reference_reject_rate", "taskclf_mean_entropy", "taskclf_reference_mean_entropy", "taskclf_feature_null_rate",
+        "taskclf_feature_nulls_total", "taskclf_unseen_categories_total", "taskclf_drift_window_windows",
+        "taskclf_model_reloads_total", "taskclf_model_info",
     ):
         assert needed in used, f"no dashboard panel shows {needed}"
 
@@ -375,6 +383,26 @@ def test_alert_topics_are_covered() -> None:
     ):
         assert needle in exprs or needle in text, f"no alert or recording rule uses {needle}"
     assert "histogram_quantile(0.99" in text
+
+
+def test_drift_alerts_use_taskclfs_thresholds() -> None:
+    """Spec 10: PSI > 0.2 warning and > 0.4 critical, reject rate +0.10 critical, entropy > 2x
+    warning, class shift > 0.15 warning -- the same constants as the daemon's drift module."""
+    from taskclf_daemon.pipeline import drift
+
+    by_name = {a["alert"]: a for a in alerts()}
+    expected = {
+        "TaskclfFeatureDrift": ("warning", f"taskclf_feature_psi > {drift.PSI_THRESHOLD} <= {2 * drift.PSI_THRESHOLD}"),
+        "TaskclfFeatureDriftCritical": ("critical", f"taskclf_feature_psi > {2 * drift.PSI_THRESHOLD}"),
+        "TaskclfRejectRateIncrease": ("critical", f"taskclf_reject_rate - taskclf_reference_reject_rate >= {drift.REJECT_RATE_INCREASE_THRESHOLD:.2f}"),
+        "TaskclfEntropySpike": ("warning", f"taskclf_mean_entropy > {drift.ENTROPY_SPIKE_MULTIPLIER:g} * taskclf_reference_mean_entropy"),
+        "TaskclfClassShift": ("warning", f"abs(taskclf_class_share - taskclf_reference_class_share) > {drift.CLASS_SHIFT_THRESHOLD}"),
+    }
+    for name, (severity, condition) in expected.items():
+        assert by_name[name]["labels"]["severity"] == severity, name
+        assert condition in by_name[name]["expr"], f"{name}: {condition!r} not in {by_name[name]['expr']!r}"
+    reload = by_name["TaskclfModelReloadFailed"]["expr"]
+    assert 'taskclf_model_reloads_total{result=~"error|refused"}' in reload
 
 
 def test_readme_documents_every_alert() -> None:
@@ -457,6 +485,11 @@ def test_configmap_toml_loads(tmp_path: Path) -> None:
 def test_statefulset_env_loads_with_the_configmap(tmp_path: Path) -> None:
     s = settings_for_k8s(tmp_path)
     assert s.http_port > 0
+    # the Secret's files reach the settings: Kafka password and the per-user routes' token
+    secret = k8s_objects()["Secret"]["stringData"]
+    assert s.sasl_password == secret["sasl-password"]
+    assert s.http_user_routes is True
+    assert s.http_auth_token == secret["http-auth-token"], "per-user routes must require the token of the Secret"
 
 
 # ----------------------------------------------------------------------------------------------

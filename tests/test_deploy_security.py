@@ -163,22 +163,24 @@ def test_k8s_reads_the_password_and_ca_from_the_mounted_secret(tmp_path: Path) -
     assert mount["readOnly"] is True
     files = {i["path"]: i["key"] for i in vol["secret"]["items"]}
     assert set(files.values()) <= set(secret["stringData"])
-    data = tomllib.loads(cm["data"]["taskclf-daemon.toml"])["kafka"]
+    toml = tomllib.loads(cm["data"]["taskclf-daemon.toml"])
+    data = toml["kafka"]
     assert data["security_protocol"] == "SASL_SSL" and data["sasl_mechanism"].startswith("SCRAM-")
-    for key in ("sasl_password_file", "ssl_cafile"):
-        path = data[key]
+    for key, path in (("sasl_password_file", data["sasl_password_file"]), ("ssl_cafile", data["ssl_cafile"]), ("http_auth_token_file", toml["http"]["http_auth_token_file"])):
         assert path.startswith(mount["mountPath"].rstrip("/") + "/"), f"{key} {path} is not under the Secret's mount"
         assert path[len(mount["mountPath"].rstrip("/")) + 1:] in files, f"{key}: the Secret volume has no item {path}"
     # offline: the kubelet's files, then the config as the pod reads it
     mounted = tmp_path / "mount"
     mounted.mkdir()
     for p, key in files.items():
+        (mounted / p).parent.mkdir(parents=True, exist_ok=True)
         (mounted / p).write_text(secret["stringData"][key])
     cfg = tmp_path / "c.toml"
     cfg.write_text(cm["data"]["taskclf-daemon.toml"].replace(mount["mountPath"].rstrip("/") + "/", f"{mounted}/"))
     s = load_settings(cfg, env={"TASKCLF_GROUP_INSTANCE_ID": "taskclf-daemon-0"})
     assert s.sasl_password == secret["stringData"]["sasl-password"] and s.masked()["sasl_password"] == "***"
     assert s.sources["sasl_password"].startswith("sasl_password_file ")
+    assert s.http_auth_token == secret["stringData"]["http-auth-token"] and s.masked()["http_auth_token"] == "***"
 
 
 def test_no_password_in_any_deploy_environment() -> None:

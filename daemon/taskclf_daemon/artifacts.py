@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from taskclf_daemon.errors import ConfigError
 from taskclf_daemon.pipeline.batch import InferencePipeline, PipelineConfig
 from taskclf_daemon.pipeline.calibration import CalibratorStore
+from taskclf_daemon.pipeline.drift import PROFILE_FILE, load_profile
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy, ResolvedInference, check_policy_against_model, resolve_inference
 
@@ -37,24 +39,50 @@ def build_pipeline(
     if isinstance(reject_threshold, float | int) and not 0.0 <= float(reject_threshold) <= 1.0:
         raise ConfigError("reject_threshold", f"must be in [0, 1], got {reject_threshold}", "use e.g. 0.55, or 'none' to disable rejection")
     resolved: ResolvedInference = resolve_inference(model_dir=model_dir, calibrator_store=calibrator_store, policy_path=policy, reject_threshold=reject_threshold)
-    bundle = ModelBundle.load(resolved.model_dir, backend=model_backend, cache_dir=model_cache_dir)
+    return load_resolved(resolved, LoadOptions(taxonomy, smooth_window, idle_gap_seconds, event_time_policy, state_ttl_seconds, model_backend, model_cache_dir))
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What makes the pipeline beside the resolved artifacts (none of it is in the policy)."""
+
+    taxonomy: str | Path | None = None
+    smooth_window: int = 3
+    idle_gap_seconds: float = 300.0
+    event_time_policy: str = "skip"
+    state_ttl_seconds: float | None = None
+    model_backend: str = "lightgbm"
+    model_cache_dir: str | Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LoadOptions:
+        """The daemon's settings of the same names."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+def load_resolved(resolved: ResolvedInference, options: LoadOptions) -> tuple[InferencePipeline, dict[str, Any]]:
+    """Load and cross-check what ``resolved`` names (a hot reload resolves once in the daemon
+    process and has every pipeline worker load exactly those paths)."""
+    o = options
+    bundle = ModelBundle.load(resolved.model_dir, backend=o.model_backend, cache_dir=o.model_cache_dir)
     if resolved.policy is not None:
         check_policy_against_model(resolved.policy, bundle.schema_hash, bundle.metadata.get("label_set", []))
     store = CalibratorStore.load(resolved.calibrator_store) if resolved.calibrator_store else None
     tax = None
-    if taxonomy is not None:
+    if o.taxonomy is not None:
         from taskclf_daemon.pipeline.taxonomy import load_taxonomy
 
-        tax = load_taxonomy(taxonomy)
+        tax = load_taxonomy(o.taxonomy)
     cfg = PipelineConfig(
-        smooth_window=smooth_window,
+        smooth_window=o.smooth_window,
         reject_threshold=resolved.reject_threshold,
         per_user_thresholds=resolved.per_user_thresholds,
-        idle_gap_seconds=idle_gap_seconds,
-        event_time_policy=event_time_policy,
-        state_ttl_seconds=state_ttl_seconds or None,
+        idle_gap_seconds=o.idle_gap_seconds,
+        event_time_policy=o.event_time_policy,
+        state_ttl_seconds=o.state_ttl_seconds or None,
     )
     pipe = InferencePipeline(bundle, store, cfg, tax)
+    pipe.reference = load_profile(bundle.path, bundle.schema_hash)
     desc = resolved.describe()
     desc.update(bundle.backend_info())
     desc.update(
@@ -64,28 +92,27 @@ def build_pipeline(
         calibration_method=store.method if store else "none",
         calibrator_store_id=store.store_id if store else None,
         per_user_calibrators=len(store.user_calibrators) if store else 0,
-        taxonomy=str(taxonomy) if taxonomy else None,
-        smooth_window=smooth_window,
+        taxonomy=str(o.taxonomy) if o.taxonomy else None,
+        smooth_window=o.smooth_window,
         smoothing_mode="trailing (taskclf online)",
-        event_time_policy=event_time_policy,
-        state_ttl_seconds=state_ttl_seconds or None,
+        event_time_policy=o.event_time_policy,
+        state_ttl_seconds=o.state_ttl_seconds or None,
+        drift_reference=str(bundle.path / PROFILE_FILE) if pipe.reference is not None else None,
     )
     return pipe, desc
 
 
+def resolve_from_settings(settings: Any) -> ResolvedInference:
+    """What the daemon's settings and the policy file (as it is now) select: flag > policy > default."""
+    return resolve_inference(model_dir=settings.model_dir, calibrator_store=settings.calibrator_store, policy_path=settings.policy, reject_threshold=settings.reject_threshold)
+
+
+def pipeline_from_resolved(resolved: ResolvedInference, settings: Any) -> tuple[InferencePipeline, dict[str, Any]]:
+    """:func:`load_resolved` with the daemon's other settings (a hot reload)."""
+    return load_resolved(resolved, LoadOptions.from_settings(settings))
+
+
 def pipeline_from_settings(settings: Any) -> tuple[InferencePipeline, dict[str, Any]]:
-    """:func:`build_pipeline` with the daemon's settings (``taskclf-daemon run`` and its
-    pipeline worker processes build the same pipeline from the same settings)."""
-    return build_pipeline(
-        model_dir=settings.model_dir,
-        calibrator_store=settings.calibrator_store,
-        policy=settings.policy,
-        taxonomy=settings.taxonomy,
-        smooth_window=settings.smooth_window,
-        reject_threshold=settings.reject_threshold,
-        idle_gap_seconds=settings.idle_gap_seconds,
-        event_time_policy=settings.event_time_policy,
-        state_ttl_seconds=settings.state_ttl_seconds,
-        model_backend=settings.model_backend,
-        model_cache_dir=settings.model_cache_dir,
-    )
+    """:func:`build_pipeline` with the daemon's settings (``taskclf-daemon run``, its pipeline
+    worker processes and every hot reload build the same pipeline from the same settings)."""
+    return pipeline_from_resolved(resolve_from_settings(settings), settings)

@@ -69,19 +69,25 @@ class _Progress:
         sys.stderr.flush()
 
 
-def cmd_replay(a: argparse.Namespace) -> int:
+def _pipeline_from_flags(a: argparse.Namespace) -> Any:
+    """The pipeline (and its description) the inference flags of :func:`add_inference_flags` name."""
     from taskclf_daemon.artifacts import build_pipeline
-    from taskclf_daemon.offline.replay import open_input, open_output, replay
 
-    pipe, desc = build_pipeline(
+    return build_pipeline(
         model_dir=a.model_dir,
         calibrator_store=a.calibrator_store,
         policy=a.policy,
         taxonomy=a.taxonomy,
         smooth_window=a.smooth_window,
         reject_threshold=a.reject_threshold,
-        model_backend=a.model_backend,
+        model_backend=getattr(a, "model_backend", "lightgbm"),
     )
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline.replay import open_input, open_output, replay
+
+    pipe, desc = _pipeline_from_flags(a)
     print("replay: settings " + json.dumps(desc, sort_keys=True), file=sys.stderr)
 
     def on_bad(lineno: int, exc: Any) -> None:
@@ -127,6 +133,93 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline.reference import profile_from_windows
+    from taskclf_daemon.offline.replay import open_input
+    from taskclf_daemon.pipeline.drift import PROFILE_FILE, write_profile
+
+    pipe, desc = _pipeline_from_flags(a)
+    print("reference: settings " + json.dumps({k: desc.get(k) for k in ("model_bundle_id", "calibrator_store", "calibration_method", "reject_threshold")}, sort_keys=True), file=sys.stderr)
+
+    def on_bad(lineno: int, exc: Any) -> None:
+        print(f"{a.windows}:{lineno}: {exc.reason}: {exc.detail}", file=sys.stderr)
+
+    src = open_input(a.windows)
+    try:
+        prof, summary = profile_from_windows(pipe, src, source=f"reference: {a.windows}", on_bad=on_bad)
+    finally:
+        if a.windows != "-":
+            src.close()
+    out = write_profile(prof, Path(a.out) if a.out else pipe.bundle.path / PROFILE_FILE)
+    print(summary.line().replace("replay:", "reference:", 1), file=sys.stderr)
+    print(f"reference: wrote {out} ({prof.windows} windows, reject rate {prof.reject_rate:.4f}, mean entropy {prof.mean_entropy:.4f})", file=sys.stderr)
+    print(str(out))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from taskclf_daemon.artifacts import build_pipeline
+    from taskclf_daemon.codec import RowValidator
+    from taskclf_daemon.offline import evaluate as ev
+    from taskclf_daemon.pipeline.evidence import LearnConfig
+    from taskclf_daemon.pipeline.personalize import GateConfig
+
+    pipe, desc = build_pipeline(model_dir=a.model_dir, calibrator_store=a.calibrator_store, policy=a.policy, taxonomy=a.taxonomy, smooth_window=a.smooth_window, reject_threshold=a.reject_threshold)
+    print("evaluate: settings " + json.dumps(desc, sort_keys=True), file=sys.stderr)
+    if a.input:
+        win_lines, span_lines = ev.split_labelled(ev.read_lines(a.input))
+    else:
+        win_lines, span_lines = ev.read_lines(a.windows), ev.read_lines(a.labels)
+
+    def on_bad(what: str, lineno: int, exc: Any) -> None:
+        print(f"evaluate: {what} line {lineno}: {exc.reason}: {exc.detail}", file=sys.stderr)
+
+    windows, spans = ev.load_inputs(win_lines, span_lines, RowValidator(pipe.bundle.schema), on_bad)
+    learn = LearnConfig(refit_every=a.refit_every, label_wait_s=a.label_wait)
+    gate = GateConfig(nll_margin=a.nll_margin)
+    result = ev.evaluate(pipe, windows, spans, learn=learn, gate=gate, label_delay_s=a.label_delay, progress=_Progress())
+    files, skipped = ev.write_outputs(result, Path(a.out), plots=not a.no_plots)
+    if skipped:
+        print(f"evaluate: {skipped}", file=sys.stderr)
+    ov = result.report["overall"]
+    later = ov.get("later")
+    if later:
+        g, p = later["global"], later["personal"]
+        print(f"evaluate: later windows n={g['n']}: macro-F1 global {g['macro_f1']:.4f} -> personal {p['macro_f1']:.4f}, NLL {g['nll']:.4f} -> {p['nll']:.4f}; users on a personal model {ov['users_adopted']}/{ov['users']}", file=sys.stderr)
+    print(f"evaluate: wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_store(a: argparse.Namespace) -> int:
+    from taskclf_daemon.offline.export_store import export_store
+    from taskclf_daemon.pipeline.calibration import CalibratorStore
+    from taskclf_daemon.pipeline.model import ModelBundle
+
+    models = json.loads(Path(a.models).read_text(encoding="utf-8"))
+    source = CalibratorStore.load(a.calibrator_store) if a.calibrator_store else None
+    bundle = ModelBundle.load(a.model_dir) if a.model_dir else None
+    res = export_store(models, Path(a.out), source_store=source, model_bundle_id=bundle.bundle_id if bundle else None, model_schema_hash=bundle.schema_hash if bundle else None)
+    for uid, why in res.skipped.items():
+        print(f"export-store: skipped {uid}: {why}", file=sys.stderr)
+    print(f"export-store: wrote {a.out} ({len(res.exported)} per-user calibrators, {len(res.skipped)} heads skipped)", file=sys.stderr)
+    return 0
+
+
+def cmd_personas(a: argparse.Namespace) -> int:
+    import orjson
+
+    from taskclf_daemon.offline import personas
+
+    windows, spans, kinds = personas.generate(seed=a.seed, n_users=a.users, days=a.days, start=a.start)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "windows.jsonl").write_bytes(b"".join(orjson.dumps(w) + b"\n" for w in windows))
+    (out / "labels.jsonl").write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in spans))
+    (out / "kinds.json").write_text(json.dumps(kinds, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"personas: wrote {len(windows)} windows and {len(spans)} label spans of {a.users} users to {out}", file=sys.stderr)
+    return 0
+
+
 RUN_FLAGS = (
     "bootstrap_servers", "input_topic", "output_topic", "dlq_topic", "group_id", "group_instance_id",
     "model_dir", "calibrator_store", "policy", "taxonomy", "smooth_window", "reject_threshold", "http_port", "model_backend",
@@ -145,9 +238,15 @@ def build_daemon(settings: Any, metrics: Any = None) -> Any:
     """Load artifacts per the settings and construct the daemon (not started)."""
     from taskclf_daemon.artifacts import pipeline_from_settings
     from taskclf_daemon.daemon import Daemon
+    from taskclf_daemon.reload import signature, watched_file
 
+    # the watched file as it was before anything was loaded: should it change while the daemon
+    # process or its workers load, the first check reloads and every shard converges
+    before = signature(watched_file(settings))
     pipe, desc = pipeline_from_settings(settings)
-    return Daemon(settings, pipe, desc, metrics)
+    daemon = Daemon(settings, pipe, desc, metrics)
+    daemon.reloader.loaded = before
+    return daemon
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -280,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="models directory; the bundle goes to OUT/<run_id>/")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("reference", help="write a bundle's drift reference profile (drift_reference.json) from a file of windows")
+    add_inference_flags(p)
+    p.add_argument("--windows", required=True, help="JSONL(.gz) of FeatureRows representative of normal traffic ('-' = stdin)")
+    p.add_argument("--out", help="where to write the profile (default: <bundle>/drift_reference.json, which the daemon loads)")
+    p.set_defaults(func=cmd_reference)
+
     p = sub.add_parser("calibrate", help="fit a per-user CalibratorStore for a bundle")
     p.add_argument("--model-dir", required=True)
     src = p.add_mutually_exclusive_group(required=True)
@@ -292,6 +397,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["temperature", "isotonic"], default="temperature")
     p.add_argument("--out", required=True, help="store directory to write")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("evaluate", help="replay the learning loop over labelled windows: global vs personal on later windows")
+    add_inference_flags(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="one labelled file: FeatureRows with a 'label' column (JSONL(.gz))")
+    src.add_argument("--windows", help="FeatureRows JSONL(.gz) (with --labels)")
+    p.add_argument("--labels", help="taskclf LabelSpan JSONL(.gz) (with --windows)")
+    p.add_argument("--out", required=True, help="directory for report.json, report.md, models.json, decisions.jsonl and the PNGs")
+    p.add_argument("--refit-every", type=_positive_int, default=200, help="refit after this many new labelled windows (default 200)")
+    p.add_argument("--label-delay", type=float, default=600.0, help="a span is delivered this many seconds (event time) after its end (default 600)")
+    p.add_argument("--label-wait", type=float, default=3600.0, help="how long a window waits for its label (event time, default 3600)")
+    p.add_argument("--nll-margin", type=float, default=0.01, help="held-out NLL a candidate must gain (nats, default 0.01)")
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG charts")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export-store", help="write learned per-user temperature/isotonic models as a taskclf CalibratorStore")
+    p.add_argument("--models", required=True, help="models.json written by evaluate")
+    p.add_argument("--model-dir", help="bind the store to this bundle (model_bundle_id, model_schema_hash)")
+    p.add_argument("--calibrator-store", help="take the global calibrator (and binding) from this store")
+    p.add_argument("--out", required=True, help="store directory to write")
+    p.set_defaults(func=cmd_export_store)
+
+    p = sub.add_parser("personas", help="synthetic labelling personas (normal, swap, noise): windows.jsonl + labels.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=_positive_int, default=6)
+    p.add_argument("--days", type=_positive_int, default=8)
+    p.add_argument("--start", default="2026-03-09", help="first UTC day (after `train --synthetic`'s days: held out)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_personas)
     return ap
 
 

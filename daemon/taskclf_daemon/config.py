@@ -90,6 +90,7 @@ KEYS: dict[str, Key] = {
     "smooth_window": Key("model", "int", 3, "rolling-majority smoothing window (taskclf default 3)", _min(1)),
     "reject_threshold": Key("model", "threshold", "policy", "global reject threshold in [0,1], 'none' to disable, 'policy' = the policy's (else 0.55)"),
     "idle_gap_seconds": Key("model", "float", 300.0, "gap that starts a new session (taskclf: 300)", _min(0.0)),
+    "reload_interval_s": Key("model", "float", 60.0, "how often the policy file (else taskclf's models/inference_policy.json, else models/active.json beside model_dir) is checked for a change that hot-reloads the artifacts, keeping per-user state (taskclf: 60; 0 = no watching, SIGHUP still reloads)", _min(0.0)),
     # --- state
     "state_ttl_seconds": Key("state", "float", 604800.0, "a window more than this after the user's previous one (event time, that user's own windows only) starts from empty state (0 = never)", _min(0.0)),
     "state_retention_s": Key("state", "float", 2592000.0, "a user with no window for this long (processing time) is forgotten: dropped from memory and tombstoned in the changelog (0 = never)", _min(0.0)),
@@ -107,6 +108,9 @@ KEYS: dict[str, Key] = {
     "max_invalid_ratio": Key("processing", "float", 0.5, "stop with an error when the share of invalid records in the last invalid_window records exceeds this (1.0 = never)", _range(0.0, 1.0)),
     "invalid_window": Key("processing", "int", 1000, "records over which max_invalid_ratio is measured", _min(10)),
     "shutdown_timeout_s": Key("processing", "float", 30.0, "bound on draining at SIGTERM", _min(0.1)),
+    # --- drift
+    "drift_window_size": Key("drift", "int", 10000, "windows in the sliding window drift is measured over (split evenly across the pipeline workers), against the bundle's drift_reference.json; 0 = no drift metrics", _min(0)),
+    "drift_refresh_s": Key("drift", "float", 15.0, "how often the drift gauges (taskclf_feature_psi, class shares, reject rate, entropy) are recomputed from the window", _min(1.0)),
     # --- http
     "http_host": Key("http", "str", "0.0.0.0", "address of the HTTP server (/healthz /readyz /metrics, the JSON API of docs/openapi.json)"),
     "http_port": Key("http", "int", 8080, "port of the HTTP server (0 = disabled)", _port),
@@ -224,6 +228,7 @@ class Settings:
     smooth_window: int
     reject_threshold: float | None | FromPolicy
     idle_gap_seconds: float
+    reload_interval_s: float
     # [state]
     state_ttl_seconds: float
     state_retention_s: float
@@ -241,6 +246,9 @@ class Settings:
     max_invalid_ratio: float
     invalid_window: int
     shutdown_timeout_s: float
+    # [drift]
+    drift_window_size: int
+    drift_refresh_s: float
     # [http]
     http_host: str
     http_port: int

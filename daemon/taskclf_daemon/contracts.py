@@ -9,7 +9,7 @@
 * **output record** (``window-prediction.schema.json``) and its headers
   (``window-prediction-headers.schema.json``), **dead-letter headers**
   (``dead-letter-headers.schema.json``) and the **changelog value**
-  (``user-state.v2.schema.json``) -- written here by hand from the label set, the reasons, the
+  (``user-state.v3.schema.json``) -- written here by hand from the label set, the reasons, the
   encoder's keys and the state format, and held to real records by ``tests/test_contracts.py``.
 
 What JSON Schema cannot say exactly is listed in each schema under ``x-taskclf-not-expressible``
@@ -32,6 +32,7 @@ from typing import Any
 
 from taskclf_daemon.codec import MAX_STR_CHARS, MAX_USER_ID_CHARS, REASONS, RowValidator
 from taskclf_daemon.labels import HISTORY_ROWS, LABEL_VERSION, LABELS, MIXED_UNKNOWN, N_LABELS, REJECT_ID
+from taskclf_daemon.pipeline.labelspan import SPAN_REASONS
 from taskclf_daemon.pipeline.output import RECORD_KEYS
 from taskclf_daemon.schema import META_COLUMNS, OVERLAY_COLUMNS, SCHEMAS
 from taskclf_daemon.state import STATE_FORMAT
@@ -47,7 +48,9 @@ DBL_MAX = sys.float_info.max
 #: dead-letter reasons decided outside the decoder (``shard.py``); with :data:`codec.REASONS`
 #: every value the ``taskclf-dlq-reason`` header (and the metric label) can take
 RUNTIME_REASONS = ("key_mismatch", "event_time_ahead", "output_too_large", "processing_error")
-DLQ_REASONS = REASONS + RUNTIME_REASONS
+#: reasons only a LabelSpan on the feedback topic can get (pipeline/labelspan.py)
+LABEL_REASONS = tuple(r for r in SPAN_REASONS if r not in REASONS + RUNTIME_REASONS)
+DLQ_REASONS = REASONS + RUNTIME_REASONS + LABEL_REASONS
 #: longest ``taskclf-dlq-detail`` (characters; the daemon cuts the detail there)
 MAX_DLQ_DETAIL_CHARS = 500
 #: ``calibrator_scope`` values: the user's own calibrator, the store's global one, no store
@@ -256,6 +259,15 @@ def window_prediction_schema() -> dict[str, Any]:
         "model_bundle_id": {"type": "string", "minLength": 1, "description": "Provenance added by the daemon: the model bundle's directory name (taskclf's run id)."},
         "smoothed_label_name": {"enum": smoothed, "description": f"taskclf's rolling-majority smoothed label; {MIXED_UNKNOWN} for a rejected window that the majority keeps."},
         "calibrator_scope": {"enum": list(CALIBRATOR_SCOPES), "description": "Which calibrator produced core_probs: the user's own, the store's global one, or none (no store)."},
+        "calibrator_store_id": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "description": (
+                "Provenance added by the daemon: the calibrator store in force, <store directory name>@<first 8 hex of the "
+                "sha256 of its store.json metadata>; null without a store. With model_bundle_id it names the artifacts "
+                "that produced the record (both change at a hot reload)."
+            ),
+        },
     }
     assert tuple(props) == RECORD_KEYS, "window-prediction properties out of step with pipeline.output.RECORD_KEYS"
     return {
@@ -265,7 +277,7 @@ def window_prediction_schema() -> dict[str, Any]:
         "description": (
             "One prediction per accepted input window: a JSON object, UTF-8, keys in this order (taskclf's "
             "fields first, then the daemon's provenance: model_bundle_id, smoothed_label_name, "
-            "calibrator_scope). Kafka key: the UTF-8 bytes of user_id; partition: Kafka's default murmur2 "
+            "calibrator_scope, calibrator_store_id). Kafka key: the UTF-8 bytes of user_id; partition: Kafka's default murmur2 "
             "partitioner over that key. Delivery is at-least-once: after a restart or rebalance a record "
             "may be produced again, byte-identical; deduplicate on (user_id, bucket_start_ts). The schema is "
             "closed (additionalProperties false) so the daemon's tests catch an undocumented field; a "
@@ -334,7 +346,7 @@ def dead_letter_headers_schema() -> dict[str, Any]:
                     "the key is not the UTF-8 of user_id), event_time_ahead (bucket_start_ts more than "
                     "max_event_ahead_s after the record's Kafka timestamp), output_too_large (the prediction would "
                     "exceed max_produce_bytes), processing_error (the pipeline raised on this record; the rest of its "
-                    "batch went on)."
+                    "batch went on). Feedback topic (a LabelSpan): unknown_label (not a labels_v1 label), besides the decoder's."
                 ),
             },
             "taskclf-dlq-detail": {"type": "string", "maxLength": MAX_DLQ_DETAIL_CHARS, "description": "A human-readable detail naming the field; never a traceback."},
@@ -354,7 +366,7 @@ FILES["dead-letter-headers.schema.json"] = dead_letter_headers_schema
 
 
 def user_state_schema() -> dict[str, Any]:
-    """The changelog value of state format 2 (``state.UserState.to_bytes``)."""
+    """The changelog value of state format 3 (``state.UserState.to_bytes``; 2 without ``L``)."""
     ts = {"type": "integer", "minimum": MIN_TS_US, "exclusiveMaximum": MAX_TS_US}
     opt_num = {"type": ["number", "null"]}
     return {
@@ -371,7 +383,7 @@ def user_state_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["v", "h", "s", "m", "w", "t", "n", "o", "p", "k"],
         "properties": {
-            "v": {"const": STATE_FORMAT, "description": "Format version."},
+            "v": {"enum": [2, STATE_FORMAT], "description": "Format version: 3 with learning state (L), else 2 (the same bytes as before it)."},
             "h": {
                 "type": "array",
                 "maxItems": HISTORY_ROWS,
@@ -391,6 +403,17 @@ def user_state_schema() -> dict[str, Any]:
             "o": {"type": "integer", "minimum": -1, "description": "Input offset of the last window applied; -1 = none."},
             "p": {"type": "integer", "minimum": -1, "description": "Input partition of o; -1 = none."},
             "k": {"type": "integer", "minimum": 0, "description": "Processing time (epoch seconds) the user was last seen: retention only."},
+            "L": {
+                "type": "object",
+                "description": (
+                    "Format 3 only: the learning loop's state (pipeline/evidence.py UserLearning): rt/rb the recent unfinalised windows "
+                    "(int64 times / float32 raw probabilities + head extras, little-endian, base64), et/el/eb the labelled evidence (times, "
+                    "uint8 labels, float32 values), s the known label spans, n/nf labelled windows total / at the last refit, lf/lt event "
+                    "times of the last refit / window, g eligibility, m the personal model in force (JSON, format taskclf-daemon-personal/1) "
+                    "or null, d the last refit's decision."
+                ),
+                "required": ["rt", "rb", "et", "el", "eb", "s", "n", "nf", "lf", "lt", "g", "m", "d"],
+            },
         },
         "additionalProperties": False,
         "x-taskclf-not-expressible": ["m holds at most w entries."],

@@ -26,6 +26,7 @@ from taskclf_daemon import kafka_io as kio
 from taskclf_daemon.changelog import changelog_topic_name, ensure_changelog
 from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import Settings
+from taskclf_daemon.drift_monitor import DriftMonitor
 from taskclf_daemon.emitter import Emitter, InvalidFlood, InvalidRatio
 from taskclf_daemon.errors import TaskclfDaemonError
 from taskclf_daemon.health import HealthServer
@@ -36,6 +37,7 @@ from taskclf_daemon.offsets import OffsetTracker
 from taskclf_daemon.pipeline.batch import InferencePipeline
 from taskclf_daemon.pump import Pump
 from taskclf_daemon.rebalance import Listener, Rebalancer
+from taskclf_daemon.reload import Reloader
 from taskclf_daemon.scheduler import Scheduler
 from taskclf_daemon.workers import make_shards, tune_gc
 
@@ -64,7 +66,13 @@ class Daemon:
         self.scheduler = Scheduler(self.shards, settings.input_topic, settings.max_batch_records)
         #: the HTTP API's handlers (user routes answer once consuming)
         self.api = ApiHandlers(settings, pipeline, self.description, self.shards, self.scheduler)
+        #: hot reload (``reload.py``): watches the policy file once consuming, and SIGHUP
+        self.reloader = Reloader(settings, self.shards, pipeline, self.metrics, self._swapped)
+        self.api.last_reload = lambda: self.reloader.last.document() if self.reloader.last else None
+        self._reload_task: asyncio.Task[None] | None = None
         self.tracker = OffsetTracker()
+        #: the drift gauges (drift_monitor.py); None with drift_window_size = 0
+        self.drift = DriftMonitor(self.shards, self.metrics, settings.drift_refresh_s, self.log) if settings.drift_window_size > 0 else None
         self.shard_users = [0] * len(self.shards)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -120,7 +128,9 @@ class Daemon:
         self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
-        self.pipeline.bundle.add_backend_listener(lambda b: m.set_backend(b.backend))
+        self._track_backend()
+        if self.drift is not None and self.pipeline.reference is None:
+            self.log.info("drift_metrics_off", reason="the model bundle has no drift_reference.json", fix="taskclf-daemon reference --model-dir <bundle> --windows <windows.jsonl> writes one")
         try:  # a refused login or certificate is fatal at once, before /healthz is ever served
             await kio.check_security(s, timeout=min(20.0, s.request_timeout_ms / 1000.0))
         except TaskclfDaemonError as exc:
@@ -160,14 +170,18 @@ class Daemon:
         await self.producer.start()
         await ensure_changelog(s, self.producer, self.changelog)
         sink = kio.OutputSink(self.producer)
-        await sink.prepare([s.output_topic, s.dlq_topic, self.changelog])
+        await sink.prepare([s.output_topic, s.dlq_topic])
         self.reader = kio.make_reader(s)
         await self.reader.start()
         self._probe_task = asyncio.create_task(self._probe_loop())
         self.consumer = kio.make_consumer(s, max_records=s.max_batch_records)
         invalid = InvalidRatio(s.invalid_window, s.max_invalid_ratio)
         self.emitter = Emitter(sink, self.tracker, m, output_topic=s.output_topic, dlq_topic=s.dlq_topic, max_produce_bytes=s.max_produce_bytes, invalid=invalid, shard_users=self.shard_users)
-        self.checkpointer = cp = Checkpointer(hosts=self.shards, tracker=self.tracker, sink=sink, consumer=self.consumer, changelog_topic=self.changelog, metrics=m, finish=self._finish_all, shard_users=self.shard_users)
+        # the changelog has a sink of its own (same producer): a pipelined checkpoint flushes it
+        # in the background, never taking outputs the emitter has appended but not flushed
+        cl_sink = kio.OutputSink(self.producer)
+        await cl_sink.prepare([self.changelog])
+        self.checkpointer = cp = Checkpointer(hosts=self.shards, tracker=self.tracker, sink=cl_sink, consumer=self.consumer, changelog_topic=self.changelog, metrics=m, finish=self._finish_all, shard_users=self.shard_users)
         self.rebalancer = Rebalancer(
             hosts=self.shards, scheduler=self.scheduler, checkpointer=cp, lock=self._lock, consumer=self.consumer, reader=self.reader,
             changelog_topic=self.changelog, restore_timeout_s=s.restore_timeout_s, revoke_budget_s=0.2 * s.max_poll_interval_ms / 1000.0,
@@ -180,8 +194,21 @@ class Daemon:
         self.api.consumer, self.api.rebalancer = self.consumer, self.rebalancer
         self.consumer.subscribe([s.input_topic], listener=Listener(self.rebalancer))
         await self.consumer.start()
+        self._reload_task = asyncio.create_task(self.reloader.run())
         self._started = True
         self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic)
+
+    def _swapped(self, pipeline: InferencePipeline, description: dict[str, Any]) -> None:
+        """A hot reload put new artifacts in force in every shard."""
+        self.pipeline, self.description = pipeline, description
+        self.metrics.set_model(pipeline.bundle.bundle_id, pipeline.bundle.schema_hash, description.get("calibration_method", "none"))
+        self._track_backend()
+        self.api.set_pipeline(pipeline, description)
+
+    def _track_backend(self) -> None:
+        """taskclf_model_backend_info follows the bundle in force (its background compile may swap
+        the compiled backend in later; a replaced bundle's swap no longer counts)."""
+        self.pipeline.bundle.add_backend_listener(lambda b: self.metrics.set_backend(b.backend) if b is self.pipeline.bundle else None)
 
     def _alive(self) -> None:
         self._last_poll = time.monotonic()
@@ -199,6 +226,7 @@ class Daemon:
         while not self._stop.is_set():
             if emitter.flood is not None:
                 raise InvalidFlood(emitter.flood)
+            cp.check()
             self._last_poll = time.monotonic()
             await pump.backpressure()
             data = await pump.poll()
@@ -215,8 +243,11 @@ class Daemon:
             if now >= next_checkpoint:
                 next_checkpoint = now + s.commit_interval_ms / 1000.0
                 async with self._lock:
-                    await cp.run(deadline=now + 10.0, interruptible=True)
+                    # the barrier only: the checkpoint completes while the loop goes on
+                    await cp.start(deadline=now + 10.0)
                 self._refresh_gauges()
+                if self.drift is not None:
+                    self.drift.tick(now)
                 stalled = self.scheduler.stalled(WORKER_STALL_S)
                 if stalled:
                     raise TaskclfDaemonError(stalled)
@@ -245,8 +276,11 @@ class Daemon:
                     self._lock.release()
         except Exception as exc:  # noqa: BLE001 - shutdown must go on
             self.log.warning("shutdown_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        if self.checkpointer is not None:
+            self.checkpointer.abandon()
+        for task in (self._probe_task, self._reload_task):
+            if task is not None:
+                task.cancel()
         for name, comp in (("consumer", self.consumer), ("reader", self.reader), ("producer", self.producer)):
             if comp is None:
                 continue
@@ -256,6 +290,8 @@ class Daemon:
                 self.log.warning("client_stop_failed", client=name, error=f"{type(exc).__name__}: {exc}")
         if self.http is not None:
             await self.http.stop()
+        if self.drift is not None:
+            await self.drift.stop()
         await asyncio.gather(*(sh.stop(timeout=min(2.0, left())) for sh in self.shards), return_exceptions=True)
         self.log.info("daemon_stopped", exit_code=self.exit_code, state_users=self.state_users, shutdown_seconds=round(time.monotonic() - t0, 3))
 
@@ -281,7 +317,8 @@ class Daemon:
 
 
 async def serve(daemon: Daemon) -> int:
-    """Run ``daemon`` with SIGTERM/SIGINT handlers (a second signal forces exit)."""
+    """Run ``daemon`` with SIGTERM/SIGINT handlers (a second signal forces exit) and SIGHUP
+    (hot reload)."""
     loop = asyncio.get_running_loop()
     hits = {"n": 0}
 
@@ -292,9 +329,10 @@ async def serve(daemon: Daemon) -> int:
             raise SystemExit(EXIT_FATAL)
         daemon.request_stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: daemon.reloader.request}
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
     return await daemon.run()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -62,7 +62,8 @@ def training_metrics(pipeline: InferencePipeline) -> dict[str, Any] | None:
 
 
 def model_document(pipeline: InferencePipeline, description: dict[str, Any]) -> dict[str, Any]:
-    """The body of ``GET /v1/model`` (computed once: nothing in it changes while running)."""
+    """The body of ``GET /v1/model`` (computed once per pipeline in force; ``last_reload`` is
+    filled in per request)."""
     bundle, store = pipeline.bundle, pipeline.store
     calibration = None
     if store is not None:
@@ -113,12 +114,18 @@ class ApiHandlers:
         self.scheduler = scheduler
         self.consumer: Any = None
         self.rebalancer: Any = None
+        #: the last hot reload attempt (``reload.Outcome.document``), None before any
+        self.last_reload: Callable[[], dict[str, Any] | None] = lambda: None
         self._model_doc: dict[str, Any] | None = None
+
+    def set_pipeline(self, pipeline: InferencePipeline, description: dict[str, Any]) -> None:
+        """A hot reload swapped the artifacts in: describe the new ones."""
+        self.pipeline, self.description, self._model_doc = pipeline, description, None
 
     async def model(self) -> tuple[int, Any]:
         if self._model_doc is None:
             self._model_doc = model_document(self.pipeline, self.description)
-        return 200, self._model_doc
+        return 200, {**self._model_doc, "last_reload": self.last_reload()}
 
     async def _find_user(self, user_id: str) -> UserInfo | tuple[int, dict[str, Any]]:
         """The user's info from the shard that owns its partition, or the 404/503 answer.

@@ -102,6 +102,22 @@ class Metrics:
         self.broker_up = Gauge("taskclf_broker_up", "1 when the Kafka cluster answered the last probe", registry=r)
         # Gauge: 1 when ready (assigned, restored, model loaded).
         self.ready = Gauge("taskclf_ready", "1 when the daemon is ready", registry=r)
+        # --- drift (spec 10; only with a reference profile in the bundle, see drift_monitor.py):
+        # the instance's sliding window of its last drift_window_size windows vs the reference.
+        self.drift_windows = Gauge("taskclf_drift_window_windows", "Windows in the drift sliding window", registry=r)
+        self.feature_psi = Gauge("taskclf_feature_psi", "PSI of a numerical feature, window vs reference", ["feature"], registry=r)
+        self.feature_null_rate = Gauge("taskclf_feature_null_rate", "Share of windows with the feature null (window)", ["feature"], registry=r)
+        self.reference_null_rate = Gauge("taskclf_reference_feature_null_rate", "Share of windows with the feature null (reference)", ["feature"], registry=r)
+        self.class_share = Gauge("taskclf_class_share", "Share of post-reject labels (window)", ["label"], registry=r)
+        self.reference_class_share = Gauge("taskclf_reference_class_share", "Share of post-reject labels (reference)", ["label"], registry=r)
+        self.reject_rate = Gauge("taskclf_reject_rate", "Share of windows rejected as Mixed/Unknown (window)", registry=r)
+        self.reference_reject_rate = Gauge("taskclf_reference_reject_rate", "Share of windows rejected as Mixed/Unknown (reference)", registry=r)
+        self.mean_entropy = Gauge("taskclf_mean_entropy", "Mean entropy of the calibrated probabilities (window)", registry=r)
+        self.reference_mean_entropy = Gauge("taskclf_reference_mean_entropy", "Mean entropy of the calibrated probabilities (reference)", registry=r)
+        # Counters since start: null values per numerical feature; categorical values outside the
+        # bundle's vocabulary per column (the column name only, never the value).
+        self.feature_nulls = Counter("taskclf_feature_nulls_total", "Null values of a numerical feature", ["feature"], registry=r)
+        self.unseen_categories = Counter("taskclf_unseen_categories_total", "Categorical values not in the bundle's vocabulary", ["feature"], registry=r)
 
     # --- recorders -------------------------------------------------------------------------
     def record_consumed(self, topic: str, partition: int, n: int) -> None:
@@ -141,6 +157,30 @@ class Metrics:
     def set_backend(self, backend: str) -> None:
         self.model_backend.clear()
         self.model_backend.labels(backend).set(1)
+
+    def set_drift(self, v: Any) -> None:
+        """The drift gauges from a :class:`~taskclf_daemon.pipeline.drift_window.DriftValues`."""
+        self.drift_windows.set(v.windows)
+        for f, x in v.psi.items():
+            self.feature_psi.labels(f).set(x)
+            self.feature_null_rate.labels(f).set(v.null_rate[f])
+            self.reference_null_rate.labels(f).set(v.ref_null_rate[f])
+        for label, x in v.class_share.items():
+            self.class_share.labels(label).set(x)
+            self.reference_class_share.labels(label).set(v.ref_class_share[label])
+        self.reject_rate.set(v.reject_rate)
+        self.reference_reject_rate.set(v.ref_reject_rate)
+        self.mean_entropy.set(v.mean_entropy)
+        self.reference_mean_entropy.set(v.ref_mean_entropy)
+
+    def count_drift_inputs(self, nulls: dict[str, int], unseen: dict[str, int]) -> None:
+        """Add new null values per feature and unseen categories per column."""
+        for f, n in nulls.items():
+            if n > 0:
+                self.feature_nulls.labels(f).inc(n)
+        for c, n in unseen.items():
+            if n > 0:
+                self.unseen_categories.labels(c).inc(n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -78,6 +78,15 @@ class OffsetTracker:
         self._committable.clear()
         return out
 
+    def take_positions(self) -> dict[tuple[str, int], int]:
+        """The input position after every batch produced so far, acknowledged or not (the
+        committable ones and the pending ones'; clears the committable): what a checkpoint's
+        snapshot covers, to commit once its outputs and changelog are acknowledged."""
+        out = self.take_committable()
+        for b in self._pending:
+            out.update(b.next_offsets)
+        return out
+
     def restore(self, offsets: dict[tuple[str, int], int]) -> None:
         """Put back positions whose commit failed (retried at the next commit)."""
         for tp, o in offsets.items():

@@ -21,6 +21,7 @@ from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
+from taskclf_daemon.pipeline.drift_window import DriftCounts, DriftTap
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
@@ -75,6 +76,10 @@ class PipelineShard:
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
+        #: tombstones (user -> partition) of the last checkpoint, and those of failed ones to
+        #: write again (a user forgotten must not come back from the changelog on a restore)
+        self._tombs_in_checkpoint: dict[str, int] = {}
+        self._tombs_again: dict[str, int] = {}
         #: for the HTTP API only (``keep_recent``), in memory only -- not in the changelog, so
         #: empty again after a restore: user -> last output value (~1 KB) and user -> labels of
         #: the last :data:`RECENT_WINDOWS` outputs (~0.8 KB); bounded by the users in memory,
@@ -82,6 +87,8 @@ class PipelineShard:
         self._keep_recent = limits.keep_recent
         self._last_value: dict[str, bytes] = {}
         self._last_labels: dict[str, deque[str]] = {}
+        #: the drift sliding window (pipeline/drift_window.py); None = off
+        self._drift = DriftTap(limits.drift_window) if limits.drift_window > 0 else None
 
     # --- processing ----------------------------------------------------------------------------
     def process(self, batch: RawBatch, now_s: int = 0) -> ShardResult:
@@ -126,6 +133,10 @@ class PipelineShard:
             index.append(i)
         t1 = time.perf_counter()
         res = self._run(windows, index, dead, batch)
+        t2 = time.perf_counter()
+        if self._drift is not None:
+            self._drift.observe(self.pipeline.bundle, self.pipeline.reference, res.arrays)
+        t3 = time.perf_counter()
         users = self.states.users
         for w in windows:
             st = users.get(w.user_id)
@@ -161,6 +172,8 @@ class PipelineShard:
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
+        if self._drift is not None:
+            timings["drift"] = t3 - t2
         return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states))
 
     def _run(self, windows: list[FeatureWindow], index: list[int], dead: list[DeadLetter], batch: RawBatch) -> BatchResult:
@@ -233,6 +246,12 @@ class PipelineShard:
             self._state_bytes += len(value) - self._state_size.get(u, 0)
             self._state_size[u] = len(value)
         self._in_checkpoint = dirty
+        for u, part in list(self._tombs_again.items()):
+            if only is None or part in only:
+                del self._tombs_again[u]
+                if u not in self.states.users:  # back meanwhile: its new state is written instead
+                    evicted.setdefault(u, part)
+        self._tombs_in_checkpoint = evicted
         tombs = [(part, _key(u)) for u, part in evicted.items()]
         if oversize:
             counts["oversize"] = oversize
@@ -242,6 +261,8 @@ class PipelineShard:
         """The changelog of the last checkpoint was not acknowledged: write it again next time."""
         self.states.dirty |= {u for u in self._in_checkpoint if u in self.states.users}
         self._in_checkpoint = set()
+        self._tombs_again.update(self._tombs_in_checkpoint)
+        self._tombs_in_checkpoint = {}
 
     def _evict(self, only: list[int] | None, now_s: int, dirty: set[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Forget the users :func:`choose_forgotten` picks (the retention sweep at most every
@@ -272,6 +293,8 @@ class PipelineShard:
         the revoke succeeded) users whose state is in the changelog are parked: reused without a
         restore if the partition comes back in the next assignment. Returns users parked."""
         parked = 0
+        gone = set(partitions)
+        self._tombs_again = {u: p for u, p in self._tombs_again.items() if p not in gone}
         for part in partitions:
             keep: dict[str, UserState] = {}
             for u in self._part_users.pop(part, set()):
@@ -324,6 +347,21 @@ class PipelineShard:
 
     def stats(self) -> ShardStats:
         return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))
+
+    def drift_counts(self) -> DriftCounts | None:
+        """This shard's drift window summarised; None when drift is off or nothing was seen yet."""
+        return None if self._drift is None else self._drift.counts()
+
+    # --- hot reload ----------------------------------------------------------------------------
+    def swap_pipeline(self, pipeline: InferencePipeline) -> str:
+        """Run the next batches with ``pipeline`` (a hot reload): every user's state is kept, so
+        it must read that state as the running one does (same schema, same smoothing window).
+        Returns the new bundle id."""
+        old = self.pipeline
+        if (pipeline.bundle.schema_hash, pipeline.config.smooth_window) != (old.bundle.schema_hash, old.config.smooth_window):
+            raise ValueError(f"cannot swap in bundle {pipeline.bundle.bundle_id}: its schema or smoothing window differs from the running one")
+        self.pipeline = pipeline
+        return pipeline.bundle.bundle_id
 
     # --- the HTTP API --------------------------------------------------------------------------
     def user_info(self, user_id: str) -> UserInfo | None:

@@ -34,6 +34,8 @@ class ShardLimits:
     #: keep each user's last output and recent labels in memory for the HTTP user routes
     #: (:meth:`PipelineShard.user_info`); off when ``http_user_routes`` is false
     keep_recent: bool = True
+    #: windows of this shard's drift sliding window (0 = no drift metrics)
+    drift_window: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> ShardLimits:
@@ -44,6 +46,7 @@ class ShardLimits:
             state_retention_s=s.state_retention_s,
             max_state_users=s.max_state_users,
             keep_recent=s.http_user_routes,
+            drift_window=-(-s.drift_window_size // max(1, s.pipeline_workers)),
         )
 
 

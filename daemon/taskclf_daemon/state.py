@@ -12,13 +12,19 @@ from typing import NamedTuple
 
 import orjson
 
+from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import HISTORY_ROWS
+from taskclf_daemon.pipeline.evidence import LearnConfig, UserLearning
 
 #: version of the serialized user state (changelog value); bump on incompatible change.
 #: 2 added the partition of ``last_offset`` (``p``) and the processing-time second the user was
-#: last seen (``k``); version-1 values are still read (see :meth:`UserState.from_bytes`).
-STATE_FORMAT = 2
-_READABLE = (1, 2)
+#: last seen (``k``); 3 adds the learning state (``L``: recent windows, label spans, evidence,
+#: personal model; :class:`~taskclf_daemon.pipeline.evidence.UserLearning`). A user without
+#: learning state is still written as format 2 (the same bytes as before, readable by older
+#: builds); versions 1 and 2 are still read (see :meth:`UserState.from_bytes`).
+STATE_FORMAT = 3
+_BASE_FORMAT = 2
+_READABLE = (1, 2, 3)
 
 
 class StateFormatError(ValueError):
@@ -35,14 +41,14 @@ class HistoryEntry(NamedTuple):
     mouse: float | None
 
 
-#: what :meth:`UserState.snapshot` returns: every field, the deques copied
-Snapshot = tuple[deque[HistoryEntry], int | None, deque[int], int | None, int, int, int, int]
+#: what :meth:`UserState.snapshot` returns: every field, the deques copied (the learning state's own snapshot)
+Snapshot = tuple[deque[HistoryEntry], int | None, deque[int], int | None, int, int, int, int, UserLearning | None, tuple[object, ...] | None]
 
 
 class UserState:
     """Rolling state of one user. Mutated only by the pipeline, in the user's window order."""
 
-    __slots__ = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset", "last_partition", "seen_s")
+    __slots__ = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset", "last_partition", "seen_s", "learn")
 
     def __init__(self, smooth_window: int) -> None:
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_ROWS)
@@ -57,33 +63,39 @@ class UserState:
         #: processing time (epoch seconds) the user's last window was processed: memory and
         #: changelog retention only, never an input of an output
         self.seen_s = 0
+        #: the learning loop's state (None: the user never met the learner; no cost, format 2)
+        self.learn: UserLearning | None = None
 
     def snapshot(self) -> Snapshot:
         """Everything :meth:`restore` needs to undo later changes (cheap: two deque copies)."""
-        return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s)
+        learn = self.learn
+        return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, learn, None if learn is None else learn.snapshot())
 
     def restore(self, snap: Snapshot) -> None:
-        (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s) = snap
+        (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, self.learn, learn_snap) = snap
+        if self.learn is not None and learn_snap is not None:
+            self.learn.restore(learn_snap)
 
     def to_bytes(self) -> bytes:
         """The whole state as a versioned JSON document (the changelog value)."""
-        return orjson.dumps(
-            {
-                "v": STATE_FORMAT,
-                "h": [list(e) for e in self.history],
-                "s": self.session_start_us,
-                "m": list(self.smooth),
-                "w": self.smooth.maxlen,
-                "t": self.last_ts_us,
-                "n": self.windows_seen,
-                "o": self.last_offset,
-                "p": self.last_partition,
-                "k": self.seen_s,
-            }
-        )
+        d: dict[str, object] = {
+            "v": _BASE_FORMAT if self.learn is None else STATE_FORMAT,
+            "h": [list(e) for e in self.history],
+            "s": self.session_start_us,
+            "m": list(self.smooth),
+            "w": self.smooth.maxlen,
+            "t": self.last_ts_us,
+            "n": self.windows_seen,
+            "o": self.last_offset,
+            "p": self.last_partition,
+            "k": self.seen_s,
+        }
+        if self.learn is not None:
+            d["L"] = self.learn.to_obj()
+        return orjson.dumps(d)
 
     @classmethod
-    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0) -> UserState:
+    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0, learn_config: LearnConfig | None = None) -> UserState:
         """Inverse of :meth:`to_bytes`; the smoothing deque is resized to ``smooth_window``.
 
         A version-1 value has no partition or last-seen time: ``partition`` (the changelog
@@ -104,10 +116,12 @@ class UserState:
             st.last_offset = int(d["o"])
             st.last_partition = int(d.get("p", partition))
             st.seen_s = int(d.get("k", now_s))
+            if d.get("L") is not None:
+                st.learn = UserLearning.from_obj(d["L"], learn_config or LearnConfig())
             return st
         except StateFormatError:
             raise
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, ArtifactError) as exc:
             raise StateFormatError(f"malformed user state: {exc}") from None
 
     def resize_smoothing(self, smooth_window: int) -> None:

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from taskclf_daemon.errors import TaskclfDaemonError
+from taskclf_daemon.pipeline.drift_window import DriftCounts
 from taskclf_daemon.shard import CheckpointData, PipelineShard, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
+from taskclf_daemon.shard_reload import reload_step
 
 if TYPE_CHECKING:
     from taskclf_daemon.config import Settings
@@ -76,6 +78,8 @@ class ShardOp(enum.Enum):
     ADOPT = "adopt"
     STATS = "stats"
     USER = "user"
+    DRIFT = "drift"
+    RELOAD = "reload"
 
 
 #: what each op calls on the worker's shard
@@ -88,6 +92,8 @@ _DISPATCH: dict[ShardOp, Callable[..., Any]] = {
     ShardOp.ADOPT: PipelineShard.adopt,
     ShardOp.STATS: PipelineShard.stats,
     ShardOp.USER: PipelineShard.user_info,
+    ShardOp.DRIFT: PipelineShard.drift_counts,
+    ShardOp.RELOAD: reload_step,
 }
 
 
@@ -116,6 +122,12 @@ class ShardHost(Protocol):
 
     async def user_info(self, user_id: str) -> UserInfo | None:
         """What the shard holds about one user (the HTTP API); queued behind its batches."""
+        ...
+
+    async def drift_counts(self) -> DriftCounts | None:
+        """The shard's drift window summarised (None: drift off or nothing seen yet)."""
+    async def reload(self, step: str, arg: Any = None) -> str | None:
+        """One step of a hot reload (``shard_reload.py``); queued between its batches."""
         ...
 
     async def stop(self, timeout: float = 5.0) -> None: ...
@@ -152,6 +164,11 @@ class _TypedCalls:
     async def user_info(self, user_id: str) -> UserInfo | None:
         return cast(UserInfo | None, await self._submit(ShardOp.USER, user_id))
 
+    async def drift_counts(self) -> DriftCounts | None:
+        return cast(DriftCounts | None, await self._submit(ShardOp.DRIFT))
+    async def reload(self, step: str, arg: Any = None) -> str | None:
+        return cast(str | None, await self._submit(ShardOp.RELOAD, step, arg))
+
 
 class LocalShard(_TypedCalls):
     """A shard run by one thread of this process."""
@@ -175,10 +192,11 @@ def _worker_main(conn: Any, settings: Settings) -> None:
     """Entry point of a worker process."""
     import signal
 
-    # the daemon process handles SIGINT/SIGTERM (also when sent to the whole process group) and
-    # stops us by closing the pipe, after its last checkpoint
+    # the daemon process handles SIGINT/SIGTERM/SIGHUP (also when sent to the whole process group)
+    # and stops us by closing the pipe, after its last checkpoint
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hot reload request, for the daemon process
     try:
         from taskclf_daemon.artifacts import pipeline_from_settings
         from taskclf_daemon.log import configure_logging

@@ -25,6 +25,7 @@ from taskclf_daemon.offline.train import (
     split_by_time,
     train_bundle,
 )
+from taskclf_daemon.pipeline.drift import load_profile
 from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, ModelBundle
 from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS
 
@@ -68,7 +69,8 @@ def _json(p: Path) -> object:
 
 def test_bundle_files_and_fields_match_taskclf(trained: tuple[Path, list], rows: list[dict]) -> None:
     bundle, _ = trained
-    assert sorted(p.name for p in bundle.iterdir()) == ["categorical_encoders.json", "confusion_matrix.csv", "metadata.json", "metrics.json", "model.txt"]
+    # taskclf's files plus the drift reference (an extra file, which taskclf's loader ignores)
+    assert sorted(p.name for p in bundle.iterdir()) == ["categorical_encoders.json", "confusion_matrix.csv", "drift_reference.json", "metadata.json", "metrics.json", "model.txt"]
     meta = _json(bundle / "metadata.json")
     assert list(meta) == METADATA_KEYS
     assert list(meta["params"]) == PARAM_KEYS
@@ -109,6 +111,32 @@ def test_validation_metrics_well_above_chance(trained: tuple[Path, list], rows: 
     assert metrics["macro_f1"] == round(metrics["macro_f1"], 4)
     data = fill_overlay(rows, SCHEMAS["v1"])
     assert np.asarray(metrics["confusion_matrix"]).sum() == len(split_by_time(data)["val"])
+
+
+def test_drift_reference_profiles_the_validation_split(trained: tuple[Path, list], rows: list[dict]) -> None:
+    bundle, _ = trained
+    prof = load_profile(bundle, "4077fe0dba70")
+    assert prof is not None and prof.model_bundle_id == bundle.name and prof.source.startswith("train: validation split")
+    data = fill_overlay(rows, SCHEMAS["v1"])
+    va = split_by_time(data)["val"]
+    assert prof.windows == len(va) == sum(prof.class_counts)
+    for feat in ("keys_per_min", "hour_of_day", "session_length_so_far", "backspace_ratio"):
+        col = [data[i][0].values[feat] if feat not in OVERLAY_COLUMNS else data[i][1][OVERLAY_COLUMNS.index(feat)] for i in va]
+        vals = np.asarray([np.nan if v is None else v for v in col], dtype=np.float64)
+        fin = vals[np.isfinite(vals)]
+        f = prof.features[feat]
+        assert (f.values, f.nulls) == (len(fin), len(vals) - len(fin)), feat
+        if len(fin) >= 2 and len(np.unique(fin)) > 1:
+            edges = np.unique(np.percentile(fin, np.arange(0, 101, 10)))
+            assert f.edges == tuple(edges.tolist()) and f.counts == tuple(np.histogram(fin, edges)[0].tolist()), feat
+    # classes and entropy: the bundle alone (no calibration) with taskclf's threshold 0.55
+    mb = ModelBundle.load(bundle)
+    P = mb.predict_proba(mb.encode([data[i][0] for i in va], [data[i][1] for i in va]))
+    classes = np.where(P.max(axis=1) < 0.55, 8, P.argmax(axis=1))
+    assert prof.class_counts == tuple(np.bincount(classes, minlength=9).tolist())
+    assert 0.0 < prof.reject_rate < 1.0
+    p = np.clip(P, 1e-8, 1.0)
+    assert prof.mean_entropy == pytest.approx(float(np.mean(-np.sum(p * np.log(p), axis=1))), rel=1e-12)
 
 
 def test_bundle_loads_and_policy_points_at_it(trained: tuple[Path, list]) -> None:

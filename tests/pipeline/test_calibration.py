@@ -592,13 +592,19 @@ def _symlinked_user_store(tmp_path: Path) -> tuple[Path, str]:
     return d, uid
 
 
-def test_user_file_symlinked_outside_the_store_is_not_loaded(tmp_path: Path) -> None:
+def test_user_file_symlinked_outside_the_store_is_refused(tmp_path: Path) -> None:
+    # not a silent fallback to the global calibrator: the store is broken, say which file
     d, uid = _symlinked_user_store(tmp_path)
+    with pytest.raises(ArtifactError) as ei:
+        CalibratorStore.load(d)
+    msg = str(ei.value)
+    assert str(d / "users" / "mallory.json") in msg and "outside the store's users/ directory" in msg
+    assert "user_ids" in msg and "recreate the store" in msg
+    # the planted calibrator is never read: removing the link makes the store load, user on global
+    (d / "users" / "mallory.json").unlink()
     store = CalibratorStore.load(d)
-    assert uid not in store.user_calibrators
     cal, scope = store.get(uid)
     assert scope == "global" and cal.temperature == 1.5
-    # the batch path agrees: the user's rows are calibrated by the global calibrator
     P = _rand_probs(3, seed=40)
     out, scopes = store.calibrate_batch(P, [uid] * 3)
     assert scopes == ["global"] * 3
@@ -634,6 +640,12 @@ _REFIT_ISO = "refit with `taskclf-daemon calibrate --method isotonic`"
          "bad isotonic regressor: X_thresholds_/y_thresholds_ must be equal-length finite lists", _REFIT_ISO),
         ({"type": "isotonic", "regressors": [{"X_thresholds_": [1.0, 0.0], "y_thresholds_": [0.0, 1.0]}] * 8}, "regressors[0]",
          "bad isotonic regressor: X_thresholds_ must be sorted ascending", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": [{"X_thresholds_": ["0.0", "1.0"], "y_thresholds_": [0.0, 1.0]}] * 8}, "regressors[0]",
+         "bad isotonic regressor: X_thresholds_ must be a list of numbers", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": [{"X_thresholds_": [0.0, 1.0], "y_thresholds_": [False, True]}] * 8}, "regressors[0]",
+         "bad isotonic regressor: y_thresholds_ must be a list of numbers", _REFIT_ISO),
+        ({"type": "isotonic", "regressors": [{"X_thresholds_": 0.5, "y_thresholds_": 0.5}] * 8}, "regressors[0]",
+         "bad isotonic regressor: X_thresholds_ must be a list of numbers", _REFIT_ISO),
         ({"type": "platt"}, "type", "Unknown calibrator type 'platt'", "use identity, temperature or isotonic"),
     ],
 )

@@ -7,22 +7,13 @@ import dataclasses
 import orjson
 import pytest
 
-from helpers_rows import golden_dir
-from taskclf_daemon.artifacts import build_pipeline
-from taskclf_daemon.codec import RowValidator, decode_window
-from taskclf_daemon.records import SourceRef
+from helpers_rows import golden_pipeline_windows
 from taskclf_daemon.state import StateFormatError, UserState
 
 
 @pytest.fixture(scope="module")
 def golden_windows():
-    g = golden_dir()
-    pipe, _ = build_pipeline(policy=g / "models" / "inference_policy.json")
-    v = RowValidator(pipe.bundle.schema)
-    ws = [decode_window(ln, v) for ln in (g / "inputs.jsonl").read_bytes().splitlines() if ln.strip()]
-    for i, w in enumerate(ws):
-        w.source = SourceRef("in", 0, i)
-    return pipe, ws
+    return golden_pipeline_windows()
 
 
 def _run(pipe, windows, states=None):
@@ -103,7 +94,7 @@ def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
         b = st.to_bytes()
         assert UserState.from_bytes(b, 3).to_bytes() == b
         assert len(b) < 2000
-    # the changelog format (STATE_FORMAT 2) is a contract: exactly these keys
+    # the changelog format (2; 3 adds L only for users with learning state) is a contract: exactly these keys
     d = orjson.loads(b)
     assert list(d) == ["v", "h", "s", "m", "w", "t", "n", "o", "p", "k"]
     assert d["v"] == 2 and d["w"] == 3 and d["n"] == st.windows_seen and d["o"] == st.last_offset and d["p"] == st.last_partition
@@ -112,7 +103,7 @@ def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
     del v1["p"], v1["k"]
     old = UserState.from_bytes(orjson.dumps(v1), 3, partition=7, now_s=123)
     assert (old.last_partition, old.seen_s, old.last_offset) == (7, 123, st.last_offset)
-    with pytest.raises(StateFormatError, match=r"^unsupported user state format 99 \(this build reads 1, 2\)$"):
+    with pytest.raises(StateFormatError, match=r"^unsupported user state format 99 \(this build reads 1, 2, 3\)$"):
         UserState.from_bytes(b'{"v": 99}', 3)
     with pytest.raises(StateFormatError, match=r"^unsupported user state format 'list' "):
         UserState.from_bytes(b"[1]", 3)

@@ -69,5 +69,9 @@ def test_constants_with_percent_signs_and_empty_batch() -> None:
     p = [[0.125] * 8]
     out = enc.encode(["u"], ["2026-04-06T00:00:00Z"], [0], p, [0.125], [False], ["BreakIdle"], p, None, ["BreakIdle"], ["global"])
     assert orjson.loads(out[0])["model_bundle_id"] == "run-100%-%s"
+    assert orjson.loads(out[0])["calibrator_store_id"] is None  # no store: null, the last key
+    with_store = OutputEncoder(dict(const, calibrator_store_id="store%d@0badf00d"))
+    rec = orjson.loads(with_store.encode(["u"], ["2026-04-06T00:00:00Z"], [0], p, [0.125], [False], ["BreakIdle"], p, None, ["BreakIdle"], ["global"])[0])
+    assert list(rec)[-2:] == ["calibrator_scope", "calibrator_store_id"] and rec["calibrator_store_id"] == "store%d@0badf00d"
     with pytest.raises(ValueError, match="model_version"):
         OutputEncoder({"schema_version": "x"})

@@ -144,6 +144,23 @@ def test_retention_forgets_users_by_their_own_last_sight_not_by_anyone_elses_eve
     users = {orjson.loads(ln)["user_id"] for ln in lines}
     assert {k.decode() for _p, k in cp.tombstones} == users - late
     assert cp.evicted == {"idle": len(users - late)} and cp.state_users == len(late)
+    # that changelog was not acknowledged: the next checkpoint writes the tombstones again
+    # (else the forgotten users would come back from the changelog on a restore) -- but not for
+    # a user seen again meanwhile (its new state is written instead), nor once released
+    back = sorted(users - late)[0]
+    back_line = next(ln for ln in lines if orjson.loads(ln)["user_id"] == back)
+    shard.checkpoint_failed()
+    shard.process(_batches([back_line], start_offset=50_000)[0], now_s=1_000 + 3_700)
+    cp2 = shard.checkpoint(now_s=1_000 + 3_700)
+    assert {k.decode() for _p, k in cp2.tombstones} == users - late - {back}
+    assert [k.decode() for _p, k, _v in cp2.updates] == [back]
+    assert cp2.evicted == {}  # counted once, when forgotten
+    shard.checkpoint_failed()  # cp2 failed too: its tombstones are due again...
+    parts = sorted({p for p, _k in cp2.tombstones})
+    shard.release(parts[:1], durable=False)  # ...except those of a partition given away
+    cp3 = shard.checkpoint(now_s=1_000 + 3_700)
+    assert sorted(cp3.tombstones) == sorted(t for t in cp2.tombstones if t[0] != parts[0]) and cp3.tombstones
+    assert shard.checkpoint(now_s=1_000 + 3_700).tombstones == []  # acknowledged: once
 
 
 def test_capacity_forgets_the_least_recently_seen_clean_users(pipe, lines):

@@ -17,7 +17,7 @@ from typing import IO
 
 from taskclf_daemon.codec import DEFAULT_MAX_RECORD_BYTES, RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
-from taskclf_daemon.pipeline.batch import InferencePipeline
+from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline
 from taskclf_daemon.records import FeatureWindow
 
 
@@ -74,8 +74,10 @@ def replay(
     batch_size: int = 512,
     on_bad: Callable[[int, InvalidRecord], None] | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    observe: Callable[[BatchResult], None] | None = None,
 ) -> ReplaySummary:
-    """Predict every valid line of ``src`` into ``dst`` (one JSON record per line, input order)."""
+    """Predict every valid line of ``src`` into ``dst`` (one JSON record per line, input order);
+    ``observe`` sees each micro-batch's result (the drift reference uses it)."""
     summary = ReplaySummary()
     validator = RowValidator(pipeline.bundle.schema)
     states = pipeline.new_state_store()
@@ -84,6 +86,8 @@ def replay(
 
     def flush() -> None:
         res = pipeline.process(batch, states)
+        if observe is not None:
+            observe(res)
         buf = io.BytesIO()
         for p in res.predictions:
             buf.write(p.value)

@@ -11,7 +11,8 @@ Faithful to taskclf's ``train/lgbm.py``, ``train/dataset.py`` and ``core/model_i
   serving cannot disagree on column order, categorical codes or ``None -> 0.0``;
 * LightGBM multiclass with balanced sample weights, native categoricals, no early stopping;
 * bundle ``<out_dir>/<run_id>/`` with ``model.txt``, ``metadata.json``, ``metrics.json``
-  (validation split), ``confusion_matrix.csv``, ``categorical_encoders.json``, plus
+  (validation split), ``confusion_matrix.csv``, ``categorical_encoders.json``, the drift
+  reference ``drift_reference.json`` (validation split; an extra file taskclf ignores), plus
   ``<out_dir>/inference_policy.json`` pointing at it.
 
 Deliberate differences from taskclf (documented, harmless for serving):
@@ -45,8 +46,11 @@ import orjson
 
 from taskclf_daemon.codec import RowValidator
 from taskclf_daemon.errors import ArtifactError, InvalidRecord
-from taskclf_daemon.labels import DEFAULT_IDLE_GAP_SECONDS, DEFAULT_REJECT_THRESHOLD, LABEL_INDEX, LABELS, N_LABELS
+from taskclf_daemon.labels import DEFAULT_IDLE_GAP_SECONDS, DEFAULT_REJECT_THRESHOLD, LABEL_INDEX, LABELS, N_LABELS, REJECT_ID
+from taskclf_daemon.offline.reference import profile_of_samples
 from taskclf_daemon.pipeline.calibration import utc_now_iso
+from taskclf_daemon.pipeline.drift import PROFILE_FILE, write_profile
+from taskclf_daemon.pipeline.drift_window import BatchArrays, DriftObserver, sample_profile_inputs
 from taskclf_daemon.pipeline.features import Overlay, push_window
 from taskclf_daemon.pipeline.model import UNKNOWN_CATEGORY, CategoricalCodes, ModelBundle
 from taskclf_daemon.records import FeatureWindow
@@ -410,7 +414,7 @@ def train_bundle(
     """Train a LightGBM bundle on labelled FeatureRows and write it under ``out_dir``.
 
     Writes ``out_dir/<run_id>/`` (model.txt, metadata.json, metrics.json, confusion_matrix.csv,
-    categorical_encoders.json) and refreshes ``out_dir/inference_policy.json`` to point at it
+    categorical_encoders.json, drift_reference.json) and refreshes ``out_dir/inference_policy.json`` to point at it
     (threshold 0.55, no calibrator store, source ``"retrain"``). The same rows and seed give
     the same model (bit-identical ``model.txt`` tree section and predictions).
 
@@ -484,7 +488,8 @@ def train_bundle(
     report("evaluate", 0, 1)
     from sklearn.metrics import confusion_matrix, f1_score
 
-    pred = np.asarray(booster.predict(X_va, num_threads=1)).reshape(len(va), N_LABELS).argmax(axis=1)
+    P_va = np.asarray(booster.predict(X_va, num_threads=1)).reshape(len(va), N_LABELS)
+    pred = P_va.argmax(axis=1)
     true_names = [LABELS[i] for i in y_va.tolist()]
     pred_names = [LABELS[i] for i in pred.tolist()]
     labels = list(LABELS)
@@ -525,6 +530,12 @@ def train_bundle(
         _dump(tmp / "metrics.json", metrics)
         (tmp / "confusion_matrix.csv").write_text(_confusion_csv(cm), encoding="utf-8")
         _dump(tmp / "categorical_encoders.json", vocabs)
+        # the drift reference (an extra file: taskclf ignores it): the validation windows as the
+        # bundle alone serves them (no calibrator store, taskclf's default reject threshold)
+        va_classes = np.where(P_va.max(axis=1) < DEFAULT_REJECT_THRESHOLD, REJECT_ID, pred)
+        va_sample = sample_profile_inputs(DriftObserver(enc), BatchArrays([data[i][0] for i in va], X_va, P_va, va_classes))
+        source = f"train: validation split ({len(va)} windows), uncalibrated, reject threshold {DEFAULT_REJECT_THRESHOLD}"
+        write_profile(profile_of_samples(enc, [va_sample], model_bundle_id=run_id, source=source), tmp / PROFILE_FILE)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

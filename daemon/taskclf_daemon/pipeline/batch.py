@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,12 +28,17 @@ from taskclf_daemon.labels import (
 )
 from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.decision import reject_mask, smooth_trailing, thresholds_for
+from taskclf_daemon.pipeline.drift import ReferenceProfile
+from taskclf_daemon.pipeline.drift_window import BatchArrays
 from taskclf_daemon.pipeline.features import push_window
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.pipeline.output import OutputEncoder
 from taskclf_daemon.records import FeatureWindow, SourceRef
 from taskclf_daemon.state import StateStore
 from taskclf_daemon.timeutil import format_ts_us
+
+if TYPE_CHECKING:
+    from taskclf_daemon.pipeline.learner import Learner
 
 _NAMES = LABELS + (MIXED_UNKNOWN,)
 
@@ -77,6 +82,9 @@ class BatchResult:
     #: windows not applied, with the reason: ``replayed`` (input offset already applied to the
     #: user's state), ``duplicate`` (same bucket_start_ts as the last applied), ``late`` (older)
     skipped: list[tuple[FeatureWindow, str]] = field(default_factory=list)
+    #: the batch's arrays for the drift tap (references, nothing copied); None when the batch
+    #: was re-run one window at a time
+    arrays: BatchArrays | None = None
 
 
 class InferencePipeline:
@@ -87,15 +95,28 @@ class InferencePipeline:
         self.store = store
         self.config = config or PipelineConfig()
         self.taxonomy = taxonomy
+        #: the bundle's drift reference profile (``drift_reference.json``), None = no drift metrics
+        self.reference: ReferenceProfile | None = None
         if store is not None:
             store.check_binding(bundle.schema_hash, bundle.bundle_id)
-        self._const = {
+        self._const: dict[str, str | None] = {
             "model_version": bundle.schema_hash,
             "schema_version": bundle.schema.tag,
             "label_version": LABEL_VERSION,
             "model_bundle_id": bundle.bundle_id,
+            "calibrator_store_id": store.store_id if store is not None else None,
         }
         self._encoder = OutputEncoder(self._const)
+        #: the learning loop's hook (:meth:`attach_learner`); None = no learning, no cost
+        self.learner: Learner | None = None
+
+    def attach_learner(self, learner: Learner | None) -> None:
+        """Run ``learner`` after calibration in every batch: it sees each applied window's raw
+        probabilities, encoded row and overlay (its evidence) and replaces the calibrated
+        probabilities of users with a personal model (scope ``user``)."""
+        if learner is not None:
+            learner.bind(self.store, self.bundle.schema.feature_columns)
+        self.learner = learner
 
     def new_state_store(self) -> StateStore:
         return StateStore(self.config.smooth_window)
@@ -156,12 +177,15 @@ class InferencePipeline:
             probs, scopes = self.store.calibrate_batch(raw, uids)
         else:
             probs, scopes = raw, ["none"] * len(uids)
+        if self.learner is not None and windows:
+            probs, scopes, _ = self.learner.personalise(windows, raw, X, overlays, probs, scopes, states)
         t4 = time.perf_counter()
         conf = probs.max(axis=1) if len(windows) else np.empty(0)
         arg = probs.argmax(axis=1) if len(windows) else np.empty(0, dtype=np.int64)
         rejected = reject_mask(conf, thresholds_for(uids, cfg.reject_threshold, cfg.per_user_thresholds))
         w_ = cfg.smooth_window
-        post = np.where(rejected, REJECT_ID, arg).tolist()
+        post_ids = np.where(rejected, REJECT_ID, arg)
+        post = post_ids.tolist()
         smoothed = []
         for i, w in enumerate(windows):
             smoothed.append(smooth_trailing(get(w.user_id).smooth, post[i], w_))
@@ -195,4 +219,4 @@ class InferencePipeline:
         ]
         t6 = time.perf_counter()
         timings = {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5}
-        return BatchResult(out, timings, skipped)
+        return BatchResult(out, timings, skipped, BatchArrays(windows, X, probs, post_ids))

@@ -159,8 +159,8 @@ def calibrator_from_json(obj: Any, source: object = "<json>") -> Calibrator:
         curves = []
         for i, r in enumerate(regs):
             try:
-                x = np.asarray(r["X_thresholds_"], dtype=np.float64)
-                y = np.asarray(r["y_thresholds_"], dtype=np.float64)
+                x = _number_array(r["X_thresholds_"], "X_thresholds_")
+                y = _number_array(r["y_thresholds_"], "y_thresholds_")
                 if x.ndim != 1 or x.shape != y.shape or x.size == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
                     raise ValueError("X_thresholds_/y_thresholds_ must be equal-length finite lists")
                 if np.any(np.diff(x) < 0):
@@ -173,6 +173,13 @@ def calibrator_from_json(obj: Any, source: object = "<json>") -> Calibrator:
             raise ArtifactError(source, f"isotonic calibrator has {len(curves)} regressors, expected one per label ({N_LABELS})", "refit with `taskclf-daemon calibrate --method isotonic`", field="regressors")
         return IsotonicCalibrator(tuple(curves))
     raise ArtifactError(source, f"Unknown calibrator type {kind!r}", "use identity, temperature or isotonic", field="type")
+
+
+def _number_array(v: Any, name: str) -> np.ndarray:
+    """A JSON list of numbers as float64; strings ("0.5") and booleans are refused, not coerced."""
+    if not isinstance(v, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
+        raise ValueError(f"{name} must be a list of numbers")
+    return np.asarray(v, dtype=np.float64)
 
 
 def user_file_name(user_id: str) -> str:
@@ -293,7 +300,9 @@ class CalibratorStore:
         """Load a store directory (taskclf's or ours).
 
         Users listed in ``store.json`` whose file is absent fall back to the global calibrator,
-        as in taskclf. Any unreadable file fails with an :class:`ArtifactError`.
+        as in taskclf. Any unreadable file fails with an :class:`ArtifactError`, and so does a
+        user file that resolves outside ``users/`` (a symlink planted there would otherwise give
+        a user a calibrator from anywhere on the disk).
         """
         d = Path(directory)
         if not d.is_dir():
@@ -308,8 +317,11 @@ class CalibratorStore:
         users_dir = (d / "users").resolve()
         users: dict[str, Calibrator] = {}
         for uid in uids:
-            f = (users_dir / user_file_name(uid)).resolve()
-            if f.parent != users_dir or not f.is_file():
+            link = users_dir / user_file_name(uid)
+            f = link.resolve()
+            if f.parent != users_dir:
+                raise ArtifactError(link, f"resolves to {f}, outside the store's users/ directory", "replace the link with the user's calibrator file, or recreate the store", field="user_ids")
+            if not f.is_file():
                 continue
             users[uid] = calibrator_from_json(_load_json(f, "recreate the store"), f)
         method = meta.get("method", "temperature")

@@ -3,8 +3,9 @@
 The bytes are exactly ``orjson.dumps(record)`` of the record dict in taskclf's key order
 (``user_id``, ``bucket_start_ts``, ``core_label_id``, ``core_label_name``, ``core_probs``,
 ``confidence``, ``is_rejected``, ``mapped_label_name``, ``mapped_probs``, ``model_version``,
-``schema_version``, ``label_version``, ``model_bundle_id``, ``smoothed_label_name``,
-``calibrator_scope``) -- :func:`record_dict` builds that dict and the tests hold the two equal.
+``schema_version``, ``label_version``, then the daemon's provenance: ``model_bundle_id``,
+``smoothed_label_name``, ``calibrator_scope``, ``calibrator_store_id``) -- :func:`record_dict`
+builds that dict and the tests hold the two equal.
 
 Speed: instead of one dict and one ``orjson.dumps`` per window, the numbers of the whole batch
 are formatted by orjson in one call per matrix (so with orjson's own float formatting), cut
@@ -39,13 +40,17 @@ RECORD_KEYS = (
     "model_bundle_id",
     "smoothed_label_name",
     "calibrator_scope",
+    "calibrator_store_id",
 )
 CONST_KEYS = ("model_version", "schema_version", "label_version", "model_bundle_id")
+#: the last key: the calibrator store in force (``CalibratorStore.store_id``), null without a
+#: store; a constant of the encoder like :data:`CONST_KEYS`, absent from ``const`` = null
+STORE_KEY = "calibrator_store_id"
 
 
 def record_dict(
     user_id: str, ts: str, core_id: int, core_probs: list[float], confidence: float, rejected: bool,
-    mapped_label: str, mapped_probs: dict[str, float], const: dict[str, str], smoothed: str, scope: str,
+    mapped_label: str, mapped_probs: dict[str, float], const: dict[str, str | None], smoothed: str, scope: str,
 ) -> dict[str, Any]:
     """One record as a dict (the reference for :class:`OutputEncoder`)."""
     return {
@@ -61,6 +66,7 @@ def record_dict(
         **{k: const[k] for k in CONST_KEYS},
         "smoothed_label_name": smoothed,
         "calibrator_scope": scope,
+        STORE_KEY: const.get(STORE_KEY),
     }
 
 
@@ -73,13 +79,14 @@ def _rows(matrix: list[list[float]]) -> list[bytes]:
 class OutputEncoder:
     """Encodes batches of predictions for one model bundle (its constant fields)."""
 
-    def __init__(self, const: dict[str, str]) -> None:
+    def __init__(self, const: dict[str, str | None]) -> None:
         missing = [k for k in CONST_KEYS if k not in const]
         if missing:
             raise ValueError(f"constant fields missing: {missing}")
         head = b'{"user_id":%b,"bucket_start_ts":"%b","core_label_id":%d,"core_label_name":%b,"core_probs":[%b],"confidence":%b,"is_rejected":%b,"mapped_label_name":%b,"mapped_probs":%b,'
         # the percent signs of the constants' own text must not act as format directives
-        tail = orjson.dumps({k: const[k] for k in CONST_KEYS})[1:-1].replace(b"%", b"%%") + b',"smoothed_label_name":%b,"calibrator_scope":%b}'
+        tail = orjson.dumps({k: const[k] for k in CONST_KEYS})[1:-1].replace(b"%", b"%%") + b',"smoothed_label_name":%b,"calibrator_scope":%b,'
+        tail += orjson.dumps({STORE_KEY: const.get(STORE_KEY)})[1:].replace(b"%", b"%%")
         self._template = head + tail
         self._identity_probs = b"{" + b",".join(orjson.dumps(n) + b":%b" for n in LABELS) + b"}"
         self._strings: dict[str, bytes] = {}

@@ -1,0 +1,198 @@
+"""A user's learning state: recent windows, known label spans, labelled evidence, the model in force.
+
+Lifecycle of a window (all in the user's event time, i.e. ``bucket_start_ts`` of its windows):
+
+1. applied by the pipeline -> its raw probabilities and head extras enter the **recent ring**
+   (float32, 64 bytes) -- at most :attr:`LearnConfig.ring_cap` windows;
+2. **finalised** once the user's newest window is ``label_wait_s`` (default 1 h) past its end,
+   or when it is pushed out of the full ring: it is labelled from the **known spans** by
+   strict containment (:func:`~taskclf_daemon.pipeline.labelspan.window_label`) and, if
+   labelled, appended to the **evidence** (newest :attr:`LearnConfig.evidence_cap` = 2,000
+   kept). A span must therefore arrive within the bounded wait after its windows (or any time
+   before them); a later one finds its windows finalised and labels nothing.
+
+Known spans are kept (at most ``max_spans``, the ones ending last) until no unfinalised window
+can overlap them; an identical span delivered twice (at-least-once) counts once.
+
+Serialisation (:meth:`UserLearning.to_obj`, a JSON object inside the user state): timestamps
+int64 and labels uint8 and features float32, little-endian, base64 -- deterministic and compact
+(~100 bytes per evidence window: ~200 KB at the cap). Values are float32 from the moment they
+enter the ring, so a restored state is exactly the state that was written.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from taskclf_daemon.labels import DEFAULT_BUCKET_SECONDS, N_LABELS
+from taskclf_daemon.pipeline.head_features import N_EXTRAS
+from taskclf_daemon.pipeline.labelspan import LabelSpan, window_label
+from taskclf_daemon.pipeline.personal_model import PersonalModel
+from taskclf_daemon.pipeline.personalize import Evidence
+
+WIDTH = N_LABELS + N_EXTRAS
+_F32 = np.dtype("<f4")
+_I64 = np.dtype("<i8")
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    #: labelled windows kept per user (newest); the refit's evidence
+    evidence_cap: int = 2000
+    #: unfinalised windows kept per user (bounds memory when a user's labels never come)
+    ring_cap: int = 120
+    #: how long (event time) a window waits for its label span before it is finalised
+    label_wait_s: float = 3600.0
+    #: known label spans kept per user
+    max_spans: int = 64
+    bucket_seconds: int = DEFAULT_BUCKET_SECONDS
+    #: refit after this many new labelled windows (once eligible) ...
+    refit_every: int = 200
+    #: ... or when this much event time passed since the last refit (taskclf's 7-day cadence)
+    refit_days: float = 7.0
+
+
+class UserLearning:
+    """Mutated only by :class:`~taskclf_daemon.pipeline.learner.Learner`, in the user's order."""
+
+    __slots__ = ("ring", "spans", "evidence", "labels_total", "labels_at_fit", "last_fit_us", "last_ts_us", "model", "decision", "eligible")
+
+    def __init__(self, cfg: LearnConfig) -> None:
+        self.ring: deque[tuple[int, bytes]] = deque(maxlen=cfg.ring_cap)
+        self.spans: list[LabelSpan] = []
+        self.evidence: deque[tuple[int, int, bytes]] = deque(maxlen=cfg.evidence_cap)
+        self.labels_total = 0
+        self.labels_at_fit = 0
+        self.last_fit_us: int | None = None
+        self.last_ts_us: int | None = None
+        #: the adopted personal model (None: the global calibrator is in force)
+        self.model: PersonalModel | None = None
+        #: the last refit's decision JSON (what the HTTP API shows)
+        self.decision: dict[str, Any] | None = None
+        #: the evidence passed eligibility at the last check (cheap re-check gate)
+        self.eligible = False
+
+    # --- spans and windows -------------------------------------------------------------------
+    def add_span(self, span: LabelSpan, cfg: LearnConfig) -> bool:
+        """Remember a span; False when it is a duplicate or too old to label any window."""
+        if span in self.spans:
+            return False
+        if self.last_ts_us is not None and span.end_us <= self._finalised_before(cfg):
+            return False
+        keys = [(s.start_us, s.end_us) for s in self.spans]
+        self.spans.insert(bisect.bisect_right(keys, (span.start_us, span.end_us)), span)
+        if len(self.spans) > cfg.max_spans:
+            drop = min(range(len(self.spans)), key=lambda i: (self.spans[i].end_us, i))
+            del self.spans[drop]
+        return True
+
+    def _finalised_before(self, cfg: LearnConfig) -> int:
+        """Windows starting before this instant are finalised (or will be at once)."""
+        assert self.last_ts_us is not None
+        return self.ring[0][0] if self.ring else self.last_ts_us + 1
+
+    def add_window(self, user_id: str, ts_us: int, raw: np.ndarray, extras: np.ndarray, cfg: LearnConfig) -> int:
+        """Record an applied window; finalise what is due. Returns labelled windows added."""
+        blob = np.concatenate([raw, extras]).astype(_F32).tobytes()
+        added = 0
+        if len(self.ring) == self.ring.maxlen:
+            added += self._finalise(user_id, self.ring.popleft(), cfg)
+        self.ring.append((ts_us, blob))
+        self.last_ts_us = ts_us if self.last_ts_us is None else max(self.last_ts_us, ts_us)
+        bucket = cfg.bucket_seconds * 1_000_000
+        horizon = self.last_ts_us - int(cfg.label_wait_s * 1_000_000) - bucket
+        while self.ring and self.ring[0][0] <= horizon:
+            added += self._finalise(user_id, self.ring.popleft(), cfg)
+        if self.spans:
+            cut = self._finalised_before(cfg)
+            self.spans = [s for s in self.spans if s.end_us > cut]
+        return added
+
+    def _finalise(self, user_id: str, item: tuple[int, bytes], cfg: LearnConfig) -> int:
+        ts, blob = item
+        lab = window_label(self.spans, user_id, ts, cfg.bucket_seconds * 1_000_000) if self.spans else None
+        if lab is None:
+            return 0
+        self.evidence.append((ts, lab, blob))
+        self.labels_total += 1
+        return 1
+
+    def evidence_arrays(self) -> Evidence:
+        n = len(self.evidence)
+        ts = np.fromiter((e[0] for e in self.evidence), dtype=np.int64, count=n)
+        y = np.fromiter((e[1] for e in self.evidence), dtype=np.int64, count=n)
+        vals = np.frombuffer(b"".join(e[2] for e in self.evidence), dtype=_F32).astype(np.float64).reshape(n, WIDTH)
+        return Evidence(ts, y, vals[:, :N_LABELS], vals[:, N_LABELS:])
+
+    def due(self, ts_us: int, cfg: LearnConfig) -> bool:
+        """Whether a refit is due now (eligibility is checked by the caller)."""
+        new = self.labels_total - self.labels_at_fit
+        if self.last_fit_us is None:
+            return new > 0 and len(self.evidence) >= 1
+        return new >= cfg.refit_every or (new > 0 and ts_us - self.last_fit_us >= cfg.refit_days * 86_400_000_000)
+
+    # --- undo (the shard re-runs a failed batch window by window) -----------------------------
+    def snapshot(self) -> tuple[Any, ...]:
+        return (self.ring.copy(), list(self.spans), self.evidence.copy(), self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible)
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        (self.ring, self.spans, self.evidence, self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible) = snap
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "rt": _b64(np.fromiter((r[0] for r in self.ring), dtype=_I64, count=len(self.ring)).tobytes()),
+            "rb": _b64(b"".join(r[1] for r in self.ring)),
+            "et": _b64(np.fromiter((e[0] for e in self.evidence), dtype=_I64, count=len(self.evidence)).tobytes()),
+            "el": _b64(bytes(e[1] for e in self.evidence)),
+            "eb": _b64(b"".join(e[2] for e in self.evidence)),
+            "s": [[s.start_us, s.end_us, s.label, s.provenance, s.user_id, s.confidence, s.extend_forward] for s in self.spans],
+            "n": self.labels_total,
+            "nf": self.labels_at_fit,
+            "lf": self.last_fit_us,
+            "lt": self.last_ts_us,
+            "g": self.eligible,
+            "m": None if self.model is None else self.model.to_json(),
+            "d": self.decision,
+        }
+
+    @classmethod
+    def from_obj(cls, d: Any, cfg: LearnConfig) -> UserLearning:
+        """Inverse of :meth:`to_obj`; raises ValueError/KeyError/TypeError when malformed."""
+        if not isinstance(d, dict):
+            raise TypeError("learning state must be an object")
+        st = cls(cfg)
+        rt = np.frombuffer(_unb64(d["rt"]), dtype=_I64).tolist()
+        rb = _unb64(d["rb"])
+        st.ring.extend((t, rb[i * WIDTH * 4 : (i + 1) * WIDTH * 4]) for i, t in enumerate(rt))
+        et = np.frombuffer(_unb64(d["et"]), dtype=_I64).tolist()
+        el = _unb64(d["el"])
+        eb = _unb64(d["eb"])
+        if len(rb) != len(rt) * WIDTH * 4 or len(el) != len(et) or len(eb) != len(et) * WIDTH * 4 or any(x >= N_LABELS for x in el):
+            raise ValueError("learning state arrays do not fit together")
+        st.evidence.extend((t, el[i], eb[i * WIDTH * 4 : (i + 1) * WIDTH * 4]) for i, t in enumerate(et))
+        st.spans = [LabelSpan(int(a), int(b), int(c), str(p), None if u is None else str(u), None if f is None else float(f), bool(x)) for a, b, c, p, u, f, x in d["s"]]
+        st.labels_total = int(d["n"])
+        st.labels_at_fit = int(d["nf"])
+        st.last_fit_us = None if d["lf"] is None else int(d["lf"])
+        st.last_ts_us = None if d["lt"] is None else int(d["lt"])
+        st.eligible = bool(d.get("g", False))
+        st.model = None if d["m"] is None else PersonalModel.from_json(d["m"])
+        st.decision = d["d"]
+        return st
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: Any) -> bytes:
+    if type(s) is not str:
+        raise TypeError("expected a base64 string")
+    return base64.b64decode(s, validate=True)

@@ -1,0 +1,167 @@
+"""The learner inside the pipeline: evidence, bounded wait, refits at defined points, state bytes.
+
+Golden stream (10 users, ~300 windows each over ~26 h); the users' labels are the un-learned
+pipeline's own labels under a permutation (what a user with other words would send), as spans
+of runs, each delivered 10 minutes (event time) after its end. The gate's eligibility is
+lowered (60 windows, 1 day) so refits happen within the fixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from helpers_rows import golden_pipeline_windows
+from taskclf_daemon.labels import LABEL_INDEX, LABELS
+from taskclf_daemon.offline.personas import SWAP, spans_from_labelled
+from taskclf_daemon.pipeline.evidence import LearnConfig, UserLearning
+from taskclf_daemon.pipeline.labelspan import LabelSpan, project, span_from_obj
+from taskclf_daemon.pipeline.learner import Learner
+from taskclf_daemon.pipeline.personalize import GateConfig
+from taskclf_daemon.state import StateStore, UserState
+from taskclf_daemon.timeutil import format_ts_us, parse_ts_us
+
+M = 60_000_000
+LEARN = LearnConfig(refit_every=40, label_wait_s=3600.0)
+GATE = GateConfig(min_windows=60, min_days=1)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    pipe, ws = golden_pipeline_windows()
+    plain = pipe.process(ws, pipe.new_state_store()).predictions
+    rows = [{"user_id": p.user_id, "bucket_start_ts": format_ts_us(p.ts_us), "label": SWAP.get(LABELS[p.core_label_id], LABELS[p.core_label_id])} for p in plain]
+    spans = [span_from_obj(s) for s in spans_from_labelled(rows)]
+    return pipe, ws, spans, [p.value for p in plain]
+
+
+def _drive(pipe, ws, spans, *, batch=64, cut=None, learner=None):
+    """Windows in input order, each span delivered before the first window 10 min after its
+    end; with ``cut``, all states are written to bytes and read back after that many windows."""
+    learner = learner or Learner(LEARN, GATE)
+    pipe.attach_learner(learner)
+    try:
+        states = pipe.new_state_store()
+        due = sorted(spans, key=lambda s: (s.end_us, s.user_id or "", s.start_us))
+        k, out, pending = 0, [], []
+
+        def flush():
+            if pending:
+                out.extend(p.value for p in pipe.process(pending, states).predictions)
+                pending.clear()
+
+        for i, w in enumerate(ws):
+            if cut is not None and i == cut:
+                flush()
+                fresh = StateStore(states.smooth_window)
+                for uid, st in states.users.items():
+                    fresh.put(uid, UserState.from_bytes(st.to_bytes(), states.smooth_window, learn_config=LEARN))
+                states = fresh
+            while k < len(due) and due[k].end_us + 10 * M <= w.ts_us:
+                flush()
+                learner.add_span(due[k], states)
+                k += 1
+            pending.append(w)
+            if len(pending) >= batch:
+                flush()
+        flush()
+        return out, states, learner
+    finally:
+        pipe.attach_learner(None)
+
+
+def test_learner_without_labels_changes_no_output_and_keeps_state_bounded(golden) -> None:
+    pipe, ws, _spans, plain = golden
+    out, states, learner = _drive(pipe, ws, [])
+    assert out == plain
+    assert learner.decisions == []
+    for st in states.users.values():
+        assert st.learn is not None and len(st.learn.evidence) == 0 and 0 < len(st.learn.ring) <= 61
+        b = st.to_bytes()
+        assert orjson.loads(b)["v"] == 3 and UserState.from_bytes(b, 3, learn_config=LEARN).to_bytes() == b
+
+
+def test_labels_lead_to_personal_models_at_defined_points_and_replays_are_identical(golden) -> None:
+    pipe, ws, spans, plain = golden
+    out, states, learner = _drive(pipe, ws, spans)
+    decisions = learner.take_decisions()
+    adopted = {u for u, d in decisions if d.adopted is not None}
+    assert len(decisions) >= 20 and len(adopted) >= 5
+    assert "head" in {d.adopted.kind for _, d in decisions if d.adopted is not None}
+    # served outputs change only for users on a personal model, only after their first adoption
+    first = {}
+    for u, d in decisions:
+        if d.adopted is not None:
+            first.setdefault(u, d.at_us)
+    changed = [(orjson.loads(a), orjson.loads(b)) for a, b in zip(out, plain) if a != b]
+    assert changed and all(r["user_id"] in adopted and r["calibrator_scope"] == "user" for r, _ in changed)
+    for r, _ in changed:
+        assert r["bucket_start_ts"] > format_ts_us(first[r["user_id"]])
+    # on those users' windows after their first adoption, the served label agrees with the
+    # user's own labels far more often than the global one does
+    hits_p = hits_g = n = 0
+    for a, b in zip(out, plain):
+        r, g = orjson.loads(a), orjson.loads(b)
+        if r["user_id"] in first and r["bucket_start_ts"] > format_ts_us(first[r["user_id"]]):
+            want = project(spans, r["user_id"], [parse_ts_us(r["bucket_start_ts"])])[0]
+            if want is not None:
+                n += 1
+                hits_p += r["core_label_id"] == want
+                hits_g += g["core_label_id"] == want
+    assert n > 1000 and hits_p / n > hits_g / n + 0.2, (n, hits_p, hits_g)  # measured: 746 vs 396 of 1520
+    # batching, and a restart from the state bytes at any point, give the same bytes
+    assert _drive(pipe, ws, spans, batch=7, cut=1900)[0] == out
+    # the state holds the adopted model; its bytes round-trip
+    on_personal = [u for u in sorted(adopted) if states.users[u].learn.model is not None]
+    assert len(on_personal) >= 4
+    u = on_personal[0]
+    st = states.users[u]
+    assert st.learn is not None and st.learn.model is not None and st.learn.decision is not None
+    assert UserState.from_bytes(st.to_bytes(), 3, learn_config=LEARN).to_bytes() == st.to_bytes()
+    prof = learner.profile(states, u)
+    assert prof is not None and prof["in_force"]["scope"] == "user" and prof["evidence"]["is_eligible"]
+
+
+def _blob_window(ul: UserLearning, minute: int, cfg: LearnConfig) -> int:
+    import numpy as np
+
+    raw = np.full(8, 0.125)
+    return ul.add_window("u", minute * M, raw, np.zeros(8), cfg)
+
+
+def _s(a: int, b: int, label: str = "Build") -> LabelSpan:
+    return LabelSpan(a * M, b * M, LABEL_INDEX[label], "manual", "u")
+
+
+def test_bounded_wait_ring_and_caps() -> None:
+    cfg = LearnConfig(ring_cap=30, label_wait_s=600.0, evidence_cap=25, max_spans=3)
+    ul = UserLearning(cfg)
+    assert ul.add_span(_s(5, 15), cfg) and not ul.add_span(_s(5, 15), cfg)  # before its windows; a duplicate counts once
+    added = sum(_blob_window(ul, m, cfg) for m in range(0, 40))
+    # minutes 5..14 labelled once 10 min + 1 bucket have passed (finalised up to minute 39-11=28)
+    assert added == 10 and [e[0] // M for e in ul.evidence] == list(range(5, 15))
+    assert [t // M for t, _ in ul.ring] == list(range(29, 40))
+    assert not ul.add_span(_s(20, 25), cfg)  # its windows are finalised: too late
+    assert ul.add_span(_s(30, 35, "Debug"), cfg)  # within the wait
+    added = sum(_blob_window(ul, m, cfg) for m in range(40, 60))
+    assert added == 5 and ul.evidence[-1][1] == LABEL_INDEX["Debug"]
+    # the ring never holds more than ring_cap windows, whatever the wait
+    big = LearnConfig(ring_cap=5, label_wait_s=86_400.0)
+    ul2 = UserLearning(big)
+    ul2.add_span(_s(0, 100), big)
+    assert sum(_blob_window(ul2, m, big) for m in range(50)) == 45 and len(ul2.ring) == 5
+    # evidence keeps the newest evidence_cap windows; spans the max_spans ending last
+    for a in range(60, 90, 10):
+        ul.add_span(_s(a, a + 10, "Meet"), cfg)
+    assert sum(_blob_window(ul, m, cfg) for m in range(60, 120)) == 30
+    assert len(ul.evidence) == 25 and ul.labels_total == 45 and ul.evidence[0][0] == 65 * M
+    for a in range(200, 260, 10):
+        ul.add_span(_s(a, a + 10, "Meet"), cfg)
+    assert [s.start_us // M for s in ul.spans] == [230, 240, 250]
+    snap = ul.snapshot()
+    _blob_window(ul, 500, cfg)
+    ul.restore(snap)
+    assert ul.last_ts_us == 119 * M
+    assert dataclasses.is_dataclass(cfg)
