@@ -7,7 +7,7 @@ Bundle layout (spec 3): ``model.txt`` (LightGBM text model), ``metadata.json``, 
 Prediction backends (``ModelBundle.load(..., backend=...)``; the one in force is ``bundle.backend``)
 ---------------------------------------------------------------------------------------------------
 * ``lightgbm``: ``Booster.predict(X, num_threads=1)``, exactly what taskclf runs.
-* ``lleaves``: ``model.txt`` compiled to native code with lleaves (a dependency), 8-11x faster
+* ``lleaves``: ``model.txt`` compiled to native code with lleaves (a dependency), 6-11x faster
   predict on the golden 800-tree model and **bit-identical** to LightGBM (``compiled.py`` says
   why and how that is checked). Compiling takes 30-100 s, so the object file is cached in
   ``cache_dir`` (default ``$XDG_CACHE_HOME/taskclf-daemon/lleaves``, else
