@@ -10,7 +10,11 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
     about a second, so it runs ``--passthrough-rounds`` times (default 3) and the median counts;
 (b) **daemon**: ``taskclf-daemon run --policy <golden policy>`` as a subprocess draining the same
     pre-loaded backlog (>= 100k windows of >= 1,000 users cloned from the golden inputs);
-    peak RSS (VmHWM) and the daemon's own per-stage timings from ``/metrics``;
+    peak RSS (VmHWM), the backend in force and the daemon's own per-stage timings from
+    ``/metrics``. With the ``auto`` (default) or ``lleaves`` backend the compiled model is
+    cached first (``compile_cache:`` line), as a first start does in the background, so (b)
+    measures a normal start; ``--cold-cache`` skips that (a first start: LightGBM until the
+    background compile is swapped in);
 (p) **stage profile** (offline, in this process): µs per record of decode, features, encode,
     predict, calibrate, decide, serialize on the same rows, and ``R_model``;
 (c) **naive**: one message at a time (``InferencePipeline.process([window])``,
@@ -23,6 +27,11 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
 Throughput = records / (last output CreateTime - first output CreateTime), the same for (a),
 (b) and (c): the group join is excluded. Every output topic is read back with confluent-kafka
 ``assign()`` and deduplicated on (user_id, bucket_start_ts); the count must equal the input.
+**Values**: the outputs of (b), (c) and the latency daemon must equal, byte for byte, an offline
+replay of the same records (``scripts/bench_verify.py``: the pure pipeline, same settings,
+``lightgbm`` backend), and re-emitted copies must equal the first; a ``values_<phase>:`` line
+gives compared/equal/differing/missing/extra counts, the differing fields and an example, and
+any difference fails the run (exit 1).
 Noise: ``others_cores`` per phase (machine busy CPU minus this process tree); runs with
 ``others_cores > 0.3`` are marked contended (C).
 
@@ -53,6 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_verify as bv
 import benchlib as bl
 
 EXIT_OK = 0
@@ -89,6 +99,9 @@ class Bench:
         self.rid = uuid.uuid4().hex[:6]
         self.results: dict[str, Any] = {"config": {k: v for k, v in vars(a).items()}, "bootstrap_servers": bootstrap, "run_id": self.rid}
         self.policy = str(Path(a.policy).resolve())
+        #: the daemon's settings as this benchmark runs it (defaults + the golden policy): the
+        #: offline replay reference, the stage profile and the naive daemon use the same
+        self.settings = bl.settings_for(bootstrap).replace(policy=self.policy)
 
     def topic(self, name: str) -> str:
         return f"bench-{self.rid}-{name}"
@@ -186,6 +199,36 @@ class Bench:
             bl.log(f"{what}: {read.duplicates} duplicate outputs (re-emitted), deduplicated")
         return res
 
+    def verify_values(self, what: str, read: bl.TopicRead, records: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        """The drained values equal an offline replay of ``records`` (bench_verify.py), byte for byte."""
+        t0 = time.monotonic()
+        res = bv.compare_values(read.values, bv.reference_values(self.settings, records))
+        res["conflicts"] = read.value_conflicts
+        res["replay_s"] = round(time.monotonic() - t0, 1)
+        _out(bv.summary_line(what, res, read.value_conflicts))
+        if not res["ok"] or read.value_conflicts:
+            self.results.setdefault("errors", []).append(
+                f"{what}: {res['differing']} of {res['compared']} values differ from the offline replay, {res['missing']} missing, "
+                f"{res['extra']} extra, {read.value_conflicts} re-emitted copies differ (example: {res.get('example')})")
+        return res
+
+    def warm_compile_cache(self) -> dict[str, Any]:
+        """With the ``auto``/``lleaves`` backend, make sure the compiled model is cached (as the
+        daemon's first start does in the background) so (b) measures a normal start."""
+        backend = os.environ.get("TASKCLF_MODEL_BACKEND", self.settings.model_backend)
+        if backend == "lightgbm" or self.a.cold_cache:
+            return {"backend": backend, "cache": "not warmed"}
+        from taskclf_daemon.pipeline import compiled as cc
+        from taskclf_daemon.pipeline.policy import resolve_inference
+
+        model_txt = Path(resolve_inference(policy_path=self.policy).model_dir) / "model.txt"
+        cache_file = cc.cache_file_for(model_txt, os.environ.get("TASKCLF_MODEL_CACHE_DIR") or self.settings.model_cache_dir)
+        t0 = time.monotonic()
+        compiled = cc.CompileJob(model_txt, cache_file).run()
+        res = {"backend": backend, "cache": "compiled" if compiled else "warm", "seconds": round(time.monotonic() - t0, 1), "file": str(cache_file)}
+        _out(f"compile_cache: backend={backend} cache={res['cache']} seconds={res['seconds']}")
+        return res
+
     def noise_str(self, noise: dict[str, Any]) -> str:
         return f"others_cores={noise.get('others_cores')} own_cores={noise.get('own_cores')} state={noise.get('state')}"
 
@@ -245,6 +288,7 @@ class Bench:
             _out(f"passthrough: eps={pt_eps:.0f} (median of {len(rounds)} rounds: {', '.join(str(r['eps']) for r in rounds)})")
 
         # ---- (b) daemon
+        R["compile_cache"] = self.warm_compile_cache()
         bl.log("(b) daemon: taskclf-daemon run draining the same backlog")
         self.mon.begin("daemon")
         p, port, dlog = self.start_daemon("b", t_in, t_d, t_dlq, {})
@@ -255,7 +299,7 @@ class Bench:
             noise = self.mon.end()
         finally:
             rc = self.stop_daemon(p, dlog)
-        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000))
+        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000), keep_values=True)
         d_eps = read.rate()
         emitted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"')
         stages = {}
@@ -263,24 +307,30 @@ class Bench:
             sec = bl.prom_sum(body, "taskclf_stage_duration_seconds_sum", f'stage="{st}"')
             stages[st] = round(sec / emitted * 1e6, 2) if emitted else None
         calls = bl.prom_sum(body, "taskclf_predict_batch_size_records_count")
+        in_force = [b for b in ("lightgbm", "lleaves") if bl.prom_sum(body, "taskclf_model_backend_info", f'backend="{b}"') == 1.0]
         R["daemon"] = {"eps": round(d_eps), **self.verify("daemon", read, expect), "ready_s": round(ready_s, 2), "exit_code": rc,
                        "rss_mb": round(rss) if rss else None, "stage_us_per_record": stages,
                        "mean_batch": round(emitted / calls, 1) if calls else None,
                        "dlq": bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"'),
                        "commits_ok": bl.prom_sum(body, "taskclf_offset_commits_total", 'result="ok"'),
-                       "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise}
+                       "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise,
+                       "backend_in_force": in_force[0] if in_force else None}
         daemon_cpu = noise.get("daemon_b_cores")
         if daemon_cpu is not None and noise.get("wall_s"):
             R["daemon"]["daemon_cpu_s"] = round(daemon_cpu * noise["wall_s"], 2)
         _out(f"daemon: eps={d_eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
-             f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
+             f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} backend={R['daemon']['backend_in_force']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
              f"{self.noise_str(noise)}")
         _out(f"io_ratio: {d_eps / pt_eps:.3f} (daemon/passthrough)")
+        bl.log("(b) values: the drained outputs against an offline replay of the same backlog")
+        R["daemon"]["values"] = self.verify_values("daemon", read, wl.records)
+        del read
 
         # ---- stage profile (offline, this process)
-        from taskclf_daemon.artifacts import build_pipeline
+        from taskclf_daemon.artifacts import pipeline_from_settings
 
-        pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0, model_backend=os.environ.get("TASKCLF_MODEL_BACKEND", "lightgbm"))
+        backend = os.environ.get("TASKCLF_MODEL_BACKEND", self.settings.model_backend)
+        pipe, _desc = pipeline_from_settings(self.settings.replace(model_backend=backend))
         if a.profile_records:
             k = min(a.profile_records, len(wl))
             bl.log(f"(p) stage profile: {k} records through decode + InferencePipeline.process in batches of 1000")
@@ -290,7 +340,7 @@ class Bench:
             R["stage_profile"] = prof
             _out("stage_profile_us_per_record: " + " ".join(f"{s}={prof[s]}" for s in ("decode", "features", "encode", "predict", "calibrate", "decide", "serialize", "total"))
                  + f" raw_booster_predict={prof['raw_booster_predict']} R_model={prof['R_model']} {self.noise_str(prof['noise'])}")
-            pipe, _desc = build_pipeline(policy=self.policy, smooth_window=3, idle_gap_seconds=300.0, model_backend=os.environ.get("TASKCLF_MODEL_BACKEND", "lightgbm"))  # fresh state
+            pipe, _desc = pipeline_from_settings(self.settings.replace(model_backend=backend))  # fresh state
 
         # ---- (c) naive
         bl.log(f"(c) naive daemon: {naive_n} records one at a time (process([w]), send_and_wait, commit per message)")
@@ -300,9 +350,10 @@ class Bench:
         self.mon.begin("naive")
         res = bl.run_async(bl.naive_daemon(s_naive, pipe, t_nin, t_nout, naive_n, timeout=self.timeout_for(naive_n, 50)), self.timeout_for(naive_n, 50) + 30)
         noise = self.mon.end()
-        read = bl.read_topic(self.bootstrap, t_nout, expect=naive_n, timeout=self.timeout_for(naive_n, 5000))
+        read = bl.read_topic(self.bootstrap, t_nout, expect=naive_n, timeout=self.timeout_for(naive_n, 5000), keep_values=True)
         n_eps = read.rate()
         R["naive"] = {"eps": round(n_eps, 1), **self.verify("naive", read, naive_n), **res, "noise": noise}
+        R["naive"]["values"] = self.verify_values("naive", read, naive_records)
         _out(f"naive: eps={n_eps:.0f} records={read.unique} span_s={read.span_s():.2f} "
              f"us_per_message={json.dumps(res.get('us_per_message'), separators=(',', ':'))} {self.noise_str(noise)}")
         _out(f"naive_ratio: {d_eps / n_eps:.2f} (daemon/naive)")
@@ -346,12 +397,14 @@ class Bench:
                 else:
                     bl.Procs.stop(p, timeout=20.0)
             rin = bl.read_topic(self.bootstrap, t_lin, expect=n_lat, dedupe=False, keep_positions=True, timeout=self.timeout_for(n_lat, 5000))
-            rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000))
+            rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000), keep_values=who == "daemon")
             lat = bl.join_latencies(rout, rin, t_lin)
             pct = bl.percentiles(lat, (50, 90, 99))
             achieved = rin.rate()
             R["latency"][who] = {**{k: round(v, 1) for k, v in pct.items()}, "max": round(max(lat), 1) if lat else None, "events": len(lat),
                                  "achieved_eps": round(achieved), **self.verify(f"latency {who}", rout, n_lat), "noise": noise}
+            if who == "daemon":
+                R["latency"][who]["values"] = self.verify_values("latency_daemon", rout, lat_wl.records)
             _out(f"latency_{who}: offered_eps={rate:.0f} achieved_eps={achieved:.0f} events={len(lat)} p50_ms={pct['p50']:.1f} "
                  f"p90_ms={pct['p90']:.1f} p99_ms={pct['p99']:.1f} {self.noise_str(noise)}")
 
@@ -391,8 +444,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    ap.add_argument("--cold-cache", action="store_true", help="do not compile the model before (b): measure a first start (LightGBM until the background compile is swapped in)")
     ap.add_argument("--pipeline-workers", type=int, default=None, help="pipeline_workers of the daemon (default: the daemon's default, 2; env TASKCLF_PIPELINE_WORKERS)")
-    ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon and the naive daemon (default: lightgbm; env TASKCLF_MODEL_BACKEND)")
+    ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon, the naive daemon and the stage profile (default: the daemon's default; env TASKCLF_MODEL_BACKEND)")
     a = ap.parse_args(argv)
     if a.model_backend:
         os.environ["TASKCLF_MODEL_BACKEND"] = a.model_backend

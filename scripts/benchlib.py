@@ -531,6 +531,8 @@ class TopicRead:
     sources: list[bytes | None] = field(default_factory=list)  # taskclf-source header per record
     positions: dict[tuple[int, int], int] = field(default_factory=dict)  # (partition, offset) -> ts (input reads)
     partitions: int = 0
+    values: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (user_id, bucket_start_ts) -> value (keep_values)
+    value_conflicts: int = 0  # re-emitted outputs whose bytes differ from the first copy (keep_values)
 
     def span_s(self) -> float:
         return (max(self.ts_ms) - min(self.ts_ms)) / 1000.0 if len(self.ts_ms) > 1 else 0.0
@@ -542,12 +544,13 @@ class TopicRead:
 
 
 def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 120.0, idle: float = 3.0,
-               dedupe: bool = True, keep_sources: bool = False, keep_positions: bool = False) -> TopicRead:
+               dedupe: bool = True, keep_sources: bool = False, keep_positions: bool = False, keep_values: bool = False) -> TopicRead:
     """Read ``topic`` from the start with confluent-kafka ``assign()`` (no group).
 
     Stops at ``expect`` distinct records (then reads ``idle`` s more to catch re-emitted
     duplicates), after ``idle`` s without records, or at ``timeout``. Deduplicates on the
-    value's (user_id, bucket_start_ts).
+    value's (user_id, bucket_start_ts); ``keep_values`` keeps the first value per key and counts
+    re-emitted copies whose bytes differ (``value_conflicts``).
     """
     import orjson
     from confluent_kafka import Consumer, TopicPartition
@@ -595,8 +598,12 @@ def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout
                         key = ("?", f"{m.partition()}:{m.offset()}")
                     if key in seen:
                         out.duplicates += 1
+                        if keep_values and out.values.get(key) != m.value():
+                            out.value_conflicts += 1
                     else:
                         seen.add(key)
+                        if keep_values:
+                            out.values[key] = m.value()
             if expect is not None and tail_until is None and (len(seen) if dedupe else out.count) >= expect:
                 tail_until = time.monotonic() + min(idle, 1.0)
         out.unique = len(seen) if dedupe else out.count

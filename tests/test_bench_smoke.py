@@ -51,6 +51,10 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     # every phase's output was read back from its topic: one output per input, none lost
     for phase in ("passthrough", "daemon", "naive"):
         assert res[phase]["count_ok"], res[phase]
+    # the drained values equal an offline replay of the same input, byte for byte
+    for values in (res["daemon"]["values"], res["naive"]["values"], res["latency"]["daemon"]["values"]):
+        assert values["ok"] and values["differing"] == 0 and values["conflicts"] == 0 and values["compared"] > 0, values
+    assert res["daemon"]["values"]["compared"] == res["workload"]["records"]
     for who in ("daemon", "passthrough"):
         assert res["latency"][who]["count_ok"], res["latency"][who]
         assert res["latency"][who]["events"] == res["latency"]["records"]

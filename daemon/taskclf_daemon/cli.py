@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL input ('-' = stdin; .gz accepted)")
     p.add_argument("--output", required=True, help="JSONL output ('-' = stdout; .gz written compressed)")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="micro-batch size (does not change results)")
-    p.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default="lightgbm", help="lightgbm (default), lleaves (compiled; [fast] extra) or auto")
+    p.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default="lightgbm",
+                   help="lightgbm (default here), lleaves (compiled trees; compiles and caches on a miss) or auto; all give bit-identical outputs")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the streaming daemon (Kafka in, predictions out)")
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-window", type=_positive_int)
     p.add_argument("--reject-threshold", help="number in [0,1], 'none' or 'policy'")
     p.add_argument("--http-port", type=int)
-    p.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], help="lightgbm (default), lleaves (compiled; [fast] extra) or auto")
+    p.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], help="auto (default: compiled when ready, LightGBM until then), lightgbm or lleaves; all give bit-identical outputs")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "console"])
     p.set_defaults(func=cmd_run)

@@ -129,6 +129,7 @@ class Daemon:
         self.log.info("daemon_starting", config=s.masked(), config_sources={k: v for k, v in s.sources.items() if v != "default"}, inference=self.description, changelog_topic=self.changelog)
         m = self.metrics
         m.set_model(self.pipeline.bundle.bundle_id, self.pipeline.bundle.schema_hash, self.description.get("calibration_method", "none"))
+        self._track_backend()
         if self.drift is not None and self.pipeline.reference is None:
             self.log.info("drift_metrics_off", reason="the model bundle has no drift_reference.json", fix="taskclf-daemon reference --model-dir <bundle> --windows <windows.jsonl> writes one")
         try:  # a refused login or certificate is fatal at once, before /healthz is ever served
@@ -208,7 +209,13 @@ class Daemon:
         """A hot reload put new artifacts in force in every shard."""
         self.pipeline, self.description = pipeline, description
         self.metrics.set_model(pipeline.bundle.bundle_id, pipeline.bundle.schema_hash, description.get("calibration_method", "none"))
+        self._track_backend()
         self.api.set_pipeline(pipeline, description)
+
+    def _track_backend(self) -> None:
+        """taskclf_model_backend_info follows the bundle in force (its background compile may swap
+        the compiled backend in later; a replaced bundle's swap no longer counts)."""
+        self.pipeline.bundle.add_backend_listener(lambda b: self.metrics.set_backend(b.backend) if b is self.pipeline.bundle else None)
 
     def _alive(self) -> None:
         self._last_poll = time.monotonic()

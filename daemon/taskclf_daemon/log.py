@@ -45,6 +45,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(lvl if lvl <= logging.DEBUG else max(lvl, logging.WARNING))
+    logging.getLogger("taskclf_daemon").setLevel(lvl)  # our own stdlib loggers (e.g. the model's backend swap) at the chosen level
     _configured = True
 
 

@@ -75,6 +75,8 @@ class Metrics:
         self.dlq = Counter("taskclf_dlq_records_total", "Records sent to the dead-letter topic", ["reason"], registry=r)
         # Gauge (info): the loaded model.
         self.model_info = Gauge("taskclf_model_info", "Loaded model bundle (value 1)", ["model_bundle_id", "schema_hash", "calibration_method"], registry=r)
+        # Gauge (info): the prediction backend in force (lightgbm until a background compile is swapped in).
+        self.model_backend = Gauge("taskclf_model_backend_info", "Prediction backend in force (value 1; outputs are bit-identical across backends)", ["backend"], registry=r)
         # Counter: model reloads by result.
         self.model_reloads = Counter("taskclf_model_reloads_total", "Model/calibrator reloads", ["result"], registry=r)
         # Counter: offset commits by result (ok, failed).
@@ -164,6 +166,10 @@ class Metrics:
     def set_model(self, bundle_id: str, schema_hash: str, method: str) -> None:
         self.model_info.clear()
         self.model_info.labels(bundle_id, schema_hash, method).set(1)
+
+    def set_backend(self, backend: str) -> None:
+        self.model_backend.clear()
+        self.model_backend.labels(backend).set(1)
 
     def set_drift(self, v: Any) -> None:
         """The drift gauges from a :class:`~taskclf_daemon.pipeline.drift_window.DriftValues`."""

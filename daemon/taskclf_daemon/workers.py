@@ -208,7 +208,9 @@ def _worker_main(conn: Any, settings: Settings) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hot reload request, for the daemon process
     try:
         from taskclf_daemon.artifacts import pipeline_from_settings
+        from taskclf_daemon.log import configure_logging
 
+        configure_logging(settings.log_level, settings.log_format)  # e.g. the model's backend swap
         pipe, _desc = pipeline_from_settings(settings)
         shard = PipelineShard(pipe, ShardLimits.from_settings(settings))
     except Exception as exc:  # noqa: BLE001 - reported to the daemon, which fails fast

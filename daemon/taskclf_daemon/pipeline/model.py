@@ -4,47 +4,39 @@ Bundle layout (spec 3): ``model.txt`` (LightGBM text model), ``metadata.json``, 
 ``categorical_encoders.json`` (``{column: [sorted vocabulary]}``); ``metrics.json`` and
 ``confusion_matrix.csv`` are written by ``train`` but not needed to serve.
 
-Prediction backends (``ModelBundle.load(..., backend=...)``; the chosen one is ``bundle.backend``)
+Prediction backends (``ModelBundle.load(..., backend=...)``; the one in force is ``bundle.backend``)
 ---------------------------------------------------------------------------------------------------
-* ``lightgbm`` (default): ``Booster.predict(X, num_threads=1)``, exactly what taskclf runs.
-* ``lleaves``: ``model.txt`` compiled to native code with lleaves (optional extra
-  ``pip install 'taskclf-daemon[fast]'``), about 6-7x faster on the golden 800-tree model. It is
-  compiled with ``raw_score=True`` and the multiclass softmax is applied here exactly as LightGBM's
-  ``Common::Softmax`` does it (max, ``exp`` from libm in class order, sequential sum, divide);
-  lleaves' own softmax adds 1e-15 to the denominator. Prediction runs on one thread
-  (``n_jobs=1``; perf_anchors section 0). Compiling takes ~30 s, so the object file is cached
-  in ``cache_dir`` (default ``$XDG_CACHE_HOME/taskclf-daemon/lleaves``, else
-  ``~/.cache/taskclf-daemon/lleaves``) under a key over sha256(model.txt), the lleaves and
-  llvmlite versions, the CPU (arch, LLVM host CPU name and features) and the compile options;
-  the cache is written atomically (temp file + fsync + rename). Only the first start compiles.
-* ``auto``: ``lleaves`` when it is importable AND a cached compile for this model exists,
-  else ``lightgbm``. It never compiles (no 30 s stall on the start path); warm the cache with
-  one ``backend="lleaves"`` load (e.g. at deploy/build time).
+* ``lightgbm``: ``Booster.predict(X, num_threads=1)``, exactly what taskclf runs.
+* ``lleaves``: ``model.txt`` compiled to native code with lleaves (a dependency), 6-11x faster
+  predict on the golden 800-tree model and **bit-identical** to LightGBM (``compiled.py`` says
+  why and how that is checked). Compiling takes 30-100 s, so the object file is cached in
+  ``cache_dir`` (default ``$XDG_CACHE_HOME/taskclf-daemon/lleaves``, else
+  ``~/.cache/taskclf-daemon/lleaves``) under a key over sha256(model.txt), the lleaves and llvmlite
+  versions, the CPU and the compile options; a ``lleaves`` load compiles (blocking) on a miss.
+* ``auto`` (the daemon's default): a cached compile is loaded at once; otherwise the bundle
+  serves with LightGBM immediately while a child process compiles into the cache, and the
+  compiled model is swapped in inside this object when it is ready (no restart). Any failure
+  leaves LightGBM in force, with ``backend_note`` saying why.
 
-Determinism: for a given backend, a row's output does not depend on the batch it is in (rows
-are computed independently, one thread, no reassociation). **Across backends the output bytes
-differ**: lleaves sums the trees of a class in blocks of 34 (cache blocking), LightGBM one by one,
-so raw scores differ in the last bits (max |diff| ~1e-14 raw, ~1e-15 in probabilities on the
-golden model). Probabilities are the same to ~1e-15, labels the same, but ``core_probs`` (rounded
-to 6 places, rarely) and ``mapped_probs`` (unrounded) can change in their last digits when the
-backend is switched. The backend is therefore part of the model identity: log ``bundle.backend``
-and put it in the provenance of the outputs.
+Every compiled model, from the cache or fresh, must reproduce LightGBM bit for bit on a fixed
+probe of awkward rows before it serves, and native code is only loaded from a cache that belongs
+to this user and that nobody else can write. So outputs never depend on the backend, the swap
+changes no output byte, and for a given backend a row's output does not depend on its batch
+(rows computed independently, one thread, no reassociation). The swap is logged
+(``model_backend_swapped``) and listeners (``add_backend_listener``) are told, e.g. the
+``taskclf_model_backend_info`` gauge.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
-import math
+import logging
 import os
-import platform
 import re
+import threading
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +45,8 @@ import numpy as np
 
 from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import LABELS, N_LABELS
+from taskclf_daemon.pipeline import compiled as cc
+from taskclf_daemon.pipeline.compiled import softmax_like_lightgbm, untrusted_cache_reason
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS, FeatureSchema
 
@@ -61,9 +55,15 @@ _GENERIC_NAME = re.compile(r"^Column_\d+$")
 
 #: accepted values of ``ModelBundle.load(backend=...)`` (and of the ``model_backend`` setting)
 BACKENDS = ("lightgbm", "lleaves", "auto")
-FAST_EXTRA_FIX = "pip install 'taskclf-daemon[fast]' (lleaves==1.3.0 with llvmlite==0.44.0), or use model_backend = \"lightgbm\""
-#: lleaves compile options used here; part of the cache key (bump the tag when they change)
-_LLEAVES_OPTIONS = {"format": 1, "raw_score": True, "fblocksize": 34, "fcodemodel": "large", "finline": True, "use_fp64": True}
+FAST_EXTRA_FIX = cc.FAST_FIX
+__all__ = ["BACKENDS", "ModelBundle", "default_lleaves_cache_dir", "lleaves_cache_file", "softmax_like_lightgbm", "untrusted_cache_reason"]
+_log = logging.getLogger("taskclf_daemon.model")
+default_lleaves_cache_dir = cc.default_cache_dir
+
+
+def lleaves_cache_file(model_file: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Path of the cached compiled object for ``model_file`` on this machine and software stack."""
+    return cc.cache_file_for(model_file, cache_dir)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -92,30 +92,34 @@ class CategoricalCodes:
 
 
 class ModelBundle:
-    """A loaded taskclf bundle. Thread-safe for concurrent ``predict_proba`` calls.
+    """A loaded taskclf bundle. Thread-safe for concurrent ``predict_proba`` calls, also while the
+    compiled backend is swapped in.
 
-    ``backend`` is the prediction backend actually in use (``lightgbm`` or ``lleaves``; part of the
-    model identity, see the module docstring); ``requested_backend`` what was asked for;
-    ``backend_note`` why ``auto`` chose what it did; for ``lleaves``, ``cache_file`` is the compiled
-    object file, ``compiled_from_cache`` whether this load reused it (False: it compiled) and
-    ``compile_seconds`` how long compiling or loading the object took.
+    ``backend`` is the prediction backend in force (``lightgbm`` or ``lleaves``; both give the same
+    bits, see the module docstring); ``requested_backend`` what was asked for; ``backend_note`` why
+    ``auto`` is (still) on LightGBM; for ``lleaves``, ``cache_file`` is the compiled object file,
+    ``compiled_from_cache`` whether it was already there (False: this start compiled it) and
+    ``compile_seconds`` how long compiling and/or loading the object took.
     """
 
-    def __init__(self, path: Path, metadata: dict[str, Any], booster: lgb.Booster, encoders: dict[str, CategoricalCodes], schema: FeatureSchema, *, backend: str = "lightgbm", compiled: Any = None) -> None:
+    def __init__(self, path: Path, metadata: dict[str, Any], booster: lgb.Booster, encoders: dict[str, CategoricalCodes], schema: FeatureSchema) -> None:
         self.path = path
         self.metadata = metadata
         self.booster = booster
         self.encoders = encoders
         self.schema = schema
-        if backend not in ("lightgbm", "lleaves") or (backend == "lleaves") != (compiled is not None):
-            raise ValueError(f"backend {backend!r} with compiled={compiled!r}")
-        self.backend = backend
-        self.requested_backend = backend
+        self.backend = "lightgbm"
+        self.requested_backend = "lightgbm"
         self.backend_note = ""
         self.cache_file: Path | None = None
         self.compiled_from_cache: bool | None = None
         self.compile_seconds: float | None = None
-        self._compiled = compiled
+        self._compiled: Any = None  # the lleaves model once in force (set last, read first)
+        self._categorical: tuple[int, ...] = ()
+        self._listeners: list[Callable[[ModelBundle], None]] = []
+        self._job: cc.CompileJob | None = None
+        self._settled = threading.Event()  # set when no background compile is pending
+        self._settled.set()
         self.bundle_id = path.name
         self.schema_hash: str = metadata["schema_hash"]
         cols = schema.feature_columns
@@ -135,9 +139,9 @@ class ModelBundle:
     def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> ModelBundle:
         """Load and validate a bundle.
 
-        :param backend: ``lightgbm`` (default), ``lleaves`` (compile ``model.txt``, or reuse the
-            cached compile) or ``auto`` (``lleaves`` only if importable and already cached, else
-            ``lightgbm``; never compiles). See the module docstring.
+        :param backend: ``lightgbm`` (default here), ``lleaves`` (compile ``model.txt`` now, or
+            reuse the cached compile) or ``auto`` (the cached compile, else LightGBM at once and
+            the compile swapped in from the background). See the module docstring.
         :param cache_dir: where compiled lleaves objects live (default
             :func:`default_lleaves_cache_dir`)
         :raises ArtifactError: missing files, unknown schema version, schema-hash or label-set
@@ -195,11 +199,10 @@ class ModelBundle:
             if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
                 raise ArtifactError(enc_path, "expected {column: [sorted vocabulary]}", "restore the file from taskclf train")
             encoders = {str(k): CategoricalCodes.from_vocab(v) for k, v in raw.items()}
-        if backend == "lightgbm":
-            bundle = cls(path, meta, booster, encoders, schema)
-        else:
-            bundle = _load_with_lleaves(cls, backend, model_path, cache_dir, (path, meta, booster, encoders, schema))
+        bundle = cls(path, meta, booster, encoders, schema)
         bundle.requested_backend = backend
+        if backend != "lightgbm":
+            bundle._attach_compiled(backend, model_path, cache_dir)
         return bundle
 
     def backend_info(self) -> dict[str, Any]:
@@ -209,8 +212,8 @@ class ModelBundle:
             info["model_backend_note"] = self.backend_note
         if self.backend == "lleaves":
             info.update(
-                lleaves_version=_dist_version("lleaves"),
-                llvmlite_version=_dist_version("llvmlite"),
+                lleaves_version=cc.dist_version("lleaves"),
+                llvmlite_version=cc.dist_version("llvmlite"),
                 lleaves_cache_file=str(self.cache_file) if self.cache_file else None,
                 lleaves_compiled_from_cache=self.compiled_from_cache,
                 lleaves_load_seconds=None if self.compile_seconds is None else round(self.compile_seconds, 3),
@@ -233,11 +236,117 @@ class ModelBundle:
         (one thread) on the whole batch, with the bundle's backend."""
         if X.shape[0] == 0:
             return np.empty((0, N_LABELS), dtype=np.float64)
-        if self._compiled is not None:
-            raw = self._compiled.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=1)
-            return softmax_like_lightgbm(np.asarray(raw, dtype=np.float64).reshape(X.shape[0], N_LABELS))
+        compiled = self._compiled
+        if compiled is not None:
+            return cc.predict_compiled(compiled, X, self._categorical, N_LABELS)
+        return self._predict_lightgbm(X)
+
+    def _predict_lightgbm(self, X: np.ndarray) -> np.ndarray:
         P = self.booster.predict(X, num_threads=1)
         return np.asarray(P, dtype=np.float64).reshape(X.shape[0], N_LABELS)
+
+    # ------------------------------------------------------------ the compiled backend
+    def add_backend_listener(self, fn: Callable[[ModelBundle], None]) -> None:
+        """Call ``fn(bundle)`` now and whenever the backend in force changes (from the compile thread)."""
+        self._listeners.append(fn)
+        fn(self)
+
+    def wait_for_backend(self, timeout: float | None = None) -> bool:
+        """Wait until no background compile is pending; True if none is (any more)."""
+        return self._settled.wait(timeout)
+
+    def close(self) -> None:
+        """Abandon a pending background compile (kills its child process; the next start redoes it)."""
+        job = self._job
+        if job is not None:
+            job.cancel()
+
+    def _attach_compiled(self, backend: str, model_path: Path, cache_dir: str | Path | None) -> None:
+        """``lleaves``: load the cached compile or compile now; ``auto``: load the cached compile or
+        start compiling in the background. ``auto`` never fails: LightGBM stays, with a note."""
+        auto = backend == "auto"
+
+        def fail(what: str, exc: BaseException | str, fix: str, field: str = "model_backend", path: Path = model_path) -> None:
+            if not auto:
+                raise ArtifactError(path, f"{what}: {exc}", fix, field=field)
+            self.backend_note = f"{what}: {exc}; using lightgbm"
+
+        try:
+            lleaves = cc.import_lleaves()
+            cache_file = cc.cache_file_for(model_path, cache_dir)
+        except Exception as exc:  # noqa: BLE001 -- ImportError, or an llvmlite that lleaves cannot use
+            return fail("model backend 'lleaves' needs the lleaves package, which cannot be imported", f"{exc.__class__.__name__}: {exc}", FAST_EXTRA_FIX)
+        unsafe = cc.untrusted_cache_reason(cache_file)
+        if unsafe is not None:
+            if auto:
+                self.backend_note = f"lleaves cache not trusted: {unsafe}; using lightgbm"
+                return None
+            raise ArtifactError(cache_file.parent, f"the lleaves cache is not safe to load native code from: {unsafe}", "run `chmod go-w` on the directory and file (or remove them), or set model_cache_dir to a private directory", field="model_cache_dir")
+        t0 = time.perf_counter()
+        if cache_file.is_file() and cc.looks_like_object(cache_file):
+            try:
+                self._use_compiled(lleaves, model_path, cache_file, from_cache=True, t0=t0)
+                return None
+            except cc.CompileError as exc:
+                if auto:
+                    self.backend_note = f"{exc}; using lightgbm"
+                    return None
+                cache_file.unlink(missing_ok=True)  # "lleaves": recompile and replace it
+        if auto:
+            self.backend_note = f"compiling {cache_file.name} in the background; using lightgbm until it is ready"
+            self._start_background(lleaves, model_path, cache_file)
+            return None
+        try:
+            cc.CompileJob(model_path, cache_file).run()
+            self._use_compiled(lleaves, model_path, cache_file, from_cache=False, t0=t0)
+        except cc.CompileError as exc:
+            return fail("lleaves failed to compile the model", exc, FAST_EXTRA_FIX)
+        return None
+
+    def _use_compiled(self, lleaves: Any, model_path: Path, cache_file: Path, *, from_cache: bool, t0: float) -> None:
+        """Load the object (trust check first), check it against LightGBM on the probe rows bit for
+        bit, then put it in force and tell the listeners.
+
+        :raises CompileError: untrusted, unloadable, wrong shape, or not bit-identical
+        """
+        model = cc.load_object(lleaves, model_path, cache_file)
+        if model.num_feature() != self.width or model.num_model_per_iteration() != N_LABELS:
+            raise cc.CompileError(f"lleaves reads {model.num_feature()} features / {model.num_model_per_iteration()} classes from {model_path}")
+        categorical = cc.categorical_features(model_path)
+        probe = cc.probe_rows(self.width, categorical)
+        want = self._predict_lightgbm(probe)
+        got = cc.predict_compiled(model, probe, categorical, N_LABELS)
+        if got.tobytes() != want.tobytes():
+            rows = int((got.view(np.uint64) != want.view(np.uint64)).any(axis=1).sum())
+            raise cc.CompileError(f"the compiled model differs from LightGBM on {rows} of {len(probe)} probe rows (max |diff| {float(np.nanmax(np.abs(got - want))):.3g})")
+        self._categorical = categorical
+        self.cache_file = cache_file
+        self.compiled_from_cache = from_cache
+        self.compile_seconds = time.perf_counter() - t0
+        self.backend_note = ""
+        self._compiled = model  # from here on predict_proba uses it
+        self.backend = "lleaves"
+        for fn in list(self._listeners):
+            fn(self)
+
+    def _start_background(self, lleaves: Any, model_path: Path, cache_file: Path) -> None:
+        job = self._job = cc.CompileJob(model_path, cache_file, nice=10)
+        self._settled.clear()
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                compiled_now = job.run()
+                self._use_compiled(lleaves, model_path, cache_file, from_cache=not compiled_now, t0=t0)
+                _log.info("model_backend_swapped backend=lleaves bundle=%s compiled=%s seconds=%.1f pid=%d", self.bundle_id, compiled_now, time.perf_counter() - t0, os.getpid())
+            except Exception as exc:  # noqa: BLE001 -- LightGBM stays in force; say why
+                self.backend_note = f"background compile failed ({exc.__class__.__name__}: {exc}); using lightgbm"
+                _log.warning("model_backend_compile_failed bundle=%s error=%s", self.bundle_id, exc)
+            finally:
+                self._job = None
+                self._settled.set()
+
+        threading.Thread(target=run, name="taskclf-model-compile", daemon=True).start()
 
 
 def _compile_row(plan: Sequence[tuple[str, str, Any]]) -> Any:
@@ -261,208 +370,3 @@ def _compile_row(plan: Sequence[tuple[str, str, Any]]) -> Any:
     return env["row"]
 
 
-# ---------------------------------------------------------------- lleaves backend
-
-
-_SMALL_BATCH = 16  # below this many rows the per-call cost of the numpy path dominates
-
-
-def softmax_like_lightgbm(raw: np.ndarray) -> np.ndarray:
-    """Row-wise softmax computed exactly as LightGBM's ``Common::Softmax`` (multiclass objective).
-
-    ``wmax = max(row)``; ``e_k = exp(x_k - wmax)`` with libm's ``exp`` (``math.exp`` calls the same
-    function as ``std::exp``; numpy's SIMD ``exp`` differs in the last bit for ~5% of inputs);
-    ``wsum`` accumulated in class order from 0; ``p_k = e_k / wsum``. Given bit-identical raw
-    scores the result is bit-identical to ``Booster.predict`` (checked on the golden rows). Each
-    row is computed on its own, so the result does not depend on the batch.
-    """
-    n, k = raw.shape
-    if n <= _SMALL_BATCH:  # pure Python: same operations in the same order, without numpy's fixed cost
-        out = []
-        for row in raw.tolist():
-            wmax = max(row)
-            ex = [math.exp(x - wmax) for x in row]
-            wsum = 0.0
-            for x in ex:
-                wsum += x
-            out.append([x / wsum for x in ex])
-        return np.array(out, dtype=np.float64).reshape(n, k)
-    d = raw - raw.max(axis=1, keepdims=True)
-    e = np.fromiter(map(math.exp, d.ravel().tolist()), dtype=np.float64, count=n * k).reshape(n, k)
-    s = e[:, 0].copy()
-    for j in range(1, k):
-        s += e[:, j]
-    return e / s[:, None]
-
-
-def default_lleaves_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/taskclf-daemon/lleaves``, else ``~/.cache/taskclf-daemon/lleaves``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "taskclf-daemon" / "lleaves"
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return _metadata.version(name)
-    except _metadata.PackageNotFoundError:
-        return None
-
-
-def _import_lleaves() -> Any:
-    """The lleaves module, or ImportError (lleaves missing, or llvmlite unusable)."""
-    return importlib.import_module("lleaves")
-
-
-def _cpu_identity() -> dict[str, str]:
-    """What the compiled object depends on: lleaves targets the host CPU name and features."""
-    import llvmlite.binding as llvm
-
-    llvm.initialize()
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    try:
-        features = llvm.get_host_cpu_features().flatten()
-    except RuntimeError:
-        features = ""
-    return {"machine": platform.machine(), "triple": llvm.get_process_triple(), "cpu": llvm.get_host_cpu_name(), "features": features}
-
-
-def lleaves_cache_file(model_file: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Path of the cached lleaves object for ``model_file`` on this machine and software stack.
-
-    Key: sha256 of model.txt, the lleaves and llvmlite versions, the CPU identity and the compile
-    options (:data:`_LLEAVES_OPTIONS`). Needs llvmlite importable (for the CPU identity).
-    """
-    model_sha = hashlib.sha256(Path(model_file).read_bytes()).hexdigest()
-    key = {"model_sha256": model_sha, "lleaves": _dist_version("lleaves"), "llvmlite": _dist_version("llvmlite"), "cpu": _cpu_identity(), "options": _LLEAVES_OPTIONS}
-    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return Path(cache_dir or default_lleaves_cache_dir()) / f"model-{model_sha[:16]}-{key_hash[:16]}.o"
-
-
-def _looks_like_object(path: Path) -> bool:
-    """Cheap sanity check of a cached object file (non-empty; ELF magic on Linux)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head == b"\x7fELF" if platform.system() == "Linux" else len(head) == 4
-
-
-def untrusted_cache_reason(cache_file: Path) -> str | None:
-    """Why loading native code from ``cache_file`` would be unsafe, or ``None``: on POSIX the
-    file and its directory must belong to this user (or root) and be writable by nobody else --
-    otherwise anyone who can write there could make the daemon run their code (the rule ssh
-    applies to its keys). A missing file is not a reason (it is a cache miss)."""
-    if os.name != "posix":  # pragma: no cover - POSIX only here
-        return None
-    uid = os.geteuid()
-    for path in (cache_file.parent, cache_file):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            return f"cannot stat {path} ({exc})"
-        if st.st_uid not in (uid, 0):
-            return f"{path} belongs to uid {st.st_uid}, not to this user ({uid})"
-        if st.st_mode & 0o022:
-            return f"{path} is writable by group or others (mode {st.st_mode & 0o777:o})"
-    return None
-
-
-def _compile_options() -> dict[str, Any]:
-    return {k: v for k, v in _LLEAVES_OPTIONS.items() if k != "format"}
-
-
-def _load_with_lleaves(cls: type[ModelBundle], backend: str, model_path: Path, cache_dir: str | Path | None, args: tuple[Any, ...]) -> ModelBundle:
-    """``lleaves``: compile (or reuse the cache); ``auto``: reuse the cache or fall back to LightGBM."""
-    try:
-        lleaves = _import_lleaves()
-        cache_file = lleaves_cache_file(model_path, cache_dir)
-    except Exception as exc:  # noqa: BLE001 -- ImportError, or an llvmlite that lleaves cannot use
-        if backend == "auto":
-            bundle = cls(*args)
-            bundle.backend_note = f"lleaves not importable ({exc.__class__.__name__}: {exc}); using lightgbm"
-            return bundle
-        raise ArtifactError(model_path, f"model backend 'lleaves' needs the lleaves package, which cannot be imported ({exc.__class__.__name__}: {exc})", FAST_EXTRA_FIX, field="model_backend") from None
-    unsafe = untrusted_cache_reason(cache_file)
-    if unsafe is not None:
-        if backend == "auto":
-            bundle = cls(*args)
-            bundle.backend_note = f"lleaves cache not trusted: {unsafe}; using lightgbm"
-            return bundle
-        raise ArtifactError(cache_file.parent, f"the lleaves cache is not safe to load native code from: {unsafe}", "run `chmod go-w` on the directory and file (or remove them), or set model_cache_dir to a private directory", field="model_cache_dir")
-    cached = cache_file.is_file() and _looks_like_object(cache_file)
-    if backend == "auto" and not cached:
-        bundle = cls(*args)
-        bundle.backend_note = f"no lleaves compile cached at {cache_file}; using lightgbm (a backend='lleaves' load compiles and caches it)"
-        return bundle
-    t0 = time.perf_counter()
-    model = lleaves.Model(model_file=str(model_path))
-    schema: FeatureSchema = args[4]
-    if model.num_feature() != len(schema.feature_columns) or model.num_model_per_iteration() != N_LABELS:
-        raise ArtifactError(model_path, f"lleaves reads {model.num_feature()} features / {model.num_model_per_iteration()} classes", "restore model.txt from the bundle", field="model_backend")
-    if cached:
-        try:
-            model.compile(cache=str(cache_file), **_compile_options())
-        except Exception as exc:  # noqa: BLE001 -- an unusable object file is a cache miss
-            if backend == "auto":
-                bundle = cls(*args)
-                bundle.backend_note = f"cached lleaves object {cache_file} unusable ({exc.__class__.__name__}: {exc}); using lightgbm"
-                return bundle
-            cached = False  # "lleaves": recompile and replace it
-            model = lleaves.Model(model_file=str(model_path))
-    if not cached:
-        _compile_to_cache(model, model_path, cache_file)
-    bundle = cls(*args, backend="lleaves", compiled=model)
-    bundle.cache_file = cache_file
-    bundle.compiled_from_cache = cached
-    bundle.compile_seconds = time.perf_counter() - t0
-    return bundle
-
-
-def _compile_to_cache(model: Any, model_path: Path, cache_file: Path) -> None:
-    """Compile ``model`` and publish the object file atomically: lleaves writes a fresh temp file in
-    the cache directory, which is fsynced and renamed over ``cache_file`` (concurrent starts each
-    compile and rename; readers only ever see a complete file)."""
-    try:
-        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ArtifactError(cache_file.parent, f"cannot create the lleaves cache directory ({exc})", "make it writable, set another cache directory, or pre-populate it with a compile made on an identical machine", field="model_backend") from None
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # must not exist: lleaves would load it
-    try:
-        try:
-            model.compile(cache=str(tmp), **_compile_options())
-        except AttributeError as exc:  # lleaves 1.3.0 with llvmlite >= 0.45: no PassManagerBuilder
-            raise ArtifactError(model_path, f"lleaves cannot compile with this llvmlite ({exc})", FAST_EXTRA_FIX, field="model_backend") from None
-        except Exception as exc:  # noqa: BLE001
-            raise ArtifactError(model_path, f"lleaves failed to compile the model ({exc.__class__.__name__}: {exc})", "use model_backend = \"lightgbm\" and report the model", field="model_backend") from None
-        if not tmp.is_file():
-            raise ArtifactError(cache_file, "lleaves did not write the compiled object", "check the cache directory is writable and has space", field="model_backend")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, cache_file)
-        try:
-            dfd = os.open(cache_file.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        raise ArtifactError(cache_file, f"cannot write the lleaves cache ({exc})", "make the cache directory writable and check free space", field="model_backend") from None
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass
