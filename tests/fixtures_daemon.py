@@ -195,7 +195,9 @@ def daemon_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Any]:
         e = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k == "TASKCLF_TANSU_BIN"}
         # the feedback topic (default taskclf.labels) is off unless a test names its own: one
         # shared labels topic would tie every test's partition count together
-        e.update({"TASKCLF_SESSION_TIMEOUT_MS": "6000", "TASKCLF_FETCH_MAX_WAIT_MS": "20", "TASKCLF_COMMIT_INTERVAL_MS": "200", "TASKCLF_FEEDBACK_TOPIC": ""})
+        # and LightGBM serves (bit-identical to the compiled backend): no test daemon starts a
+        # background compile of its bundle (minutes of CPU on a cold cache)
+        e.update({"TASKCLF_SESSION_TIMEOUT_MS": "6000", "TASKCLF_FETCH_MAX_WAIT_MS": "20", "TASKCLF_COMMIT_INTERVAL_MS": "200", "TASKCLF_FEEDBACK_TOPIC": "", "TASKCLF_MODEL_BACKEND": "lightgbm"})
         e.update(env or {})
         args = ["--bootstrap-servers", kafka_bootstrap, "--input-topic", input_topic, "--output-topic", output_topic, "--dlq-topic", dlq_topic, "--group-id", group, *extra]
         d = DaemonProcess(args, e, tmp_path / f"daemon-{len(started)}.log")

@@ -38,7 +38,7 @@ class FakeConsumer:
 
 @pytest.fixture(scope="module")
 def daemon_with_state() -> tuple[Daemon, list[bytes]]:
-    s = load_settings(None, env={}, flags={"policy": str(POLICY), "pipeline_workers": 0, "input_topic": TOPIC, "http_auth_token": "t"})
+    s = load_settings(None, env={}, flags={"policy": str(POLICY), "pipeline_workers": 0, "input_topic": TOPIC, "http_auth_token": "t", "model_backend": "lightgbm"})
     pipe, desc = pipeline_from_settings(s)
     d = Daemon(s, pipe, desc)
     lines = [ln for ln in (GOLDEN_DIR / "inputs.jsonl").read_bytes().splitlines() if ln.strip()][:400]
