@@ -229,6 +229,50 @@ class Bench:
         _out(f"compile_cache: backend={backend} cache={res['cache']} seconds={res['seconds']}")
         return res
 
+    def run_with_labels(self, wl: Any, expect: int, d_eps: float, pt_eps: float) -> None:
+        """(b'): the daemon drains the backlog again, a fresh group, with the learning loop fed:
+        one-window LabelSpans for a deterministic ``--labels-fraction`` of the windows, loaded on
+        a co-partitioned feedback topic first (so the catch-up reads them before any window).
+        The workload's users have too few labelled windows to become eligible, so the outputs
+        must still equal the offline replay; what is measured is the cost of the loop itself
+        (spans, evidence, rings, label requests, bigger changelog values)."""
+        import zlib
+
+        import orjson
+
+        a, R = self.a, self.results
+        t_fb, t_out, t_dlq, t_req = self.topic("fb"), self.topic("l-out"), self.topic("l-dlq"), self.topic("l-req")
+        bl.run_async(bl.create_topics(self.bootstrap, [t_fb, t_out, t_dlq, t_req], a.partitions), 60)
+        labels = ("Build", "Debug", "Write", "Communicate", "ReadResearch", "Review", "Meet", "BreakIdle")
+        cut = int(a.labels_fraction * 1_000_000)
+        spans = []
+        for key, value in wl.records:
+            rec = orjson.loads(value)
+            ts = rec["bucket_start_ts"]
+            h = zlib.crc32(key + b"|" + ts.encode())
+            if h % 1_000_000 < cut:
+                end = bl.plus_minute(ts)
+                spans.append((key, orjson.dumps({"start_ts": ts, "end_ts": end, "label": labels[h % len(labels)], "provenance": "manual", "user_id": rec["user_id"]})))
+        n_fb = bl.run_async(bl.preload(self.bootstrap, t_fb, spans), self.timeout_for(len(spans), 2000))
+        bl.log(f"(b') daemon with labels: {n_fb} label spans ({n_fb / expect:.1%} of the windows) on {t_fb}")
+        self.mon.begin("daemon_labels")
+        p, port, dlog = self.start_daemon("bl", self.topic("in"), t_out, t_dlq, {"TASKCLF_FEEDBACK_TOPIC": t_fb, "TASKCLF_LABEL_REQUESTS_TOPIC": t_req})
+        try:
+            self.wait_daemon_ready(p, port, dlog)
+            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon with labels")
+            noise = self.mon.end()
+        finally:
+            rc = self.stop_daemon(p, dlog)
+        read = bl.read_topic(self.bootstrap, t_out, expect=expect, timeout=self.timeout_for(expect, 5000), keep_values=True)
+        l_eps = read.rate()
+        accepted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="span_accepted"')
+        R["daemon_labels"] = {"eps": round(l_eps), **self.verify("daemon_labels", read, expect), "exit_code": rc, "spans": n_fb, "spans_accepted": accepted,
+                              "label_requests": bl.prom_sum(body, "taskclf_label_requests_total"), "ratio_to_daemon": round(l_eps / d_eps, 3) if d_eps else None,
+                              "io_ratio": round(l_eps / pt_eps, 3) if pt_eps else None, "noise": noise}
+        _out(f"daemon_labels: eps={l_eps:.0f} records={read.unique} spans={n_fb} accepted={accepted:.0f} label_requests={R['daemon_labels']['label_requests']:.0f} "
+             f"io_ratio={l_eps / pt_eps:.3f} ratio_to_daemon={l_eps / d_eps:.3f} {self.noise_str(noise)}")
+        R["daemon_labels"]["values"] = self.verify_values("daemon_labels", read, wl.records)
+
     def noise_str(self, noise: dict[str, Any]) -> str:
         return f"others_cores={noise.get('others_cores')} own_cores={noise.get('own_cores')} state={noise.get('state')}"
 
@@ -325,6 +369,11 @@ class Bench:
         bl.log("(b) values: the drained outputs against an offline replay of the same backlog")
         R["daemon"]["values"] = self.verify_values("daemon", read, wl.records)
         del read
+
+        # ---- (b') daemon with labels flowing: the same backlog, a feedback topic pre-loaded with
+        # one-window label spans for --labels-fraction of the windows
+        if a.labels_fraction > 0:
+            self.run_with_labels(wl, expect, d_eps, pt_eps)
 
         # ---- stage profile (offline, this process)
         from taskclf_daemon.artifacts import pipeline_from_settings
@@ -444,6 +493,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    ap.add_argument("--labels-fraction", type=float, default=0.0, help="also drain with the learning loop fed: one-window label spans for this share of the windows on a feedback topic (issue 12: 0.1); 0 = skip")
     ap.add_argument("--cold-cache", action="store_true", help="do not compile the model before (b): measure a first start (LightGBM until the background compile is swapped in)")
     ap.add_argument("--pipeline-workers", type=int, default=None, help="pipeline_workers of the daemon (default: the daemon's default, 2; env TASKCLF_PIPELINE_WORKERS)")
     ap.add_argument("--model-backend", choices=["lightgbm", "lleaves", "auto"], default=None, help="model backend of the daemon, the naive daemon and the stage profile (default: the daemon's default; env TASKCLF_MODEL_BACKEND)")

@@ -490,6 +490,13 @@ def _check_stop() -> None:
 # --------------------------------------------------------------------------- Kafka helpers
 
 
+def plus_minute(ts: str) -> str:
+    """``bucket_start_ts`` + 60 s in the same ISO 8601 UTC form (a one-window label span's end)."""
+    from taskclf_daemon.timeutil import format_ts_us, parse_ts_us
+
+    return format_ts_us(parse_ts_us(ts) + 60_000_000)
+
+
 def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment without any TASKCLF_* setting (plus ``extra``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k in ("TASKCLF_TANSU_BIN", "TASKCLF_MODEL_BACKEND", "TASKCLF_MODEL_CACHE_DIR", "TASKCLF_PIPELINE_WORKERS")}
