@@ -328,7 +328,9 @@ def test_outputs_without_a_taxonomy_validate(plain: tuple[Any, PipelineShard, An
     # provenance: the bundle and the store in force, the store id as the pipeline names it
     assert {(r["model_bundle_id"], r["calibrator_store_id"]) for r in recs} == {("2026-04-06_000000_run-0001", plain[0].store.store_id)}
     assert plain[0].store.store_id.startswith("calibrator_store@") and len(plain[0].store.store_id) == len("calibrator_store@") + 8
-    assert list(recs[0])[-1] == "calibrator_store_id"
+    assert list(recs[0])[-3:] == ["calibrator_store_id", "calibrator_kind", "calibrator_version"]
+    # the store's calibrators: user ones and the global one, kinds as in the store, no version
+    assert {(r["calibrator_scope"], r["calibrator_kind"], r["calibrator_version"]) for r in recs} == {("user", plain[0].store.method, None), ("global", plain[0].store.global_calibrator.kind, None)}
     assert any(r["is_rejected"] for r in recs) and any(r["smoothed_label_name"] == MIXED_UNKNOWN for r in recs)
     for r in recs:
         assert r["mapped_label_name"] == r["smoothed_label_name"] and list(r["mapped_probs"]) == list(LABELS)
@@ -354,7 +356,10 @@ def test_output_schema_refuses_what_the_daemon_never_writes(plain: tuple[Any, Pi
         {k: x for k, x in rec.items() if k != "model_bundle_id"},
         {k: x for k, x in rec.items() if k != "calibrator_store_id"},
         {**rec, "calibrator_store_id": ""},
+        {**rec, "calibrator_kind": "platt"},
+        {k: x for k, x in rec.items() if k != "calibrator_version"},
     ]
+    assert _errors(v, {**rec, "calibrator_scope": "user", "calibrator_kind": "head", "calibrator_version": "h2-6312beb5"}) == []
     assert _errors(v, {**rec, "calibrator_store_id": None}) == []  # no store
     for b in bad:
         assert _errors(v, b), b

@@ -268,6 +268,18 @@ def window_prediction_schema() -> dict[str, Any]:
                 "that produced the record (both change at a hot reload)."
             ),
         },
+        "calibrator_kind": {
+            "enum": ["identity", "temperature", "isotonic", "head"],
+            "description": "The kind of calibrator that produced core_probs: the store's (identity without a store), or the user's personal model (head: a per-user linear head on the model's log-probabilities and the user's features).",
+        },
+        "calibrator_version": {
+            "type": ["string", "null"],
+            "description": (
+                "The personal model's version when calibrator_scope is user and the learning loop adopted it "
+                "(<kind initial><refit seq>-<8 hex of its parameters' sha256>, e.g. h2-6312beb5); null for a "
+                "store calibrator (calibrator_store_id names it)."
+            ),
+        },
     }
     assert tuple(props) == RECORD_KEYS, "window-prediction properties out of step with pipeline.output.RECORD_KEYS"
     return {
@@ -277,7 +289,7 @@ def window_prediction_schema() -> dict[str, Any]:
         "description": (
             "One prediction per accepted input window: a JSON object, UTF-8, keys in this order (taskclf's "
             "fields first, then the daemon's provenance: model_bundle_id, smoothed_label_name, "
-            "calibrator_scope, calibrator_store_id). Kafka key: the UTF-8 bytes of user_id; partition: Kafka's default murmur2 "
+            "calibrator_scope, calibrator_store_id, calibrator_kind, calibrator_version). Kafka key: the UTF-8 bytes of user_id; partition: Kafka's default murmur2 "
             "partitioner over that key. Delivery is at-least-once: after a restart or rebalance a record "
             "may be produced again, byte-identical; deduplicate on (user_id, bucket_start_ts). The schema is "
             "closed (additionalProperties false) so the daemon's tests catch an undocumented field; a "

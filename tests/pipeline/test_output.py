@@ -30,7 +30,7 @@ def _random_probs(rng: random.Random, n: int) -> np.ndarray:
 def _reference(encoder_args: dict, i: int, mapped_probs: dict) -> bytes:
     a = encoder_args
     return orjson.dumps(record_dict(a["user_ids"][i], a["timestamps"][i], a["core_ids"][i], a["core_probs"][i], a["confidences"][i], a["rejected"][i],
-                                    a["mapped_labels"][i], mapped_probs, CONST, a["smoothed"][i], a["scopes"][i]))
+                                    a["mapped_labels"][i], mapped_probs, CONST, a["smoothed"][i], a["scopes"][i], a["kinds"][i], a["versions"][i]))
 
 
 @pytest.mark.parametrize("taxonomy", [False, True])
@@ -50,6 +50,8 @@ def test_batch_encoding_equals_a_dict_per_record(taxonomy: bool) -> None:
         "mapped_labels": [rng.choice([*LABELS, "Mixed/Unknown", "Deep %s work"]) for _ in range(n)],
         "smoothed": [rng.choice([*LABELS, "Mixed/Unknown"]) for _ in range(n)],
         "scopes": [rng.choice(["global", "none", f"user:{i}", "50%"]) for i in range(n)],
+        "kinds": [rng.choice(["identity", "temperature", "isotonic", "head"]) for _ in range(n)],
+        "versions": [rng.choice([None, "h1-0badf00d", "t3-%d\"x"]) for _ in range(n)],
     }
     if taxonomy:
         mapped = [{"Focus %": round(rng.random(), 6), "Other": rng.random()} for _ in range(n)]
@@ -69,9 +71,14 @@ def test_constants_with_percent_signs_and_empty_batch() -> None:
     p = [[0.125] * 8]
     out = enc.encode(["u"], ["2026-04-06T00:00:00Z"], [0], p, [0.125], [False], ["BreakIdle"], p, None, ["BreakIdle"], ["global"])
     assert orjson.loads(out[0])["model_bundle_id"] == "run-100%-%s"
-    assert orjson.loads(out[0])["calibrator_store_id"] is None  # no store: null, the last key
+    assert orjson.loads(out[0])["calibrator_store_id"] is None  # no store: null
     with_store = OutputEncoder(dict(const, calibrator_store_id="store%d@0badf00d"))
     rec = orjson.loads(with_store.encode(["u"], ["2026-04-06T00:00:00Z"], [0], p, [0.125], [False], ["BreakIdle"], p, None, ["BreakIdle"], ["global"])[0])
-    assert list(rec)[-2:] == ["calibrator_scope", "calibrator_store_id"] and rec["calibrator_store_id"] == "store%d@0badf00d"
+    assert list(rec)[-4:] == ["calibrator_scope", "calibrator_store_id", "calibrator_kind", "calibrator_version"] and rec["calibrator_store_id"] == "store%d@0badf00d"
+    # the calibrator that produced the row: the store's kind, or a personal model's kind and version
+    assert (rec["calibrator_kind"], rec["calibrator_version"]) == ("identity", None)
+    args = (["u", "v"], ["2026-04-06T00:00:00Z"] * 2, [0, 0], p * 2, [0.125] * 2, [False] * 2, ["BreakIdle"] * 2, p * 2, None, ["BreakIdle"] * 2, ["global", "user"])
+    two = [orjson.loads(v) for v in with_store.encode(*args, ["temperature", "head"], [None, "h2-6312%d"])]
+    assert [(r["calibrator_scope"], r["calibrator_kind"], r["calibrator_version"]) for r in two] == [("global", "temperature", None), ("user", "head", "h2-6312%d")]
     with pytest.raises(ValueError, match="model_version"):
         OutputEncoder({"schema_version": "x"})

@@ -175,12 +175,16 @@ class InferencePipeline:
         raw = self.bundle.predict_proba(X)
         t3 = time.perf_counter()
         uids = [w.user_id for w in windows]
+        kinds: list[str] = []
+        versions: list[str | None] = [None] * len(uids)
         if self.store is not None:
-            probs, scopes = self.store.calibrate_batch(raw, uids)
+            probs, scopes = self.store.calibrate_batch(raw, uids, kinds)
         else:
-            probs, scopes = raw, ["none"] * len(uids)
+            probs, scopes, kinds = raw, ["none"] * len(uids), ["identity"] * len(uids)
         if self.learner is not None and windows:
             probs, scopes, _ = self.learner.personalise(windows, raw, X, overlays, probs, scopes, states)
+            for i, model in self.learner.served:
+                kinds[i], versions[i] = model.kind, model.version
         t4 = time.perf_counter()
         conf = probs.max(axis=1) if len(windows) else np.empty(0)
         arg = probs.argmax(axis=1) if len(windows) else np.empty(0, dtype=np.int64)
@@ -214,6 +218,8 @@ class InferencePipeline:
             mapped_probs,
             smoothed_names,
             scopes,
+            kinds,
+            versions,
         )
         learner = self.learner
         eligible = learner.eligible_at if learner is not None and len(learner.eligible_at) == len(windows) else [False] * len(windows)

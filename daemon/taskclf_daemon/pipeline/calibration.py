@@ -221,8 +221,9 @@ class CalibratorStore:
             return cal, "user"
         return self.global_calibrator, "global"
 
-    def calibrate_batch(self, probs: np.ndarray, user_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    def calibrate_batch(self, probs: np.ndarray, user_ids: Sequence[str], kinds: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
         """Calibrate each row with its user's calibrator. Vectorised per calibrator kind.
+        ``kinds``: filled with each row's calibrator kind when given.
 
         Row results do not depend on the other rows of the batch (bit-identical to one-row calls).
         """
@@ -235,6 +236,8 @@ class CalibratorStore:
         for i, uid in enumerate(user_ids):
             cal, scope = self.get(uid)
             scopes.append(scope)
+            if kinds is not None:
+                kinds.append(cal.kind)
             if isinstance(cal, TemperatureCalibrator):
                 if cal.temperature != 1.0:
                     temp_rows.append(i)

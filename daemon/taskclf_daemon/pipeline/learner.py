@@ -62,6 +62,9 @@ class Learner:
         #: per window of the last :meth:`personalise` call: the user had enough evidence for a
         #: personal model right after that window (what the label-request quota reads)
         self.eligible_at: list[bool] = []
+        #: (row, personal model) of the rows of the last :meth:`personalise` call a personal
+        #: model served (the outputs name its kind and version)
+        self.served: list[tuple[int, PersonalModel]] = []
 
     def bind(self, store: CalibratorStore | None, feature_columns: Sequence[str]) -> None:
         """Called by the pipeline: the calibrator store in use and the model row's columns."""
@@ -118,6 +121,7 @@ class Learner:
             if learn.eligible and learn.due(w.ts_us, cfg):
                 self._refit(w.user_id, learn, w.ts_us)
             eligible[i] = learn.eligible
+        served = self.served = []
         if groups:
             probs = probs.copy()
             for model, rows in groups.values():
@@ -125,6 +129,7 @@ class Learner:
                 probs[idx] = model.apply(raw[idx], extras[idx])
                 for i in rows:
                     scopes[i] = "user"
+                    served.append((i, model))
         return probs, scopes, extras
 
     def _eligible(self, learn: UserLearning) -> bool:

@@ -4,7 +4,8 @@ The bytes are exactly ``orjson.dumps(record)`` of the record dict in taskclf's k
 (``user_id``, ``bucket_start_ts``, ``core_label_id``, ``core_label_name``, ``core_probs``,
 ``confidence``, ``is_rejected``, ``mapped_label_name``, ``mapped_probs``, ``model_version``,
 ``schema_version``, ``label_version``, then the daemon's provenance: ``model_bundle_id``,
-``smoothed_label_name``, ``calibrator_scope``, ``calibrator_store_id``) -- :func:`record_dict`
+``smoothed_label_name``, ``calibrator_scope``, ``calibrator_store_id``, ``calibrator_kind``,
+``calibrator_version``) -- :func:`record_dict`
 builds that dict and the tests hold the two equal.
 
 Speed: instead of one dict and one ``orjson.dumps`` per window, the numbers of the whole batch
@@ -41,6 +42,8 @@ RECORD_KEYS = (
     "smoothed_label_name",
     "calibrator_scope",
     "calibrator_store_id",
+    "calibrator_kind",
+    "calibrator_version",
 )
 CONST_KEYS = ("model_version", "schema_version", "label_version", "model_bundle_id")
 #: the last key: the calibrator store in force (``CalibratorStore.store_id``), null without a
@@ -51,6 +54,7 @@ STORE_KEY = "calibrator_store_id"
 def record_dict(
     user_id: str, ts: str, core_id: int, core_probs: list[float], confidence: float, rejected: bool,
     mapped_label: str, mapped_probs: dict[str, float], const: dict[str, str | None], smoothed: str, scope: str,
+    kind: str = "identity", version: str | None = None,
 ) -> dict[str, Any]:
     """One record as a dict (the reference for :class:`OutputEncoder`)."""
     return {
@@ -67,6 +71,8 @@ def record_dict(
         "smoothed_label_name": smoothed,
         "calibrator_scope": scope,
         STORE_KEY: const.get(STORE_KEY),
+        "calibrator_kind": kind,
+        "calibrator_version": version,
     }
 
 
@@ -86,7 +92,8 @@ class OutputEncoder:
         head = b'{"user_id":%b,"bucket_start_ts":"%b","core_label_id":%d,"core_label_name":%b,"core_probs":[%b],"confidence":%b,"is_rejected":%b,"mapped_label_name":%b,"mapped_probs":%b,'
         # the percent signs of the constants' own text must not act as format directives
         tail = orjson.dumps({k: const[k] for k in CONST_KEYS})[1:-1].replace(b"%", b"%%") + b',"smoothed_label_name":%b,"calibrator_scope":%b,'
-        tail += orjson.dumps({STORE_KEY: const.get(STORE_KEY)})[1:].replace(b"%", b"%%")
+        tail += orjson.dumps({STORE_KEY: const.get(STORE_KEY)})[1:-1].replace(b"%", b"%%") + b',"calibrator_kind":%b,"calibrator_version":%b}'
+
         self._template = head + tail
         self._identity_probs = b"{" + b",".join(orjson.dumps(n) + b":%b" for n in LABELS) + b"}"
         self._strings: dict[str, bytes] = {}
@@ -112,6 +119,8 @@ class OutputEncoder:
         mapped_probs: Sequence[dict[str, float]] | None,
         smoothed: Sequence[str],
         scopes: Sequence[str],
+        kinds: Sequence[str] | None = None,
+        versions: Sequence[str | None] | None = None,
     ) -> list[bytes]:
         """One JSON record per row. ``probs`` (the unrounded calibrated rows) give
         ``mapped_probs`` as ``{label: p}`` in label order when ``mapped_probs`` is None (no
@@ -129,6 +138,8 @@ class OutputEncoder:
             mp = [orjson.dumps(d) for d in mapped_probs]
         t, s = self._template, self._str
         tf = (b"false", b"true")
+        ks = [b'"identity"'] * n if kinds is None else [s(k) for k in kinds]
+        vs = [b"null"] * n if versions is None else [b"null" if v is None else s(v) for v in versions]
         return [
             t % (
                 s(user_ids[i]),
@@ -142,6 +153,8 @@ class OutputEncoder:
                 mp[i],
                 s(smoothed[i]),
                 s(scopes[i]),
+                ks[i],
+                vs[i],
             )
             for i in range(n)
         ]
