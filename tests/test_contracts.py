@@ -446,7 +446,7 @@ def test_asyncapi_structure(asyncapi: dict[str, Any]) -> None:
 
     assert asyncapi["info"]["version"] == __version__
     channels, ops = asyncapi["channels"], asyncapi["operations"]
-    assert set(channels) == {"features", "predictions", "deadLetters", "stateChangelog"}
+    assert set(channels) == {"features", "predictions", "deadLetters", "stateChangelog", "labels", "labelRequests"}
     for name, ch in channels.items():
         assert ch["address"] and ch["messages"], name
         assert ch["bindings"]["kafka"]["bindingVersion"] == "0.5.0"
@@ -459,6 +459,7 @@ def test_asyncapi_structure(asyncapi: dict[str, Any]) -> None:
             assert m["$ref"].startswith(f"#/channels/{ch_name}/messages/"), (name, m)
     assert {(op["action"], op["channel"]["$ref"].split("/")[-1]) for op in ops.values()} == {
         ("receive", "features"), ("send", "predictions"), ("send", "deadLetters"), ("send", "stateChangelog"), ("receive", "stateChangelog"),
+        ("receive", "labels"), ("send", "labelRequests"),
     }
     assert channels["stateChangelog"]["bindings"]["kafka"]["topicConfiguration"]["cleanup.policy"] == ["compact"]
     desc = asyncapi["info"]["description"]
@@ -505,3 +506,25 @@ def test_asyncapi_message_keys_are_user_ids(asyncapi: dict[str, Any]) -> None:
             assert key["format"] == "binary"
         else:
             assert key["maxLength"] == MAX_USER_ID_CHARS, name
+
+
+def test_label_spans_and_requests_validate_against_their_schemas() -> None:
+    """Real records: spans the decoder accepts validate, spans it refuses mostly do not; the
+    requests a shard writes validate."""
+    from taskclf_daemon.errors import InvalidRecord
+    from taskclf_daemon.pipeline.label_requests import encode_request
+    from taskclf_daemon.pipeline.labelspan import decode_span
+
+    vs = _validator("label-span.schema.json")
+    good = {"start_ts": "2026-03-09T09:00:00Z", "end_ts": "2026-03-09T10:00:00+00:30", "label": "Build", "provenance": "manual", "user_id": "u1", "confidence": 0.9}
+    for rec in (good, {**good, "confidence": None, "extend_forward": True}):
+        decode_span(json.dumps(rec).encode(), key=b"u1")
+        assert _errors(vs, rec) == []
+    for bad in ({**good, "label": "Coding"}, {k: v for k, v in good.items() if k != "user_id"}, {**good, "confidence": 1.5}, {**good, "user_id": ""}):
+        with pytest.raises(InvalidRecord):
+            decode_span(json.dumps(bad).encode(), key=b"u1")
+        assert _errors(vs, bad), bad
+    vr = _validator("label-request.schema.json")
+    req = json.loads(encode_request("u1", 1_775_520_000_000_000, 0.412345, 3))
+    assert _errors(vr, req) == [] and list(req) == vr.schema["required"]
+    assert _errors(vr, {**req, "confidence": 0.55}) and _errors(vr, {**req, "request_id": "not-a-uuid"})

@@ -442,6 +442,71 @@ def user_state_schema() -> dict[str, Any]:
 FILES[f"user-state.v{STATE_FORMAT}.schema.json"] = user_state_schema
 
 
+def _iso_ts(desc: str) -> dict[str, Any]:
+    return {"type": "string", "maxLength": MAX_TS_CHARS, "description": desc}
+
+
+def label_span_schema() -> dict[str, Any]:
+    """A taskclf LabelSpan on the feedback topic (``pipeline/labelspan.py`` decodes it)."""
+    return {
+        "$schema": DIALECT,
+        "$id": f"{ID_BASE}label-span",
+        "title": "taskclf LabelSpan (feedback topic value)",
+        "description": (
+            "A user's label for a stretch of time: every window [bucket_start_ts, +60 s) lying inside exactly one span of "
+            "that user gets its label (taskclf's strict containment); windows overlapping several spans or partly covered "
+            "get none. Kafka key: the UTF-8 bytes of user_id, which the span must name; the topic is co-partitioned with the "
+            "input. A span counts when it arrives before its windows or up to label_wait_s (the user's event time) after them. "
+            "Anything else is dead-lettered with a reason (header taskclf-dlq-reason)."
+        ),
+        "type": "object",
+        "required": ["start_ts", "end_ts", "label", "provenance", "user_id"],
+        "properties": {
+            "start_ts": _iso_ts("Inclusive start, ISO 8601 with an offset (aware), e.g. 2026-03-09T09:00:00Z; 1970..2199."),
+            "end_ts": _iso_ts("Exclusive end, after start_ts, same form."),
+            "label": {"enum": list(LABELS), "description": "A labels_v1 label (unknown_label otherwise)."},
+            "provenance": {"type": "string", "maxLength": MAX_STR_CHARS, "description": "Where the label came from, e.g. manual or weak:app_rule."},
+            "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_CHARS, "description": "The user; equal to the record key (key_mismatch otherwise)."},
+            "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "taskclf's optional confidence (NaN is read as null)."},
+            "extend_forward": {"type": ["boolean", "null"], "description": "taskclf's flag; kept, not used by the projection."},
+        },
+        "x-taskclf-dlq-reasons": list(SPAN_REASONS),
+    }
+
+
+def label_request_schema() -> dict[str, Any]:
+    """A taskclf LabelRequest the daemon writes (``pipeline/label_requests.py``)."""
+    return {
+        "$schema": DIALECT,
+        "$id": f"{ID_BASE}label-request",
+        "title": "taskclf LabelRequest (label-request topic value)",
+        "description": (
+            "A window worth a label: calibrated confidence < 0.55, at most 20 per user per UTC day of event time while "
+            "the user is short of evidence for a personal model, 5 once eligible. Keys in this order; Kafka key: the UTF-8 "
+            "bytes of user_id. Deterministic like the predictions (a replay re-emits the same bytes); deduplicate on "
+            "request_id (a UUID-5 of user_id and bucket_start_ts). Headers: taskclf-source, taskclf-processed-ms."
+        ),
+        "type": "object",
+        "required": ["request_id", "user_id", "bucket_start_ts", "bucket_end_ts", "reason", "confidence", "predicted_label", "created_at", "status"],
+        "properties": {
+            "request_id": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"},
+            "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_CHARS},
+            "bucket_start_ts": _iso_ts("The window's start, YYYY-MM-DDTHH:MM:SSZ."),
+            "bucket_end_ts": _iso_ts("The window's end (start + 60 s)."),
+            "reason": {"const": "low_confidence"},
+            "confidence": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.55, "description": "The output's confidence (6 dp)."},
+            "predicted_label": {"enum": list(LABELS), "description": "The output's core_label_name."},
+            "created_at": _iso_ts("The window's end (not the processing time: that is in the headers)."),
+            "status": {"const": "pending"},
+        },
+        "additionalProperties": False,
+    }
+
+
+FILES["label-span.schema.json"] = label_span_schema
+FILES["label-request.schema.json"] = label_request_schema
+
+
 # --------------------------------------------------------------------------- files
 
 
