@@ -120,3 +120,15 @@ def test_from_bytes_refuses_wrong_types(changes: dict[str, object], message: str
     with pytest.raises(StateFormatError) as ei:
         UserState.from_bytes(_doc(**changes), 3)
     assert str(ei.value) == f"malformed user state: {message}"
+
+
+def test_a_new_state_is_this_exact_changelog_document() -> None:
+    """Nothing applied yet: no offset/partition (-1), never seen (0) -- the changelog format."""
+    assert UserState(3).to_bytes() == b'{"v":2,"h":[],"s":null,"m":[],"w":3,"t":null,"n":0,"o":-1,"p":-1,"k":0}'
+
+
+def test_a_version_1_value_without_stand_ins_has_no_partition_and_was_never_seen() -> None:
+    v1 = orjson.loads(_doc(v=1))
+    del v1["p"], v1["k"]
+    st = UserState.from_bytes(orjson.dumps(v1), 3)
+    assert (st.last_partition, st.seen_s, st.last_offset) == (-1, 0, 4)

@@ -28,6 +28,10 @@ def test_idle_users_are_those_not_seen_for_more_than_the_retention() -> None:
     # retention 0 = off; nothing idle = no count at all
     assert choose_forgotten(users, part, set(), now_s=now, retention_s=0, capacity=0) == ({}, {})
     assert choose_forgotten(users, part, set(), now_s=now, retention_s=10**6, capacity=0) == ({}, {})
+    # the smallest retentions count too: 1 s and half a second
+    out, _ = choose_forgotten(users, part, set(), now_s=now, retention_s=1, capacity=0)
+    assert out == {"at": 0, "past": 1, "old": 2}
+    assert choose_forgotten(users, part, set(), now_s=now, retention_s=0.5, capacity=0)[0] == out
 
 
 def test_dirty_unknown_and_other_partitions_users_are_never_idle_forgotten() -> None:
@@ -55,6 +59,9 @@ def test_capacity_forgets_the_least_recently_seen_clean_users_down_to_90_percent
     # are not tombstoned (they count towards the number, though)
     out, counts = choose_forgotten(users, {u: p for u, p in part.items() if u != "u3"}, {"u0", "u1"}, now_s=200, retention_s=0, capacity=10)
     assert out == {"u2": 2, "u4": 1} and counts == {"capacity": 2}
+    # capacity 1: down to int(0.9) = 0, every clean user
+    out, counts = choose_forgotten(users, part, {"u11"}, now_s=200, retention_s=0, capacity=1)
+    assert set(out) == set(seen) - {"u11"} and counts == {"capacity": 11}
     # a revoke (only=...) never evicts for capacity
     assert choose_forgotten(users, part, set(), now_s=200, retention_s=0, capacity=1, only={0}) == ({}, {})
 
