@@ -335,20 +335,30 @@ def test_make_window_helper_is_valid() -> None:
     assert w.values["app_id"] == "dev.zed.Zed" and w.ts_us == T10_US
 
 
-def test_huge_epoch_timestamp_is_refused_not_raised():
-    """1.7e308 is valid JSON; it must become a refusal, never an exception out of the codec."""
-    import orjson as _oj
+def test_huge_epoch_timestamp_is_refused_as_bad_timestamp() -> None:
+    """1.7e308 is valid JSON; it is refused by the timestamp bounds (bad_timestamp, naming the
+    field), never an exception out of the codec, whichever path decodes it."""
+    for ts in (1.7e308, -1.7e308, 10**18, -(10**18), 2**64 - 1, 1e13, -1):
+        for data in (orjson.dumps(make_row(bucket_start_ts=ts)), orjson.dumps(make_row(bucket_start_ts=ts, extra_key=1))):
+            exc = _refused(data, validator("v1"))
+            assert exc.reason == "bad_timestamp", (ts, exc.reason, exc.detail)
+            assert exc.detail.startswith("field 'bucket_start_ts': ") and "range" in exc.detail
 
-    from helpers_rows import make_row
-    from taskclf_daemon.codec import RowValidator as _RV, decode_window as _dw
-    from taskclf_daemon.errors import InvalidRecord as _IR
-    from taskclf_daemon.schema import SCHEMAS as _S
 
-    for ts in (1.7e308, -1.7e308, 10**18):
-        row = make_row(bucket_start_ts=ts)
-        with pytest.raises(_IR) as ei:
-            _dw(_oj.dumps(row), _RV(_S["v1"]))
-        assert ei.value.reason in ("bad_timestamp", "out_of_range")
+def test_a_value_error_from_a_check_is_refused_as_out_of_range_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catch-all behind the checks: a ValueError/OverflowError that a check lets through
+    (none does today) becomes an ``out_of_range`` refusal with the message, cut to 200 characters."""
+    v = RowValidator(SCHEMAS["v1"])
+    monkeypatch.setattr(v, "fast_decode", None)
+    for err in (OverflowError("int too large to convert to float"), ValueError("x" * 300)):
+        def boom(obj: object, err: Exception = err) -> None:
+            raise err
+
+        monkeypatch.setattr(v, "validate", boom)
+        exc = _refused(orjson.dumps(make_row()), v)
+        assert exc.reason == "out_of_range"
+        assert exc.detail == f"value out of range: {err}"[:200]
+        assert str(exc) == f"out_of_range: {exc.detail}"
 
 
 def test_format_ts_us_matches_datetime_everywhere() -> None:

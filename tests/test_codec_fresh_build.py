@@ -3,7 +3,8 @@
 ``codec.py`` builds its per-field checks (``_num``, ``_int``, ``_str``... closures with their
 generated fast-path tests and msgspec types) once, at import. This test executes the module a
 second time, inside the test, and compares the two builds record by record: the decode outcome
-(values to the bit, or the refusal's reason and detail) and which fast path accepted the record.
+(values to the bit, or the refusal's reason and detail) and which fast path accepted the record;
+and each check's description (``_contract``, what the input-row JSON Schemas are made from).
 
 In a normal run both builds come from the same code and this is a determinism check. Its real
 job is mutation testing (``make mutate``): mutmut activates a mutant only in code that runs
@@ -58,7 +59,16 @@ def _behaviour(mod: ModuleType, v: Any, data: bytes) -> tuple:
         out: tuple = ("refused", exc.reason, exc.detail)
     else:
         out = ("ok", w.user_id, w.ts_us, w.schema_version, {k: _bits(x) for k, x in w.values.items()}, list(w.values))
-    return (fast is not None, fast_dict, out)
+    # the detailed checks alone, also where a fast path answered first
+    detailed: tuple = ("n/a",)
+    if obj is not None:
+        try:
+            w = v._validate(obj)
+        except InvalidRecord as exc:
+            detailed = ("refused", exc.reason, exc.detail)
+        else:
+            detailed = ("ok", w.user_id, w.ts_us, {k: _bits(x) for k, x in w.values.items()})
+    return (fast is not None, fast_dict, out, detailed)
 
 
 def _corpus(version: str) -> list[bytes]:
@@ -80,6 +90,10 @@ def _corpus(version: str) -> list[bytes]:
         b"null",
         orjson.dumps({k: base[k] for k in reversed(list(base))}),  # same keys, other order
     ]
+    # strings at, below and one past their length limit (user_id 256, the others 1024)
+    for field, limit in (("user_id", codec.MAX_USER_ID_CHARS), ("app_id", codec.MAX_STR_CHARS), ("device_id", codec.MAX_STR_CHARS)):
+        for n in (limit - 1, limit, limit + 1):
+            out.append(orjson.dumps(dict(base, **{field: "é" * n})))
     return out
 
 
@@ -94,3 +108,13 @@ def test_fresh_build_of_the_codec_behaves_as_the_imported_one(version: str, fres
         kinds.add((a[0], a[2][0]))
     # the corpus reaches the fast path, the fallback and the refusals
     assert {(True, "ok"), (False, "ok"), (False, "refused")} <= kinds, kinds
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_fresh_build_describes_its_checks_as_the_imported_one(version: str, fresh: ModuleType) -> None:
+    """What each check accepts, as the JSON Schemas of ``contracts.py`` read it (``_contract``)."""
+    imported, rebuilt = codec.RowValidator(SCHEMAS[version]), fresh.RowValidator(SCHEMAS[version])
+    described = [(n, getattr(c, "_contract", None), r) for n, c, r, _d in imported.fields]
+    assert [(n, getattr(c, "_contract", None), r) for n, c, r, _d in rebuilt.fields] == described
+    assert all(type(c) is dict for _n, c, _r in described)
+    assert {c["kind"] for _n, c, _r in described} == {"number", "integer", "boolean", "string", "string_list", "timestamp"}

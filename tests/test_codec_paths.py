@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from helpers_rows import make_row
-from taskclf_daemon.codec import RowValidator
+from taskclf_daemon.codec import MAX_STR_CHARS, MAX_USER_ID_CHARS, RowValidator
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.schema import SCHEMAS
 
@@ -231,3 +232,27 @@ def test_invalid_json_detail_is_the_parsers_message() -> None:
         with pytest.raises(InvalidRecord) as ei:
             decode_window(data, V1)
         assert (ei.value.reason, ei.value.detail) == ("invalid_json", str(ej.value)[:200])
+
+
+@pytest.mark.parametrize(("field", "limit"), [("user_id", MAX_USER_ID_CHARS), ("app_id", MAX_STR_CHARS), ("device_id", MAX_STR_CHARS)])
+def test_string_length_limits_are_exact_on_every_path(field: str, limit: int) -> None:
+    """A string of exactly the limit is accepted by the detailed checks, both dict fast paths and
+    the msgspec path; one character more is refused by each, with the detailed check's detail."""
+    assert (MAX_USER_ID_CHARS, MAX_STR_CHARS) == (256, 1024)
+    v = RowValidator(SCHEMAS["v1"])
+    at, over = make_row(**{field: "é" * limit}), make_row(**{field: "é" * (limit + 1)})
+    assert v._fast_exact is not None and v._fast is not None and v.fast_decode is not None
+    for path in (v._validate, v._fast_exact, v._fast, lambda row: v.fast_decode(orjson.dumps(row))):
+        w = path(at)
+        assert w is not None and w.values[field] == "é" * limit
+    for path in (v._fast_exact, v._fast, lambda row: v.fast_decode(orjson.dumps(row))):
+        assert path(over) is None  # the detailed checks decide
+    with pytest.raises(InvalidRecord) as ei:
+        v._validate(over)
+    assert (ei.value.reason, ei.value.detail) == ("out_of_range", f"field {field!r} is {limit + 1} characters long, limit {limit}")
+
+
+def test_unknown_keys_longer_than_64_characters_are_not_learned() -> None:
+    v = RowValidator(SCHEMAS["v1"])
+    w = v.validate(make_row(**{"k" * 64: 1, "q" * 65: 2}))
+    assert w is not None and "k" * 64 in v._plain_keys and "q" * 65 not in v._plain_keys

@@ -1,8 +1,13 @@
-"""StateStore and UserState bookkeeping: creation, reset, drop, dirty tracking, smoothing resize."""
+"""StateStore and UserState bookkeeping: creation, reset, drop, dirty tracking, smoothing resize,
+snapshot/restore, and the changelog value's exact types."""
 
 from __future__ import annotations
 
-from taskclf_daemon.state import StateStore, UserState
+import orjson
+import pytest
+
+from taskclf_daemon.labels import HISTORY_ROWS
+from taskclf_daemon.state import HistoryEntry, StateFormatError, StateStore, UserState
 
 
 def test_get_creates_once_with_the_store_window() -> None:
@@ -67,3 +72,63 @@ def test_window_below_one_is_one() -> None:
     st = _with_labels(3, [1, 2])
     st.resize_smoothing(0)
     assert st.smooth.maxlen == 1 and list(st.smooth) == [2]
+
+
+def test_snapshot_restore_undoes_every_change() -> None:
+    st = UserState(3)
+    st.history.append(HistoryEntry(1, "app", 1.0, None, 2.0))
+    st.smooth.extend([1, 2])
+    st.session_start_us, st.last_ts_us, st.windows_seen, st.last_offset, st.last_partition, st.seen_s = 5, 6, 7, 8, 9, 10
+    before = st.to_bytes()
+    snap = st.snapshot()
+    st.history.append(HistoryEntry(2, "other", None, None, None))
+    st.smooth.append(3)
+    st.session_start_us, st.last_ts_us, st.windows_seen, st.last_offset, st.last_partition, st.seen_s = 50, 60, 70, 80, 90, 100
+    assert st.to_bytes() != before
+    st.restore(snap)
+    assert st.to_bytes() == before and (st.last_partition, st.seen_s) == (9, 10)
+    assert list(st.smooth) == [1, 2] and st.smooth.maxlen == 3 and st.history.maxlen == HISTORY_ROWS
+
+
+def _doc(**changes: object) -> bytes:
+    d: dict[str, object] = {"v": 2, "h": [[1, "app", 1.5, None, 2]], "s": None, "m": [1], "w": 3, "t": 7, "n": 1, "o": 4, "p": 0, "k": 9}
+    d.update(changes)
+    return orjson.dumps(d)
+
+
+def test_from_bytes_keeps_types_exact() -> None:
+    st = UserState.from_bytes(_doc(), 3)
+    h = st.history[0]
+    assert h == (1, "app", 1.5, None, 2.0) and type(h.mouse) is float  # a JSON int becomes a float
+    assert (st.session_start_us, st.last_ts_us, st.windows_seen, st.last_offset, st.last_partition, st.seen_s) == (None, 7, 1, 4, 0, 9)
+    assert UserState.from_bytes(_doc(s=5, t=None), 3).session_start_us == 5
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"h": [[1, 5, None, None, None]]}, "expected a string, got int"),
+        ({"h": [[1, "app", "1.5", None, None]]}, "expected a number or null, got str"),
+        ({"h": [[1, "app", None, True, None]]}, "expected a number or null, got bool"),
+        ({"h": [[1, "app", None, None, [1]]]}, "expected a number or null, got list"),
+        ({"s": 1.5}, "expected an integer or null, got float"),
+        ({"t": True}, "expected an integer or null, got bool"),
+        ({"t": "7"}, "expected an integer or null, got str"),
+    ],
+)
+def test_from_bytes_refuses_wrong_types(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(StateFormatError) as ei:
+        UserState.from_bytes(_doc(**changes), 3)
+    assert str(ei.value) == f"malformed user state: {message}"
+
+
+def test_a_new_state_is_this_exact_changelog_document() -> None:
+    """Nothing applied yet: no offset/partition (-1), never seen (0) -- the changelog format."""
+    assert UserState(3).to_bytes() == b'{"v":2,"h":[],"s":null,"m":[],"w":3,"t":null,"n":0,"o":-1,"p":-1,"k":0}'
+
+
+def test_a_version_1_value_without_stand_ins_has_no_partition_and_was_never_seen() -> None:
+    v1 = orjson.loads(_doc(v=1))
+    del v1["p"], v1["k"]
+    st = UserState.from_bytes(orjson.dumps(v1), 3)
+    assert (st.last_partition, st.seen_s, st.last_offset) == (-1, 0, 4)

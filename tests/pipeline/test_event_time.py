@@ -87,6 +87,42 @@ def test_ttl_resets_a_user_idle_longer_than_the_ttl(golden_windows):
     assert res_no.predictions[-1].value != fresh.predictions[0].value
 
 
+def test_ttl_boundary_is_exact_to_the_microsecond_and_per_user(golden_windows):
+    """TTL 3600 s: a gap of exactly 3600 s keeps the history, 3600 s + 1 us starts it empty --
+    two users in one batch, each decided by its own gap only."""
+    pipe, ws = golden_windows
+    from taskclf_daemon.pipeline.batch import InferencePipeline
+
+    a, b = ws[0].user_id, next(w.user_id for w in ws if w.user_id != ws[0].user_id)
+    hist = {u: [_copy(w, source=None) for w in ws if w.user_id == u][:20] for u in (a, b)}
+
+    def after(u: str, gap_us: int) -> object:
+        w = _copy(hist[u][-1], ts_us=hist[u][-1].ts_us + gap_us)
+        w.values["bucket_start_ts"] = w.ts_us
+        w.values["bucket_end_ts"] = w.ts_us + 60_000_000
+        return w
+
+    ttl_us = 3600 * 1_000_000
+    a_at, b_past = after(a, ttl_us), after(b, ttl_us + 1)
+    p_ttl = InferencePipeline(pipe.bundle, pipe.store, dataclasses.replace(pipe.config, state_ttl_seconds=3600))
+    batch = [w for pair in zip(hist[a], hist[b]) for w in pair] + [a_at, b_past]
+    res, states = _run(p_ttl, batch)
+    assert states.take_dirty() == {a, b}
+    out = {orjson.loads(p.value)["user_id"]: p.value for p in res.predictions[-2:]}
+    # without a TTL both carry their history; a user seen for the first time has none
+    kept, _ = _run(pipe, batch)
+    kept_out = {orjson.loads(p.value)["user_id"]: p.value for p in kept.predictions[-2:]}
+    cold = {u: _run(p_ttl, [w])[0].predictions[0].value for u, w in ((a, a_at), (b, b_past))}
+    assert cold[a] != kept_out[a] and cold[b] != kept_out[b]  # the history shows in the record
+    assert out[a] == kept_out[a] and states.users[a].windows_seen == 21  # exactly the TTL: kept
+    assert out[b] == cold[b] and states.users[b].windows_seen == 1  # 1 us more: reset, b only
+    assert states.users[b].last_ts_us == b_past.ts_us and len(states.users[b].history) == 1
+    # another user's window far later in between does not reset a (no shared clock)
+    res2, states2 = _run(p_ttl, [*hist[a], after(b, 10 * ttl_us), after(a, ttl_us)])
+    assert states2.users[a].windows_seen == 21
+    assert orjson.loads(res2.predictions[-1].value) == orjson.loads(out[a])
+
+
 def test_user_state_roundtrip_is_exact_and_versioned(golden_windows):
     pipe, ws = golden_windows
     _, states = _run(pipe, ws[:2000])

@@ -13,7 +13,7 @@ from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import LABELS
 from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.model import ModelBundle
-from taskclf_daemon.pipeline.policy import check_policy_against_model, load_policy, resolve_inference
+from taskclf_daemon.pipeline.policy import FROM_POLICY, FromPolicy, check_policy_against_model, load_policy, resolve_inference
 
 RUN = "2026-04-06_000000_run-0001"
 
@@ -329,3 +329,10 @@ def test_check_policy_label_set_mismatch(tmp_path: Path) -> None:
     # order of the label list does not matter
     raw = _golden_policy_raw() | {"model_label_set": list(reversed(LABELS))}
     check_policy_against_model(load_policy(_write_policy(tmp_path, raw)), "4077fe0dba70", list(LABELS))
+
+
+def test_from_policy_is_one_value_shown_by_its_name() -> None:
+    """The "take it from the policy" marker prints as its name (in Settings, signatures, logs),
+    not as an enum member or an object address."""
+    assert repr(FROM_POLICY) == "FROM_POLICY" and f"{[FROM_POLICY]}" == "[FROM_POLICY]"
+    assert list(FromPolicy) == [FROM_POLICY] and FROM_POLICY.value == "policy"
