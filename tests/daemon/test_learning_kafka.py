@@ -167,22 +167,22 @@ def test_crash_loop_with_labels_flowing_reemits_identical_bytes(bundle, data, ex
         return d.metric("taskclf_records_processed_total", 'outcome="span_accepted"') + d.metric("taskclf_records_processed_total", 'outcome="span_ignored"')
 
     for i, (phase_spans, phase_windows) in enumerate(zip(spans, windows, strict=True)):
+        # the phase's labels first, consumed (labels ahead of their windows: the determinism the
+        # daemon promises is for spans known before their windows are finalised) ...
         before = spans_seen()
         produce_values(kafka_bootstrap, tfb, phase_spans)
+        deadline = time.monotonic() + 60
+        while spans_seen() < before + len(phase_spans):
+            assert time.monotonic() < deadline, d.log_tail()
+            time.sleep(0.05)
+        # ... then its windows, and in some phases a SIGKILL while they are processed
+        n_windows += produce_values(kafka_bootstrap, tin, phase_windows)
         if i in kill_at:
-            # the phase's spans may or may not be consumed yet: a restart reads them first anyway
-            n_windows += produce_values(kafka_bootstrap, tin, phase_windows)
             time.sleep(rng.uniform(0.0, 0.5))
-            d.kill()  # SIGKILL: no drain, no checkpoint
+            d.kill()  # no drain, no checkpoint: the restart replays the uncommitted tail
             kills += 1
             d = daemon_factory(tin, tout, tdlq, unique_group, "--model-dir", str(bundle), env=env)
             d.wait_ready(timeout=90)
-        else:
-            deadline = time.monotonic() + 60
-            while spans_seen() < before + len(phase_spans):
-                assert time.monotonic() < deadline, d.log_tail()
-                time.sleep(0.05)
-            n_windows += produce_values(kafka_bootstrap, tin, phase_windows)
         # the phase is done (every window has an output) before the next phase's labels
         msgs = _wait_keys(kafka_bootstrap, tout, n_windows, timeout=120)
         assert len(_dedup(msgs)[0]) >= n_windows, d.log_tail()
