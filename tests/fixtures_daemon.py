@@ -100,6 +100,22 @@ def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout
         c.close()
 
 
+def dedup_identical(msgs: list[Any]) -> tuple[dict[tuple[str, str], bytes], int]:
+    """Output records deduplicated on (user_id, bucket_start_ts), first copy kept, and the number
+    of duplicates; asserts every duplicate is byte-identical to its first copy."""
+    first: dict[tuple[str, str], bytes] = {}
+    dups = 0
+    for m in msgs:
+        rec = json.loads(m.value())
+        k = (rec["user_id"], rec["bucket_start_ts"])
+        if k in first:
+            dups += 1
+            assert m.value() == first[k], f"duplicate for {k} differs from its first copy"
+        else:
+            first[k] = m.value()
+    return first, dups
+
+
 def write_values(msgs: list[Any], path: Path) -> Path:
     path.write_bytes(b"".join(m.value() + b"\n" for m in msgs))
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_daemon import compare_files, keyed_lines, produce_values, read_topic
+from fixtures_daemon import compare_files, dedup_identical, keyed_lines, produce_values, read_topic
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -29,16 +29,7 @@ def _policy(golden: Path) -> list[str]:
 
 def _dedup_and_check(msgs: list, tmp_path: Path, golden: Path) -> tuple[int, int]:
     """Dedupe by (user, bucket); assert duplicates are byte-identical; compare with taskclf."""
-    first: dict[tuple[str, str], bytes] = {}
-    dups = 0
-    for m in msgs:
-        rec = json.loads(m.value())
-        k = (rec["user_id"], rec["bucket_start_ts"])
-        if k in first:
-            dups += 1
-            assert m.value() == first[k], f"duplicate for {k} differs from its first copy"
-        else:
-            first[k] = m.value()
+    first, dups = dedup_identical(msgs)
     out = tmp_path / "dedup.jsonl"
     out.write_bytes(b"".join(v + b"\n" for v in first.values()))
     assert compare_files(golden / "expected_w3.jsonl", out, "--fail-on-extra") == 0

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
-from fixtures_daemon import produce_values, read_topic
+from fixtures_daemon import dedup_identical, produce_values, read_topic
 from helpers_learning import PARTS, SEED, USERS, expected_bytes, phases
 from taskclf_daemon.offline.synthetic import generate_labelled
 from taskclf_daemon.offline.train import train_bundle
@@ -47,26 +48,12 @@ def expected(bundle: Path, data: Any) -> Any:
     return expected_bytes(bundle, data)
 
 
-def _dedup(msgs: list[Any]) -> tuple[dict[tuple[str, str], bytes], int]:
-    first: dict[tuple[str, str], bytes] = {}
-    dups = 0
-    for m in msgs:
-        r = json.loads(m.value())
-        k = (r["user_id"], r["bucket_start_ts"])
-        if k in first:
-            dups += 1
-            assert m.value() == first[k], f"duplicate for {k} differs from its first copy"
-        else:
-            first[k] = m.value()
-    return first, dups
-
-
 def _wait_keys(bootstrap: str, topic: str, want: int, timeout: float) -> list[Any]:
     deadline = time.monotonic() + timeout
     msgs: list[Any] = []
     while time.monotonic() < deadline:
         msgs = read_topic(bootstrap, topic, timeout=10, idle=0.5)
-        if len(_dedup(msgs)[0]) >= want:
+        if len(dedup_identical(msgs)[0]) >= want:
             return msgs
         time.sleep(0.3)
     return msgs
@@ -87,8 +74,6 @@ def _gains(outputs: dict[tuple[str, str], bytes], glob: dict[tuple[str, str], by
         labels = project([s for s in spans if s.user_id == u], u, [parse_ts_us(ts) for _, ts in keys])
         rows = [(lab, orjson.loads(outputs[k])["core_label_id"], orjson.loads(glob[k])["core_label_id"]) for k, lab in zip(keys, labels, strict=True) if lab is not None]
         y = [r[0] for r in rows]
-        import numpy as np
-
         out[u] = (macro_f1(np.asarray(y), np.asarray([r[1] for r in rows])), macro_f1(np.asarray(y), np.asarray([r[2] for r in rows])), len(rows))
     return out
 
@@ -117,7 +102,7 @@ def test_personal_models_are_adopted_live_where_they_help_and_outputs_equal_the_
             assert time.monotonic() < deadline, d.log_tail()
             time.sleep(0.05)
     msgs = _wait_keys(kafka_bootstrap, tout, len(exp_out), timeout=60)
-    got, _ = _dedup(msgs)
+    got, _ = dedup_identical(msgs)
     # the learning loop ran in the daemon: refits, adoptions, users on a personal model
     adopted = d.metric("taskclf_personal_adoptions_total")
     personal_users = d.metric("taskclf_personal_users")
@@ -131,7 +116,7 @@ def test_personal_models_are_adopted_live_where_they_help_and_outputs_equal_the_
     # byte for byte the offline shards' outputs and label requests
     assert len(got) == len(exp_out) == n_windows == 7886
     assert got == exp_out
-    got_req, _ = _dedup(requests)
+    got_req, _ = dedup_identical(requests)
     assert got_req == exp_req and len(exp_req) > 100
     assert refits >= 10 and adopted >= 2 and personal_users >= 2
     # what the user endpoint shows about a swap user: eligible, a personal model, the decision
@@ -163,6 +148,7 @@ def test_crash_loop_with_labels_flowing_reemits_identical_bytes(bundle, data, ex
     d = daemon_factory(tin, tout, tdlq, unique_group, "--model-dir", str(bundle), env=env)
     d.wait_ready(timeout=90)
     n_windows = kills = 0
+
     def spans_seen() -> float:
         return d.metric("taskclf_records_processed_total", 'outcome="span_accepted"') + d.metric("taskclf_records_processed_total", 'outcome="span_ignored"')
 
@@ -185,11 +171,11 @@ def test_crash_loop_with_labels_flowing_reemits_identical_bytes(bundle, data, ex
             d.wait_ready(timeout=90)
         # the phase is done (every window has an output) before the next phase's labels
         msgs = _wait_keys(kafka_bootstrap, tout, n_windows, timeout=120)
-        assert len(_dedup(msgs)[0]) >= n_windows, d.log_tail()
+        assert len(dedup_identical(msgs)[0]) >= n_windows, d.log_tail()
     rc, _ = d.terminate()
     assert rc == 0 and kills == 6
-    got, dups = _dedup(read_topic(kafka_bootstrap, tout, timeout=10, idle=1.0))
+    got, dups = dedup_identical(read_topic(kafka_bootstrap, tout, timeout=10, idle=1.0))
     assert got == exp_out
-    got_req, _ = _dedup(read_topic(kafka_bootstrap, treq, timeout=10, idle=1.0))
+    got_req, _ = dedup_identical(read_topic(kafka_bootstrap, treq, timeout=10, idle=1.0))
     assert got_req == exp_req
     print(f"learning crash loop: {kills} kills, {len(got)} outputs, {dups} identical duplicates")
