@@ -61,6 +61,7 @@ class LoadOptions:
     label_wait_s: float = 3600.0
     refit_every: int = 200
     refit_days: float = 7.0
+    adopt_lag_windows: int = 10
     evidence_cap: int = 2000
     personal_nll_margin: float = 0.01
 
@@ -68,7 +69,7 @@ class LoadOptions:
         """The learning loop these options ask for (None: no feedback topic, no learning)."""
         if not self.feedback_topic:
             return None
-        learn = LearnConfig(evidence_cap=self.evidence_cap, label_wait_s=self.label_wait_s, refit_every=self.refit_every, refit_days=self.refit_days)
+        learn = LearnConfig(evidence_cap=self.evidence_cap, label_wait_s=self.label_wait_s, refit_every=self.refit_every, refit_days=self.refit_days, adopt_lag=self.adopt_lag_windows)
         return Learner(learn, GateConfig(nll_margin=self.personal_nll_margin))
 
     @classmethod

@@ -117,6 +117,7 @@ KEYS: dict[str, Key] = {
     "label_wait_s": Key("learning", "float", 3600.0, "how long (event time, the user's own windows) a window waits for a label span before it is finalised; a span arriving later does not label it", _min(0.0)),
     "refit_every": Key("learning", "int", 200, "refit a user's personal candidates after this many new labelled windows (once eligible: >= 200 labelled windows, >= 3 days, >= 3 labels)", _min(1)),
     "refit_days": Key("learning", "float", 7.0, "... or after this much event time since the last refit (taskclf's 7-day cadence)", _min(0.0)),
+    "adopt_lag_windows": Key("learning", "int", 10, "a refit runs in the background from the user's window that made it due and is in force from the user's window this many windows later (a fixed point of the stream: outputs never depend on how long a fit took; if it still runs then, that window waits)", _min(1)),
     "evidence_cap": Key("learning", "int", 2000, "labelled windows kept per user (the newest); the evidence a refit uses", _min(10)),
     "personal_nll_margin": Key("learning", "float", 0.01, "held-out NLL (nats) a personal candidate must gain over the model in force to be adopted (and macro-F1 may fall at most taskclf's 0.02)", _min(0.0)),
     # --- http
@@ -263,6 +264,7 @@ class Settings:
     label_wait_s: float
     refit_every: int
     refit_days: float
+    adopt_lag_windows: int
     evidence_cap: int
     personal_nll_margin: float
     # [http]

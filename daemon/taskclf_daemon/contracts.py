@@ -429,7 +429,9 @@ def user_state_schema() -> dict[str, Any]:
                     "(int64 times / float32 raw probabilities + head extras, little-endian, base64), et/el/eb the labelled evidence (times, "
                     "uint8 labels, float32 values), s the known label spans, n/nf labelled windows total / at the last refit, lf/lt event "
                     "times of the last refit / window, g eligibility, m the personal model in force (JSON, format taskclf-daemon-personal/1) "
-                    "or null, d the last refit's decision."
+                    "or null, d the last refit's decision; w windows applied since the learning state began and p the refit started "
+                    "and not yet in force as [window number it takes effect at, its start event time, n then, evidence windows it fits] "
+                    "or null (w and p are absent in states written before them: 0, null)."
                 ),
                 "required": ["rt", "rb", "et", "el", "eb", "s", "n", "nf", "lf", "lt", "g", "m", "d"],
             },

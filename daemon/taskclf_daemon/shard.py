@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
@@ -93,6 +94,10 @@ class PipelineShard:
         self._drift = DriftTap(limits.drift_window) if limits.drift_window > 0 else None
         #: label requests for unsure windows (a label-request topic is configured)
         self._asking = limits.label_requests
+        #: refits run in one background thread, off the batches (in force at a defined later
+        #: window of the user, so the thread's timing never shows in an output)
+        self._refits_pool: ThreadPoolExecutor | None = None
+        self._background_refits(pipeline)
         #: users served by a personal model (for the gauge)
         self._personal: set[str] = set()
 
@@ -212,6 +217,8 @@ class PipelineShard:
                 self._personal.add(u)
             else:
                 self._personal.discard(u)
+        if self.pipeline.learner is not None:
+            self.pipeline.learner.forget(u)
             if d.adopted is not None:
                 best = next((c for c in d.candidates if c.kind == d.adopted.kind), None)
                 gain = None if best is None or d.in_force_scores is None else d.in_force_scores.nll - best.scores.nll
@@ -455,8 +462,18 @@ class PipelineShard:
         old = self.pipeline
         if (pipeline.bundle.schema_hash, pipeline.config.smooth_window) != (old.bundle.schema_hash, old.config.smooth_window):
             raise ValueError(f"cannot swap in bundle {pipeline.bundle.bundle_id}: its schema or smoothing window differs from the running one")
+        if old.learner is not None and pipeline.learner is not None:
+            pipeline.learner.adopt_fits(old.learner)
         self.pipeline = pipeline
+        self._background_refits(pipeline)
         return pipeline.bundle.bundle_id
+
+    def _background_refits(self, pipeline: InferencePipeline) -> None:
+        learner = pipeline.learner
+        if learner is not None and learner.executor is None:
+            if self._refits_pool is None:
+                self._refits_pool = ThreadPoolExecutor(1, thread_name_prefix="taskclf-refit")
+            learner.executor = self._refits_pool
 
     # --- the HTTP API --------------------------------------------------------------------------
     def user_info(self, user_id: str) -> UserInfo | None:

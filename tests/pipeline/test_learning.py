@@ -9,6 +9,7 @@ lowered (60 windows, 1 day) so refits happen within the fixture.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -37,9 +38,10 @@ def golden():
     return pipe, ws, spans, [p.value for p in plain]
 
 
-def _drive(pipe, ws, spans, *, batch=64, cut=None, learner=None):
+def _drive(pipe, ws, spans, *, batch=64, cut=None, learner=None, at_cut=None):
     """Windows in input order, each span delivered before the first window 10 min after its
-    end; with ``cut``, all states are written to bytes and read back after that many windows."""
+    end; with ``cut``, all states are written to bytes and read back after that many windows
+    (``at_cut(states)`` sees them before), and the learner's running fits are lost."""
     learner = learner or Learner(LEARN, GATE)
     pipe.attach_learner(learner)
     try:
@@ -55,6 +57,11 @@ def _drive(pipe, ws, spans, *, batch=64, cut=None, learner=None):
         for i, w in enumerate(ws):
             if cut is not None and i == cut:
                 flush()
+                if at_cut is not None:
+                    at_cut(states)
+                learner = Learner(LEARN, GATE)  # a restart: a new process, no fit in flight
+                learner.executor = ThreadPoolExecutor(1)
+                pipe.attach_learner(learner)
                 fresh = StateStore(states.smooth_window)
                 for uid, st in states.users.items():
                     fresh.put(uid, UserState.from_bytes(st.to_bytes(), states.smooth_window, learn_config=LEARN))
@@ -132,8 +139,10 @@ def test_labels_lead_to_personal_models_at_defined_points_and_replays_are_identi
 def _blob_window(ul: UserLearning, minute: int, cfg: LearnConfig) -> int:
     import numpy as np
 
-    raw = np.full(8, 0.125)
-    return ul.add_window("u", minute * M, raw, np.zeros(8), cfg)
+    blob = np.concatenate([np.full(8, 0.125), np.zeros(8)]).astype("<f4").tobytes()
+    added = ul.add_window("u", minute * M, blob, cfg)
+    ul.prune_spans()  # what the learner does after each user's windows of a batch
+    return added
 
 
 def _s(a: int, b: int, label: str = "Build") -> LabelSpan:
@@ -165,8 +174,112 @@ def test_bounded_wait_ring_and_caps() -> None:
     for a in range(200, 260, 10):
         ul.add_span(_s(a, a + 10, "Meet"), cfg)
     assert [s.start_us // M for s in ul.spans] == [230, 240, 250]
+    before = ul.to_obj()
     snap = ul.snapshot()
-    _blob_window(ul, 500, cfg)
+    ul.add_span(_s(495, 505, "Debug"), cfg)
+    assert sum(_blob_window(ul, m, cfg) for m in (480, 500, 501, 502, 520)) == 3  # 500-502 labelled, the oldest evidence pushed out, spans dropped
+    assert ul.to_obj() != before
     ul.restore(snap)
-    assert ul.last_ts_us == 119 * M
+    assert ul.last_ts_us == 119 * M and ul.to_obj() == before  # the journal undid every change
     assert dataclasses.is_dataclass(cfg)
+
+
+class _LazyExecutor(Executor):
+    """Runs a submitted fit only when its result is asked for (a fit slower than any batch)."""
+
+    def __init__(self) -> None:
+        self.submitted = self.ran = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.submitted += 1
+        ex = self
+
+        class _Lazy(Future):  # type: ignore[type-arg]
+            def result(self, timeout=None):  # type: ignore[no-untyped-def]
+                if not self.done():
+                    ex.ran += 1
+                    self.set_result(fn(*args, **kwargs))
+                return super().result(timeout)
+
+        return _Lazy()
+
+
+def test_refits_run_off_the_batch_and_take_effect_a_fixed_number_of_windows_later(golden) -> None:
+    pipe, ws, spans, _plain = golden
+    inline, _, dec_inline = _drive(pipe, ws, spans)
+    # the same bytes with the fits in a thread, or deferred until the window that needs them
+    threaded = Learner(LEARN, GATE)
+    threaded.executor = ThreadPoolExecutor(1)
+    assert _drive(pipe, ws, spans, learner=threaded)[0] == inline
+    lazy = Learner(LEARN, GATE)
+    lazy.executor = ex = _LazyExecutor()
+    out, states, _ = _drive(pipe, ws, spans, learner=lazy)
+    assert out == inline
+    decisions = lazy.take_decisions()
+    assert ex.submitted == ex.ran + sum(st.learn is not None and st.learn.pending is not None for st in states.users.values())
+    assert len(decisions) == ex.ran >= 20 and [d.to_json() for _, d in decisions] == [d.to_json() for _, d in dec_inline.take_decisions()]
+    # a decision is in force from the user's window LEARN.adopt_lag windows after the one that
+    # started it (the version in the outputs switches exactly there)
+    by_user: dict[str, list[dict]] = {}
+    for v in out:
+        r = orjson.loads(v)
+        by_user.setdefault(r["user_id"], []).append(r)
+    switches = 0
+    for u, d in decisions:
+        if d.adopted is None:
+            continue
+        rows = by_user[u]
+        t = next(i for i, r in enumerate(rows) if r["bucket_start_ts"] == format_ts_us(d.at_us))
+        assert rows[t + LEARN.adopt_lag]["calibrator_version"] == d.adopted.version
+        switches += rows[t + LEARN.adopt_lag - 1]["calibrator_version"] != d.adopted.version
+    assert switches >= 5, switches  # measured: 7 of 38 decisions changed the model in force
+
+
+def test_a_restart_while_a_refit_runs_fits_the_same_evidence_again(golden) -> None:
+    pipe, ws, spans, _plain = golden
+    inline = _drive(pipe, ws, spans)[0]
+    pending = []
+    for cut in (1400, 1900, 2400):
+        out = _drive(pipe, ws, spans, batch=13, cut=cut, at_cut=lambda states: pending.append(sum(st.learn is not None and st.learn.pending is not None for st in states.users.values())))[0]
+        assert out == inline, cut
+    assert min(pending) >= 1, pending  # every cut fell between a refit's start and its window (measured 1, 2, 1)
+
+
+def test_finalisation_labels_exactly_as_window_label_does() -> None:
+    import random
+
+    from taskclf_daemon.pipeline.labelspan import window_label
+
+    rnd = random.Random(7)
+    cfg = LearnConfig()
+    labelled = 0
+    for _ in range(3000):
+        spans = [LabelSpan(a * M // 2, (a + rnd.randint(1, 6)) * M // 2, rnd.randrange(8), "manual", rnd.choice(["u", "u", None, "v"])) for a in (rnd.randrange(20) for _ in range(rnd.randint(0, 4)))]
+        ul = UserLearning(cfg)
+        for s in spans:
+            ul.add_span(s, cfg)
+        ts = rnd.randrange(-2, 12) * M // 2
+        want = window_label(ul.spans, "u", ts)
+        got = ul._finalise("u", (ts, b""), cfg)
+        assert (ul.evidence[-1][1] if got else None) == want, (spans, ts)
+        labelled += got
+    assert 300 < labelled < 2700  # both outcomes are common
+
+
+def test_head_extras_of_a_batch() -> None:
+    import math
+
+    import numpy as np
+
+    from taskclf_daemon.pipeline.head_features import HEAD_EXTRAS, extras_batch
+    from taskclf_daemon.schema import OVERLAY_COLUMNS
+
+    def ov(**kv: float | None) -> tuple[float | None, ...]:
+        return tuple(kv.get(c) for c in OVERLAY_COLUMNS)
+
+    rows = [ov(app_switch_count_last_15m=3.0, keys_per_min_rolling_5=0.0, keys_per_min_rolling_15=-2.0, mouse_distance_rolling_5=1e-300, mouse_distance_rolling_15=7.5, session_length_so_far=120.0, keys_per_min_delta=9.0), ov()]
+    out = extras_batch(rows, np.array([6.0, 0.0]))
+    assert HEAD_EXTRAS[0] == "log1p_app_switch_count_last_15m" and out.shape == (2, 8)
+    assert out[0].tolist() == [math.log1p(3.0), 0.0, 0.0, 1e-300, math.log1p(7.5), math.log1p(120.0), 1.0, math.cos(math.pi / 2)]
+    assert out[1].tolist() == [0.0] * 6 + [0.0, 1.0]
+    assert extras_batch([], None).shape == (0, 8)

@@ -24,21 +24,28 @@ from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from taskclf_daemon.labels import DEFAULT_BUCKET_SECONDS, N_LABELS
 from taskclf_daemon.pipeline.head_features import N_EXTRAS
-from taskclf_daemon.pipeline.labelspan import LabelSpan, window_label
+from taskclf_daemon.pipeline.labelspan import LabelSpan
 from taskclf_daemon.pipeline.personal_model import PersonalModel
 from taskclf_daemon.pipeline.personalize import Evidence
 
 WIDTH = N_LABELS + N_EXTRAS
 _F32 = np.dtype("<f4")
 _I64 = np.dtype("<i8")
+# journal entries of the undo log
+_RING_POP = ("rp",)
+_RING_PUSH_LEFT = "ra"
+_EV_POP = ("ep",)
+_EV_PUSH_LEFT = "ea"
 
 
 @dataclass(frozen=True)
@@ -56,17 +63,40 @@ class LearnConfig:
     refit_every: int = 200
     #: ... or when this much event time passed since the last refit (taskclf's 7-day cadence)
     refit_days: float = 7.0
+    #: a refit started at a user's window is in force from the user's window this many windows
+    #: later (the fit runs meanwhile, off the batch; 1 = the next window)
+    adopt_lag: int = 10
+
+
+class PendingRefit(NamedTuple):
+    """A refit started at a window of the user and not yet in force.
+
+    The candidates are fitted on the evidence as it was at the trigger (the items numbered
+    ``labels - n_evidence .. labels - 1`` in the order they were labelled: kept, even past the
+    cap, until the refit is applied) against ``in_force`` then; the decision takes effect at the
+    user's window number ``at`` (counted by :attr:`UserLearning.windows`), whatever the refit's
+    wall time -- so a replay applies it at the same window, and a restart (where the fit in
+    flight is lost) fits the same evidence again."""
+
+    at: int
+    ts_us: int
+    labels: int
+    n_evidence: int
 
 
 class UserLearning:
-    """Mutated only by :class:`~taskclf_daemon.pipeline.learner.Learner`, in the user's order."""
+    """Mutated only by :class:`~taskclf_daemon.pipeline.learner.Learner`, in the user's order.
 
-    __slots__ = ("ring", "spans", "evidence", "labels_total", "labels_at_fit", "last_fit_us", "last_ts_us", "model", "decision", "eligible")
+    Undo (the shard re-runs a failed batch window by window): :meth:`snapshot` is O(1) -- it
+    starts a journal of the ring and evidence changes that :meth:`restore` plays back; the
+    spans list is replaced, never changed in place."""
+
+    __slots__ = ("ring", "spans", "evidence", "labels_total", "labels_at_fit", "last_fit_us", "last_ts_us", "model", "decision", "eligible", "windows", "pending", "_log")
 
     def __init__(self, cfg: LearnConfig) -> None:
-        self.ring: deque[tuple[int, bytes]] = deque(maxlen=cfg.ring_cap)
+        self.ring: deque[tuple[int, bytes]] = deque()
         self.spans: list[LabelSpan] = []
-        self.evidence: deque[tuple[int, int, bytes]] = deque(maxlen=cfg.evidence_cap)
+        self.evidence: deque[tuple[int, int, bytes]] = deque()
         self.labels_total = 0
         self.labels_at_fit = 0
         self.last_fit_us: int | None = None
@@ -77,61 +107,122 @@ class UserLearning:
         self.decision: dict[str, Any] | None = None
         #: the evidence passed eligibility at the last check (cheap re-check gate)
         self.eligible = False
+        #: windows applied since the learning state began (the clock of :class:`PendingRefit`)
+        self.windows = 0
+        #: the refit started and not yet in force
+        self.pending: PendingRefit | None = None
+        #: undo journal since the last :meth:`snapshot` (None: not journaling)
+        self._log: list[tuple[Any, ...]] | None = None
 
     # --- spans and windows -------------------------------------------------------------------
     def add_span(self, span: LabelSpan, cfg: LearnConfig) -> bool:
         """Remember a span; False when it is a duplicate or too old to label any window."""
         if span in self.spans:
             return False
-        if self.last_ts_us is not None and span.end_us <= self._finalised_before(cfg):
+        if self.last_ts_us is not None and span.end_us <= self._finalised_before():
             return False
         keys = [(s.start_us, s.end_us) for s in self.spans]
-        self.spans.insert(bisect.bisect_right(keys, (span.start_us, span.end_us)), span)
-        if len(self.spans) > cfg.max_spans:
-            drop = min(range(len(self.spans)), key=lambda i: (self.spans[i].end_us, i))
-            del self.spans[drop]
+        at = bisect.bisect_right(keys, (span.start_us, span.end_us))
+        spans = [*self.spans[:at], span, *self.spans[at:]]
+        if len(spans) > cfg.max_spans:
+            drop = min(range(len(spans)), key=lambda i: (spans[i].end_us, i))
+            del spans[drop]
+        self.spans = spans
         return True
 
-    def _finalised_before(self, cfg: LearnConfig) -> int:
+    def _finalised_before(self) -> int:
         """Windows starting before this instant are finalised (or will be at once)."""
         assert self.last_ts_us is not None
         return self.ring[0][0] if self.ring else self.last_ts_us + 1
 
-    def add_window(self, user_id: str, ts_us: int, raw: np.ndarray, extras: np.ndarray, cfg: LearnConfig) -> int:
-        """Record an applied window; finalise what is due. Returns labelled windows added."""
-        blob = np.concatenate([raw, extras]).astype(_F32).tobytes()
+    def add_window(self, user_id: str, ts_us: int, blob: bytes, cfg: LearnConfig) -> int:
+        """Record an applied window (``blob``: its raw probabilities and head extras as
+        little-endian float32, :data:`WIDTH` values); finalise what is due. Returns labelled
+        windows added. Spans no window can meet any more stay until :meth:`prune_spans`."""
         added = 0
-        if len(self.ring) == self.ring.maxlen:
-            added += self._finalise(user_id, self.ring.popleft(), cfg)
-        self.ring.append((ts_us, blob))
-        self.last_ts_us = ts_us if self.last_ts_us is None else max(self.last_ts_us, ts_us)
-        bucket = cfg.bucket_seconds * 1_000_000
-        horizon = self.last_ts_us - int(cfg.label_wait_s * 1_000_000) - bucket
-        while self.ring and self.ring[0][0] <= horizon:
-            added += self._finalise(user_id, self.ring.popleft(), cfg)
-        if self.spans:
-            cut = self._finalised_before(cfg)
-            self.spans = [s for s in self.spans if s.end_us > cut]
+        ring, log = self.ring, self._log
+        while len(ring) >= cfg.ring_cap:
+            added += self._finalise(user_id, self._pop_ring(), cfg)
+        ring.append((ts_us, blob))
+        if log is not None:
+            log.append(_RING_POP)
+        self.windows += 1
+        last = self.last_ts_us = ts_us if self.last_ts_us is None or ts_us > self.last_ts_us else self.last_ts_us
+        horizon = last - int(cfg.label_wait_s * 1_000_000) - cfg.bucket_seconds * 1_000_000
+        while ring and ring[0][0] <= horizon:
+            added += self._finalise(user_id, self._pop_ring(), cfg)
         return added
+
+    def prune_spans(self) -> None:
+        """Drop the spans that end before every unfinalised window (they can label nothing)."""
+        if self.spans and self.last_ts_us is not None:
+            cut = self._finalised_before()
+            if any(s.end_us <= cut for s in self.spans):
+                self.spans = [s for s in self.spans if s.end_us > cut]
+
+    def _pop_ring(self) -> tuple[int, bytes]:
+        item = self.ring.popleft()
+        if self._log is not None:
+            self._log.append((_RING_PUSH_LEFT, item))
+        return item
 
     def _finalise(self, user_id: str, item: tuple[int, bytes], cfg: LearnConfig) -> int:
         ts, blob = item
-        lab = window_label(self.spans, user_id, ts, cfg.bucket_seconds * 1_000_000) if self.spans else None
+        if not self.spans:
+            return 0
+        # window_label's strict containment, over the spans sorted by start (stop at the first
+        # span starting after the window)
+        end = ts + cfg.bucket_seconds * 1_000_000
+        lab: int | None = None
+        for s in self.spans:
+            if s.start_us >= end:
+                break
+            if s.end_us <= ts or not (s.user_id is None or s.user_id == user_id):
+                continue
+            if lab is not None or not (s.start_us <= ts and end <= s.end_us):
+                return 0
+            lab = s.label
         if lab is None:
             return 0
         self.evidence.append((ts, lab, blob))
+        log = self._log
+        if log is not None:
+            log.append(_EV_POP)
         self.labels_total += 1
+        if self.pending is None:
+            self.trim_evidence(cfg)
         return 1
 
-    def evidence_arrays(self) -> Evidence:
-        n = len(self.evidence)
-        ts = np.fromiter((e[0] for e in self.evidence), dtype=np.int64, count=n)
-        y = np.fromiter((e[1] for e in self.evidence), dtype=np.int64, count=n)
-        vals = np.frombuffer(b"".join(e[2] for e in self.evidence), dtype=_F32).astype(np.float64).reshape(n, WIDTH)
+    def trim_evidence(self, cfg: LearnConfig) -> None:
+        """Keep the newest ``evidence_cap`` labelled windows (not while a refit is pending:
+        it may still need older ones)."""
+        ev, log = self.evidence, self._log
+        while len(ev) > cfg.evidence_cap:
+            item = ev.popleft()
+            if log is not None:
+                log.append((_EV_PUSH_LEFT, item))
+
+    def evidence_arrays(self, items: Iterable[tuple[int, int, bytes]] | None = None) -> Evidence:
+        ev = list(self.evidence if items is None else items)
+        n = len(ev)
+        ts = np.fromiter((e[0] for e in ev), dtype=np.int64, count=n)
+        y = np.fromiter((e[1] for e in ev), dtype=np.int64, count=n)
+        vals = np.frombuffer(b"".join(e[2] for e in ev), dtype=_F32).astype(np.float64).reshape(n, WIDTH)
         return Evidence(ts, y, vals[:, :N_LABELS], vals[:, N_LABELS:])
+
+    def pending_evidence(self) -> Evidence:
+        """The evidence the pending refit fits (as it was at the trigger)."""
+        p = self.pending
+        assert p is not None
+        first = (p.labels - p.n_evidence) - (self.labels_total - len(self.evidence))
+        if first < 0:
+            raise ValueError("the pending refit's evidence is no longer held")
+        return self.evidence_arrays(itertools.islice(self.evidence, first, first + p.n_evidence))
 
     def due(self, ts_us: int, cfg: LearnConfig) -> bool:
         """Whether a refit is due now (eligibility is checked by the caller)."""
+        if self.pending is not None:
+            return False
         new = self.labels_total - self.labels_at_fit
         if self.last_fit_us is None:
             return new > 0 and len(self.evidence) >= 1
@@ -139,10 +230,27 @@ class UserLearning:
 
     # --- undo (the shard re-runs a failed batch window by window) -----------------------------
     def snapshot(self) -> tuple[Any, ...]:
-        return (self.ring.copy(), list(self.spans), self.evidence.copy(), self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible)
+        log: list[tuple[Any, ...]] = []
+        self._log = log
+        return (log, self.spans, self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible, self.windows, self.pending)
 
     def restore(self, snap: tuple[Any, ...]) -> None:
-        (self.ring, self.spans, self.evidence, self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible) = snap
+        log: list[tuple[Any, ...]] = snap[0]
+        if self._log is None or log is not self._log:
+            raise RuntimeError("restore() must get the latest snapshot() of this learning state")
+        ring, ev = self.ring, self.evidence
+        for op in reversed(log):
+            code = op[0]
+            if code == _RING_POP[0]:
+                ring.pop()
+            elif code == _RING_PUSH_LEFT:
+                ring.appendleft(op[1])
+            elif code == _EV_POP[0]:
+                ev.pop()
+            else:
+                ev.appendleft(op[1])
+        log.clear()
+        (_, self.spans, self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible, self.windows, self.pending) = snap
 
     # --- serialisation -----------------------------------------------------------------------
     def to_obj(self) -> dict[str, Any]:
@@ -160,6 +268,8 @@ class UserLearning:
             "g": self.eligible,
             "m": None if self.model is None else self.model.to_json(),
             "d": self.decision,
+            "w": self.windows,
+            "p": None if self.pending is None else list(self.pending),
         }
 
     @classmethod
@@ -177,7 +287,7 @@ class UserLearning:
         if len(rb) != len(rt) * WIDTH * 4 or len(el) != len(et) or len(eb) != len(et) * WIDTH * 4 or any(x >= N_LABELS for x in el):
             raise ValueError("learning state arrays do not fit together")
         st.evidence.extend((t, el[i], eb[i * WIDTH * 4 : (i + 1) * WIDTH * 4]) for i, t in enumerate(et))
-        st.spans = [LabelSpan(int(a), int(b), int(c), str(p), None if u is None else str(u), None if f is None else float(f), bool(x)) for a, b, c, p, u, f, x in d["s"]]
+        st.spans = sorted((LabelSpan(int(a), int(b), int(c), str(p), None if u is None else str(u), None if f is None else float(f), bool(x)) for a, b, c, p, u, f, x in d["s"]), key=lambda s: (s.start_us, s.end_us))
         st.labels_total = int(d["n"])
         st.labels_at_fit = int(d["nf"])
         st.last_fit_us = None if d["lf"] is None else int(d["lf"])
@@ -185,6 +295,11 @@ class UserLearning:
         st.eligible = bool(d.get("g", False))
         st.model = None if d["m"] is None else PersonalModel.from_json(d["m"])
         st.decision = d["d"]
+        st.windows = int(d.get("w", 0))  # absent in the first format-3 states: no refit pending
+        p = d.get("p")
+        st.pending = None if p is None else PendingRefit(*(int(x) for x in p))
+        if st.pending is not None and not 0 <= st.pending.labels - st.pending.n_evidence - (st.labels_total - len(st.evidence)) <= len(st.evidence) - st.pending.n_evidence:
+            raise ValueError("the pending refit's evidence is not in the learning state")
         return st
 
 

@@ -35,11 +35,10 @@ def extras_batch(overlays: Sequence[tuple[float | None, ...]], hours: np.ndarray
     encoded ``hour_of_day`` column (None when the schema has none: 0, 0)."""
     n = len(overlays)
     out = np.zeros((n, N_EXTRAS), dtype=np.float64)
-    for i, ov in enumerate(overlays):
-        for k, j in enumerate(_OVERLAY_IDX):
-            v = ov[j]
-            if v is not None and v > 0:
-                out[i, k] = math.log1p(v)
+    if n:
+        log1p = math.log1p
+        cols = [[log1p(v) if v is not None and v > 0 else 0.0 for v in col] for col in [[ov[j] for ov in overlays] for j in _OVERLAY_IDX]]
+        out[:, : len(_OVERLAY_IDX)] = np.array(cols, dtype=np.float64).T
     if hours is not None and n:
         ang = np.asarray(hours, dtype=np.float64) * (2.0 * math.pi / 24.0)
         out[:, -2] = np.sin(ang)

@@ -29,18 +29,20 @@ Spans come in through :meth:`Learner.add_span`; the refits' decisions are kept f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
 
 from taskclf_daemon.pipeline.calibration import CalibratorStore, IdentityCalibrator
-from taskclf_daemon.pipeline.evidence import LearnConfig, UserLearning
-from taskclf_daemon.pipeline.head_features import extras_batch
+from taskclf_daemon.pipeline.evidence import _F32, LearnConfig, PendingRefit, UserLearning
+from taskclf_daemon.pipeline.head_features import N_EXTRAS, extras_batch
 from taskclf_daemon.pipeline.labelspan import LabelSpan
 from taskclf_daemon.pipeline.personal_model import PersonalModel
-from taskclf_daemon.pipeline.personalize import Decision, GateConfig, decide, eligibility
+from taskclf_daemon.pipeline.personalize import Decision, Evidence, GateConfig, decide, eligibility
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.state import StateStore
+from taskclf_daemon.timeutil import format_ts_us
 
 #: a user not yet eligible is re-checked when the evidence first reaches ``min_windows`` and then
 #: every this many new labelled windows (eligibility scans the evidence: ~0.1 ms at 2,000)
@@ -65,6 +67,10 @@ class Learner:
         #: (row, personal model) of the rows of the last :meth:`personalise` call a personal
         #: model served (the outputs name its kind and version)
         self.served: list[tuple[int, PersonalModel]] = []
+        #: where refits run: None = at the window that applies them (in the batch); a thread
+        #: pool (the daemon's shards) = in the background from the window that starts them
+        self.executor: Executor | None = None
+        self._fits: dict[tuple[str, PendingRefit], Future[Decision]] = {}
 
     def bind(self, store: CalibratorStore | None, feature_columns: Sequence[str]) -> None:
         """Called by the pipeline: the calibrator store in use and the model row's columns."""
@@ -102,34 +108,53 @@ class Learner:
     # --- the batch hook ----------------------------------------------------------------------
     def personalise(self, windows: Sequence[FeatureWindow], raw: np.ndarray, X: np.ndarray, overlays: Sequence[tuple[float | None, ...]], probs: np.ndarray, scopes: list[str], states: StateStore) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Calibrated probabilities and scopes of the batch with personal models applied; also
-        returns the windows' head extras. Records evidence and runs due refits (see module doc)."""
+        returns the head extras of the windows of users with learning state (zeros for the
+        others). Records evidence, starts due refits and applies those that are due (see the
+        module doc)."""
         n = len(windows)
-        hours = X[:, self.hour_column] if self.hour_column is not None and n else None
-        extras = extras_batch(overlays, hours)
-        groups: dict[int, tuple[PersonalModel, list[int]]] = {}
+        users = states.users
         cfg = self.config
         eligible = self.eligible_at = [False] * n
-        for i, w in enumerate(windows):
-            learn = states.get(w.user_id).learn
-            if learn is None:  # the user never sent a label: nothing to learn, nothing kept
-                continue
+        learns = [None if (st := users.get(w.user_id)) is None else st.learn for w in windows]
+        rows = [i for i, le in enumerate(learns) if le is not None]
+        extras = np.zeros((n, N_EXTRAS), dtype=np.float64)
+        self.served = []
+        if not rows:  # nobody in this batch ever sent a label: nothing to learn, nothing kept
+            return probs, scopes, extras
+        idx = np.asarray(rows)
+        hours = X[idx, self.hour_column] if self.hour_column is not None else None
+        extras[idx] = extras_batch([overlays[i] for i in rows], hours)
+        blobs = np.concatenate((raw[idx], extras[idx]), axis=1).astype(_F32)
+        groups: dict[int, tuple[PersonalModel, list[int]]] = {}
+        touched: dict[int, UserLearning] = {}
+        for j, i in enumerate(rows):
+            learn = learns[i]
+            assert learn is not None
+            w = windows[i]
+            pend = learn.pending
+            if pend is not None and learn.windows + 1 >= pend.at:
+                self._apply(w.user_id, learn)
             if learn.model is not None:
                 groups.setdefault(id(learn.model), (learn.model, []))[1].append(i)
-            added = learn.add_window(w.user_id, w.ts_us, raw[i], extras[i], cfg)
+            added = learn.add_window(w.user_id, w.ts_us, blobs[j].tobytes(), cfg)
+            touched[id(learn)] = learn
             if added and not learn.eligible and len(learn.evidence) >= self.gate.min_windows and (learn.labels_total // _RECHECK != (learn.labels_total - added) // _RECHECK or len(learn.evidence) - added < self.gate.min_windows):
                 learn.eligible = self._eligible(learn)
             if learn.eligible and learn.due(w.ts_us, cfg):
-                self._refit(w.user_id, learn, w.ts_us)
+                self._start_refit(w.user_id, learn, w.ts_us)
             eligible[i] = learn.eligible
-        served = self.served = []
+        for learn in touched.values():
+            learn.prune_spans()
         if groups:
             probs = probs.copy()
-            for model, rows in groups.values():
-                idx = np.asarray(rows)
-                probs[idx] = model.apply(raw[idx], extras[idx])
-                for i in rows:
+            served = self.served
+            for model, grp in groups.values():
+                gi = np.asarray(grp)
+                probs[gi] = model.apply(raw[gi], extras[gi])
+                for i in grp:
                     scopes[i] = "user"
                     served.append((i, model))
+            served.sort(key=lambda r: r[0])
         return probs, scopes, extras
 
     def _eligible(self, learn: UserLearning) -> bool:
@@ -138,17 +163,46 @@ class Learner:
         labels = {e[1] for e in learn.evidence}
         return len(learn.evidence) >= g.min_windows and len(days) >= g.min_days and len(labels) >= g.min_labels
 
-    def _refit(self, user_id: str, learn: UserLearning, ts_us: int) -> None:
-        glob = None if learn.model is None else self.in_force(user_id, None)
-        dec = decide(learn.evidence_arrays(), self.in_force(user_id, learn), ts_us, self.gate, glob)
+    # --- refits: started at one window, in force at a later one -------------------------------
+    def _start_refit(self, user_id: str, learn: UserLearning, ts_us: int) -> None:
         learn.labels_at_fit = learn.labels_total
         learn.last_fit_us = ts_us
+        learn.pending = PendingRefit(learn.windows + max(1, self.config.adopt_lag), ts_us, learn.labels_total, len(learn.evidence))
+        if self.executor is not None:
+            key = (user_id, learn.pending)
+            if key not in self._fits:  # (a batch re-run after an undo starts the same refit again)
+                self._fits[key] = self.executor.submit(self._fit, user_id, learn.pending_evidence(), self.in_force(user_id, learn), ts_us, learn.model is not None)
+
+    def _fit(self, user_id: str, ev: Evidence, in_force: PersonalModel, ts_us: int, personal: bool) -> Decision:
+        glob = self.in_force(user_id, None) if personal else None
+        return decide(ev, in_force, ts_us, self.gate, glob)
+
+    def _apply(self, user_id: str, learn: UserLearning) -> None:
+        """Put the pending refit's decision in force (waits for the fit if it still runs; fits
+        now if it is not running, e.g. after a restart)."""
+        p = learn.pending
+        assert p is not None
+        fut = self._fits.pop((user_id, p), None)
+        dec = fut.result() if fut is not None else self._fit(user_id, learn.pending_evidence(), self.in_force(user_id, learn), p.ts_us, learn.model is not None)
+        learn.pending = None
         learn.decision = dec.to_json()
         if dec.adopted is not None:
             learn.model = dec.adopted
         elif dec.revert_to_global:
             learn.model = None
+        learn.trim_evidence(self.config)
         self.decisions.append((user_id, dec))
+
+    def adopt_fits(self, old: Learner) -> None:
+        """Take over ``old``'s running refits (a hot reload replaces the learner)."""
+        self._fits.update(old._fits)
+        old._fits = {}
+
+    def forget(self, user_id: str) -> None:
+        """The user's state left this process: drop a fit still running for it."""
+        if self._fits:
+            for key in [k for k in self._fits if k[0] == user_id]:
+                self._fits.pop(key).cancel()
 
     def take_decisions(self) -> list[tuple[str, Decision]]:
         out, self.decisions = self.decisions, []
@@ -168,4 +222,5 @@ class Learner:
             "in_force": {"scope": model.scope, "kind": model.kind, "version": model.version},
             "last_decision": learn.decision,
             "top_features": None if head is None else head.top_features(),
+            "pending_refit": None if (p := learn.pending) is None else {"started_at": format_ts_us(p.ts_us), "evidence_windows": p.n_evidence, "windows_until_in_force": max(0, p.at - learn.windows - 1)},
         }
