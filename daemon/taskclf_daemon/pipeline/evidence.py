@@ -157,8 +157,10 @@ class UserLearning:
         """Drop the spans that end before every unfinalised window (they can label nothing)."""
         if self.spans and self.last_ts_us is not None:
             cut = self._finalised_before()
-            if any(s.end_us <= cut for s in self.spans):
-                self.spans = [s for s in self.spans if s.end_us > cut]
+            for s in self.spans:
+                if s.end_us <= cut:
+                    self.spans = [s for s in self.spans if s.end_us > cut]
+                    break
 
     def _pop_ring(self) -> tuple[int, bytes]:
         item = self.ring.popleft()
