@@ -431,7 +431,10 @@ def user_state_schema() -> dict[str, Any]:
                     "times of the last refit / window, g eligibility, m the personal model in force (JSON, format taskclf-daemon-personal/1) "
                     "or null, d the last refit's decision; w windows applied since the learning state began and p the refit started "
                     "and not yet in force as [window number it takes effect at, its start event time, n then, evidence windows it fits] "
-                    "or null (w and p are absent in states written before them: 0, null)."
+                    "or null (w and p are absent in states written before them: 0, null). In the daemon's changelog the older parts of the "
+                    "ring and the evidence are sealed blocks, records of their own (key 0xFF + user_id + 0xFF + r|e + block number, 8 bytes "
+                    "big-endian; value: magic TCRB1/TCEB1, first item number, times, labels, values): then r0/bk and e0/ek give the first "
+                    "window / labelled window number and the [first, last+1) blocks, and rt/rb, et/el/eb hold only the items after them."
                 ),
                 "required": ["rt", "rb", "et", "el", "eb", "s", "n", "nf", "lf", "lt", "g", "m", "d"],
             },

@@ -23,11 +23,13 @@ from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
 from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
 from taskclf_daemon.pipeline.drift_window import DriftCounts, DriftTap
+from taskclf_daemon.pipeline.evidence import BLOCK_BYTES
 from taskclf_daemon.pipeline.label_requests import ASK_BELOW, ELIGIBLE_ASKS_PER_DAY, MAX_ASKS_PER_DAY, AskBudget, encode_request, should_ask
 from taskclf_daemon.pipeline.labelspan import decode_span
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
 from taskclf_daemon.state import Snapshot, StateFormatError, UserState
+from taskclf_daemon.state_blocks import BlockLedger, block_key, parse_block_key
 from taskclf_daemon.timeutil import format_ts_us
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
@@ -97,6 +99,8 @@ class PipelineShard:
         #: refits run in one background thread, off the batches (in force at a defined later
         #: window of the user, so the thread's timing never shows in an output)
         self._refits_pool: ThreadPoolExecutor | None = None
+        #: the learning states' sealed blocks in the changelog (state_blocks.py)
+        self._blocks = BlockLedger()
         self._background_refits(pipeline)
         #: users served by a personal model (for the gauge)
         self._personal: set[str] = set()
@@ -217,8 +221,6 @@ class PipelineShard:
                 self._personal.add(u)
             else:
                 self._personal.discard(u)
-        if self.pipeline.learner is not None:
-            self.pipeline.learner.forget(u)
             if d.adopted is not None:
                 best = next((c for c in d.candidates if c.kind == d.adopted.kind), None)
                 gain = None if best is None or d.in_force_scores is None else d.in_force_scores.nll - best.scores.nll
@@ -325,8 +327,10 @@ class PipelineShard:
         Forgetting never looks at another user's event time, so no window, however far in the
         future, can evict anyone else."""
         dirty = self.states.take_dirty()
-        evicted, counts = self._evict(only, now_s, dirty)
-        updates = []
+        ledger = self._blocks
+        ledger.begin()
+        evicted, counts, block_tombs = self._evict(only, now_s, dirty)
+        updates: list[tuple[int, bytes, bytes]] = []
         max_rec = self._max_record
         oversize = 0
         for u in dirty:
@@ -334,16 +338,24 @@ class PipelineShard:
             part = self._user_part.get(u)
             if st is None or part is None or u in evicted:
                 continue
-            value = st.to_bytes()
             key = _key(u)
+            if st.learn is None:
+                value, size = st.to_bytes(), 0
+            else:  # sealed blocks first, then the record naming them, then deletes
+                blocks, sealed, gone = ledger.plan(key, part, st.learn)
+                value, size = st.to_bytes(sealed), sum(len(r) * BLOCK_BYTES[t] for t, r in sealed.items())
+                updates += blocks
+                block_tombs += gone
             if max_rec is not None and len(key) + len(value) > max_rec:
                 evicted[u] = part
+                block_tombs += ledger.retire(key, part)
                 self._forget_user(u)
                 oversize += 1
                 continue
             updates.append((part, key, value))
-            self._state_bytes += len(value) - self._state_size.get(u, 0)
-            self._state_size[u] = len(value)
+            size += len(value)
+            self._state_bytes += size - self._state_size.get(u, 0)
+            self._state_size[u] = size
         self._in_checkpoint = dirty
         for u, part in list(self._tombs_again.items()):
             if only is None or part in only:
@@ -351,7 +363,7 @@ class PipelineShard:
                 if u not in self.states.users:  # back meanwhile: its new state is written instead
                     evicted.setdefault(u, part)
         self._tombs_in_checkpoint = evicted
-        tombs = [(part, _key(u)) for u, part in evicted.items()]
+        tombs = [(part, _key(u)) for u, part in evicted.items()] + block_tombs + ledger.take_stale(only)
         if oversize:
             counts["oversize"] = oversize
         return CheckpointData(updates, tombs, len(self.states), self._state_bytes, counts)
@@ -362,10 +374,12 @@ class PipelineShard:
         self._in_checkpoint = set()
         self._tombs_again.update(self._tombs_in_checkpoint)
         self._tombs_in_checkpoint = {}
+        self._blocks.failed()
 
-    def _evict(self, only: list[int] | None, now_s: int, dirty: set[str]) -> tuple[dict[str, int], dict[str, int]]:
+    def _evict(self, only: list[int] | None, now_s: int, dirty: set[str]) -> tuple[dict[str, int], dict[str, int], list[tuple[int, bytes]]]:
         """Forget the users :func:`choose_forgotten` picks (the retention sweep at most every
-        :data:`SWEEP_INTERVAL_S`); returns ``user -> partition`` to tombstone and counts."""
+        :data:`SWEEP_INTERVAL_S`); returns ``user -> partition`` to tombstone, counts and the
+        tombstones of their ring blocks."""
         sweep = now_s >= self._next_sweep
         if sweep and only is None:
             self._next_sweep = now_s + SWEEP_INTERVAL_S
@@ -373,9 +387,11 @@ class PipelineShard:
         out, counts = choose_forgotten(
             self.states.users, self._user_part, dirty, now_s=now_s, retention_s=lim.state_retention_s if sweep else 0.0, capacity=lim.max_state_users, only=only
         )
-        for u in out:
+        block_tombs = []
+        for u, part in out.items():
+            block_tombs += self._blocks.retire(_key(u), part)
             self._forget_user(u)
-        return out, counts
+        return out, counts, block_tombs
 
     def _forget_user(self, u: str) -> None:
         part = self._user_part.pop(u, None)
@@ -386,6 +402,9 @@ class PipelineShard:
         self._last_value.pop(u, None)
         self._last_labels.pop(u, None)
         self._personal.discard(u)
+        self._blocks.drop(_key(u))
+        if self.pipeline.learner is not None:
+            self.pipeline.learner.forget(u)
 
     # --- rebalance -----------------------------------------------------------------------------
     def release(self, partitions: list[int], durable: bool) -> int:
@@ -427,22 +446,38 @@ class PipelineShard:
         sw = self.pipeline.config.smooth_window
         n = 0
         errors = []
+        blocks: dict[bytes, dict[tuple[str, int], tuple[int, bytes]]] = {}
+        states = []
         for part, key, value in records:
+            bk = parse_block_key(key)
+            if bk is None:
+                states.append((part, key, value))
+            else:
+                blocks.setdefault(bk[0], {})[(bk[1], bk[2])] = (part, value)
+        stale = self._blocks.stale
+        for part, key, value in states:
+            mine = blocks.pop(key, {})
             try:
-                st = UserState.from_bytes(value, sw, part, now_s)
+                st = UserState.from_bytes(value, sw, part, now_s, blocks={tb: v for tb, (_p, v) in mine.items()})
             except StateFormatError as exc:
                 errors.append(f"partition {part}: {exc}")
                 continue
             u = key.decode("utf-8", "surrogatepass")
             self._adopt(u, st, part)
-            self._state_bytes += len(value) - self._state_size.get(u, 0)
-            self._state_size[u] = len(value)
+            named = {} if st.learn is None else st.learn.sealed()
+            stale.update(dict.fromkeys((p, block_key(key, t, b)) for (t, b), (p, _v) in mine.items() if b not in named.get(t, ())))
+            size = len(value) + sum(len(r) * BLOCK_BYTES[t] for t, r in named.items())
+            self._state_bytes += size - self._state_size.get(u, 0)
+            self._state_size[u] = size
             n += 1
+        for user_key, mine in blocks.items():  # blocks no state record names (a crash mid-checkpoint)
+            stale.update(dict.fromkeys((p, block_key(user_key, t, b)) for (t, b), (p, _v) in mine.items()))
         return n, errors
 
     def _adopt(self, u: str, st: UserState, part: int) -> None:
         if st.learn is not None and st.learn.model is not None:
             self._personal.add(u)
+        self._blocks.restored(_key(u), st.learn)
         self.states.put(u, st)
         self._user_part[u] = part
         self._part_users.setdefault(part, set()).add(u)

@@ -8,6 +8,7 @@ no DataFrames, no pydantic rows. No I/O here.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import orjson
@@ -80,8 +81,10 @@ class UserState:
         if self.learn is not None and learn_snap is not None:
             self.learn.restore(learn_snap)
 
-    def to_bytes(self) -> bytes:
-        """The whole state as a versioned JSON document (the changelog value)."""
+    def to_bytes(self, sealed: Mapping[str, range] | None = None) -> bytes:
+        """The whole state as a versioned JSON document (the changelog value); ``sealed``: the
+        learning state's sealed blocks, written as records of their own (see
+        :meth:`UserLearning.to_obj`)."""
         d: dict[str, object] = {
             "v": _BASE_FORMAT if self.learn is None else STATE_FORMAT,
             "h": [list(e) for e in self.history],
@@ -95,13 +98,13 @@ class UserState:
             "k": self.seen_s,
         }
         if self.learn is not None:
-            d["L"] = self.learn.to_obj()
+            d["L"] = self.learn.to_obj(sealed)
         if self.asks is not None:
             d["q"] = self.asks.to_obj()
         return orjson.dumps(d)
 
     @classmethod
-    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0, learn_config: LearnConfig | None = None) -> UserState:
+    def from_bytes(cls, data: bytes, smooth_window: int, partition: int = -1, now_s: int = 0, learn_config: LearnConfig | None = None, blocks: Mapping[tuple[str, int], bytes] | None = None) -> UserState:
         """Inverse of :meth:`to_bytes`; the smoothing deque is resized to ``smooth_window``.
 
         A version-1 value has no partition or last-seen time: ``partition`` (the changelog
@@ -123,7 +126,7 @@ class UserState:
             st.last_partition = int(d.get("p", partition))
             st.seen_s = int(d.get("k", now_s))
             if d.get("L") is not None:
-                st.learn = UserLearning.from_obj(d["L"], learn_config or LearnConfig())
+                st.learn = UserLearning.from_obj(d["L"], learn_config or LearnConfig(), blocks)
             if d.get("q") is not None:
                 st.asks = AskBudget.from_obj(d["q"])
             return st

@@ -64,6 +64,11 @@ def test_bad_spans_are_dead_letters_with_the_reason_and_refits_reach_the_result(
     # the refits of a full run reach the shard results (what the metrics count)
     data = phases()
     refits = []
+    learner = shard.pipeline.learner
+    assert learner is not None
+    applied = []
+    apply = learner._apply
+    learner._apply = lambda u, learn: (applied.append(u), apply(u, learn))[1]  # type: ignore[method-assign]
     off = 100
     for spans, windows in zip(data[0], data[1], strict=True):
         b = RawBatch("labels")
@@ -79,6 +84,7 @@ def test_bad_spans_are_dead_letters_with_the_reason_and_refits_reach_the_result(
         refits += r.refits
         personal = r.personal_users
     outcomes = [o for o, _k, _g, _c in refits]
+    assert len(refits) == len(applied) >= 10  # every decision, also several in one batch
     assert outcomes.count("adopted") >= 2 and "kept" in outcomes
     assert all(g is not None and g > 0 for o, _k, g, _c in refits if o == "adopted")
     assert personal >= 2

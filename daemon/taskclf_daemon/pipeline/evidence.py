@@ -26,7 +26,7 @@ import base64
 import bisect
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -41,6 +41,20 @@ from taskclf_daemon.pipeline.personalize import Evidence
 WIDTH = N_LABELS + N_EXTRAS
 _F32 = np.dtype("<f4")
 _I64 = np.dtype("<i8")
+#: In the changelog, the older parts of a user's recent ring and evidence are records of their
+#: own -- sealed blocks, written once, deleted once no longer held -- so a user's state record
+#: carries only the newest windows of each (see :meth:`UserLearning.to_obj`): the ring in blocks
+#: of RING_BLOCK windows (stream ``r``), the evidence in blocks of EVIDENCE_BLOCK labelled windows
+#: (stream ``e``).
+RING_BLOCK = 8
+EVIDENCE_BLOCK = 32
+BLOCK_SIZES = {"r": RING_BLOCK, "e": EVIDENCE_BLOCK}
+_MAGIC = {"r": b"TCRB\x01", "e": b"TCEB\x01"}
+_NAME = {"r": "ring", "e": "evidence"}
+#: bytes per item of a block record: time (int64) [+ label (uint8)] + values (float32)
+_ITEM = {"r": 8 + WIDTH * 4, "e": 8 + 1 + WIDTH * 4}
+#: bytes of a full block record value, per stream
+BLOCK_BYTES = {t: len(_MAGIC[t]) + 8 + BLOCK_SIZES[t] * _ITEM[t] for t in BLOCK_SIZES}
 # journal entries of the undo log
 _RING_POP = ("rp",)
 _RING_PUSH_LEFT = "ra"
@@ -254,14 +268,65 @@ class UserLearning:
         log.clear()
         (_, self.spans, self.labels_total, self.labels_at_fit, self.last_fit_us, self.last_ts_us, self.model, self.decision, self.eligible, self.windows, self.pending) = snap
 
-    # --- serialisation -----------------------------------------------------------------------
-    def to_obj(self) -> dict[str, Any]:
+    # --- sealed blocks (the shard writes them as changelog records of their own) -------------
+    def ring_first(self) -> int:
+        """Number (0-based, counted by :attr:`windows`) of the oldest window in the ring."""
+        return self.windows - len(self.ring)
+
+    def evidence_first(self) -> int:
+        """Number (0-based, counted by :attr:`labels_total`) of the oldest evidence window."""
+        return self.labels_total - len(self.evidence)
+
+    def sealed(self) -> dict[str, range]:
+        """Per stream, the blocks that are full and still hold something: ring block ``b`` =
+        windows ``b * RING_BLOCK`` .. ``+ RING_BLOCK - 1`` (some may be finalised already),
+        evidence block ``b`` = labelled windows ``b * EVIDENCE_BLOCK`` .. likewise."""
         return {
-            "rt": _b64(np.fromiter((r[0] for r in self.ring), dtype=_I64, count=len(self.ring)).tobytes()),
-            "rb": _b64(b"".join(r[1] for r in self.ring)),
-            "et": _b64(np.fromiter((e[0] for e in self.evidence), dtype=_I64, count=len(self.evidence)).tobytes()),
-            "el": _b64(bytes(e[1] for e in self.evidence)),
-            "eb": _b64(b"".join(e[2] for e in self.evidence)),
+            "r": range(self.ring_first() // RING_BLOCK, self.windows // RING_BLOCK),
+            "e": range(self.evidence_first() // EVIDENCE_BLOCK, self.labels_total // EVIDENCE_BLOCK),
+        }
+
+    def block_value(self, stream: str, b: int) -> bytes:
+        """Block ``b`` of ``stream``, the items still held: magic, number of the first (int64),
+        times (int64), [labels (uint8),] values (float32); little-endian."""
+        size = BLOCK_SIZES[stream]
+        first, end, items = (self.ring_first(), self.windows, self.ring) if stream == "r" else (self.evidence_first(), self.labels_total, self.evidence)
+        lo, hi = max(b * size, first), (b + 1) * size
+        if not lo < hi <= end:
+            raise ValueError(f"{_NAME[stream]} block {b} is not sealed or holds nothing")
+        got: list[Any] = list(itertools.islice(items, lo - first, hi - first))
+        head = _MAGIC[stream] + np.array([lo], dtype=_I64).tobytes() + np.fromiter((x[0] for x in got), dtype=_I64, count=len(got)).tobytes()
+        if stream == "e":
+            head += bytes(x[1] for x in got)
+        return head + b"".join(x[-1] for x in got)
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_obj(self, sealed: Mapping[str, range] | None = None) -> dict[str, Any]:
+        """The state as a JSON object. ``sealed``: the blocks (:meth:`sealed`, written with
+        :meth:`block_value`) kept as records of their own: the object then holds only the items
+        after them and names them (``r0``/``bk``: the ring's first window number and blocks,
+        ``e0``/``ek``: the evidence's)."""
+        ring: list[Any] = list(self.ring)
+        ev: list[Any] = list(self.evidence)
+        ext: dict[str, Any] = {}
+        if sealed is not None:
+            if dict(sealed) != self.sealed():
+                raise ValueError("the sealed blocks given are not the state's")
+            if sealed["r"]:
+                first = self.ring_first()
+                ring = ring[sealed["r"].stop * RING_BLOCK - first :]
+                ext.update(r0=first, bk=[sealed["r"].start, sealed["r"].stop])
+            if sealed["e"]:
+                first = self.evidence_first()
+                ev = ev[sealed["e"].stop * EVIDENCE_BLOCK - first :]
+                ext.update(e0=first, ek=[sealed["e"].start, sealed["e"].stop])
+        return {
+            "rt": _b64(np.fromiter((r[0] for r in ring), dtype=_I64, count=len(ring)).tobytes()),
+            "rb": _b64(b"".join(r[1] for r in ring)),
+            "et": _b64(np.fromiter((e[0] for e in ev), dtype=_I64, count=len(ev)).tobytes()),
+            "el": _b64(bytes(e[1] for e in ev)),
+            "eb": _b64(b"".join(e[2] for e in ev)),
+            **ext,
             "s": [[s.start_us, s.end_us, s.label, s.provenance, s.user_id, s.confidence, s.extend_forward] for s in self.spans],
             "n": self.labels_total,
             "nf": self.labels_at_fit,
@@ -275,20 +340,34 @@ class UserLearning:
         }
 
     @classmethod
-    def from_obj(cls, d: Any, cfg: LearnConfig) -> UserLearning:
-        """Inverse of :meth:`to_obj`; raises ValueError/KeyError/TypeError when malformed."""
+    def from_obj(cls, d: Any, cfg: LearnConfig, blocks: Mapping[tuple[str, int], bytes] | None = None) -> UserLearning:
+        """Inverse of :meth:`to_obj`, ``blocks`` the block records by (stream, number) (needed
+        when the object names some); raises ValueError/KeyError/TypeError when malformed."""
         if not isinstance(d, dict):
             raise TypeError("learning state must be an object")
         st = cls(cfg)
+        step = WIDTH * 4
+        for stream, first_key, range_key, into in (("r", "r0", "bk", st.ring), ("e", "e0", "ek", st.evidence)):
+            if d.get(range_key) is not None:
+                first, (b0, b1) = int(d[first_key]), d[range_key]
+                for b in range(int(b0), int(b1)):
+                    v = (blocks or {}).get((stream, b))
+                    if v is None:
+                        raise ValueError(f"{_NAME[stream]} block {b} of the learning state is missing from the changelog")
+                    into.extend(_block_items(stream, v, b, first))
         rt = np.frombuffer(_unb64(d["rt"]), dtype=_I64).tolist()
         rb = _unb64(d["rb"])
-        st.ring.extend((t, rb[i * WIDTH * 4 : (i + 1) * WIDTH * 4]) for i, t in enumerate(rt))
+        if len(rb) != len(rt) * step:
+            raise ValueError("learning state arrays do not fit together")
+        st.ring.extend((t, rb[i * step : (i + 1) * step]) for i, t in enumerate(rt))
         et = np.frombuffer(_unb64(d["et"]), dtype=_I64).tolist()
         el = _unb64(d["el"])
         eb = _unb64(d["eb"])
-        if len(rb) != len(rt) * WIDTH * 4 or len(el) != len(et) or len(eb) != len(et) * WIDTH * 4 or any(x >= N_LABELS for x in el):
+        if len(el) != len(et) or len(eb) != len(et) * step:
             raise ValueError("learning state arrays do not fit together")
-        st.evidence.extend((t, el[i], eb[i * WIDTH * 4 : (i + 1) * WIDTH * 4]) for i, t in enumerate(et))
+        st.evidence.extend((t, el[i], eb[i * step : (i + 1) * step]) for i, t in enumerate(et))
+        if any(e[1] >= N_LABELS for e in st.evidence):
+            raise ValueError("an evidence label is out of range")
         st.spans = sorted((LabelSpan(int(a), int(b), int(c), str(p), None if u is None else str(u), None if f is None else float(f), bool(x)) for a, b, c, p, u, f, x in d["s"]), key=lambda s: (s.start_us, s.end_us))
         st.labels_total = int(d["n"])
         st.labels_at_fit = int(d["nf"])
@@ -297,12 +376,36 @@ class UserLearning:
         st.eligible = bool(d.get("g", False))
         st.model = None if d["m"] is None else PersonalModel.from_json(d["m"])
         st.decision = d["d"]
-        st.windows = int(d.get("w", 0))  # absent in the first format-3 states: no refit pending
+        st.windows = int(d.get("w", len(st.ring)))  # absent in the first format-3 states: no refit pending
+        if (d.get("bk") is not None and st.ring_first() != int(d["r0"])) or st.windows < len(st.ring):
+            raise ValueError("the ring does not fit the window count")
+        if (d.get("ek") is not None and st.evidence_first() != int(d["e0"])) or st.labels_total < len(st.evidence):
+            raise ValueError("the evidence does not fit the labelled window count")
         p = d.get("p")
         st.pending = None if p is None else PendingRefit(*(int(x) for x in p))
         if st.pending is not None and not 0 <= st.pending.labels - st.pending.n_evidence - (st.labels_total - len(st.evidence)) <= len(st.evidence) - st.pending.n_evidence:
             raise ValueError("the pending refit's evidence is not in the learning state")
         return st
+
+
+def _block_items(stream: str, v: bytes, b: int, first: int) -> list[Any]:
+    """The items numbered >= ``first`` of block record ``v`` (block ``b`` of ``stream``)."""
+    magic, size, item = _MAGIC[stream], BLOCK_SIZES[stream], _ITEM[stream]
+    if not v.startswith(magic) or (len(v) - len(magic) - 8) % item:
+        raise ValueError(f"{_NAME[stream]} block {b}: not a {_NAME[stream]} block record")
+    lo = int(np.frombuffer(v, dtype=_I64, count=1, offset=len(magic))[0])
+    n = (len(v) - len(magic) - 8) // item
+    start = max(b * size, first)
+    if not b * size <= lo <= start or lo + n != (b + 1) * size:
+        raise ValueError(f"{_NAME[stream]} block {b}: holds items {lo}..{lo + n - 1}, needs {start}..{(b + 1) * size - 1}")
+    at = len(magic) + 8
+    ts = np.frombuffer(v, dtype=_I64, count=n, offset=at).tolist()
+    at += 8 * n
+    w = WIDTH * 4
+    if stream == "r":
+        return [(ts[i], v[at + i * w : at + (i + 1) * w]) for i in range(start - lo, n)]
+    labels, at = v[at : at + n], at + n
+    return [(ts[i], labels[i], v[at + i * w : at + (i + 1) * w]) for i in range(start - lo, n)]
 
 
 def _b64(b: bytes) -> str:
