@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,10 @@ class Bench:
         self.mon.tag(f"passthrough_{tag}", p.pid)
         return p, events
 
-    def wait_event(self, p: Any, events: Path, name: str, timeout: float, what: str) -> dict[str, Any]:
+    def wait_event(self, p: Any, events: Path, name: str, timeout: float, what: str, who: str = "pass-through worker") -> dict[str, Any]:
+        """The first ``name`` event a worker process (``who``) appended to ``events``; its
+        ``error`` event, exit or silence for ``timeout`` s fail the phase (its log, ``events``
+        with the suffix ``.log``, quoted)."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if events.exists():
@@ -183,11 +187,11 @@ class Bench:
                     if ev.get("event") == name:
                         return ev
                     if ev.get("event") == "error":
-                        raise BenchError(f"{what}: pass-through worker failed: {ev.get('error')}")
+                        raise BenchError(f"{what}: {who} failed: {ev.get('error')}\n{ev.get('traceback', '')}")
             if p.poll() is not None:
-                raise BenchError(f"{what}: pass-through worker exited with {p.returncode}:\n{self.tail(events.with_suffix('.log'))}")
+                raise BenchError(f"{what}: {who} exited with {p.returncode}:\n{self.tail(events.with_suffix('.log'), 40)}")
             time.sleep(0.05)
-        raise BenchError(f"{what}: no '{name}' from the pass-through worker within {timeout:.0f}s")
+        raise BenchError(f"{what}: no '{name}' from the {who} within {timeout:.0f}s:\n{self.tail(events.with_suffix('.log'), 40)}")
 
     def verify(self, what: str, read: bl.TopicRead, expect: int) -> dict[str, Any]:
         res = {"records_read": read.count, "unique": read.unique, "duplicates": read.duplicates, "expected": expect,
@@ -199,10 +203,11 @@ class Bench:
             bl.log(f"{what}: {read.duplicates} duplicate outputs (re-emitted), deduplicated")
         return res
 
-    def verify_values(self, what: str, read: bl.TopicRead, records: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-        """The drained values equal an offline replay of ``records`` (bench_verify.py), byte for byte."""
+    def verify_values(self, what: str, read: bl.TopicRead, records: list[tuple[bytes, bytes]], reference: dict[bv.Key, bytes] | None = None) -> dict[str, Any]:
+        """The drained values equal an offline replay of ``records`` (bench_verify.py), byte for
+        byte; ``reference``: that replay, already made."""
         t0 = time.monotonic()
-        res = bv.compare_values(read.values, bv.reference_values(self.settings, records))
+        res = bv.compare_values(read.values, reference if reference is not None else bv.reference_values(self.settings, records))
         res["conflicts"] = read.value_conflicts
         res["replay_s"] = round(time.monotonic() - t0, 1)
         _out(bv.summary_line(what, res, read.value_conflicts))
@@ -476,6 +481,18 @@ def bench_line(s: dict[str, Any]) -> str:
             f"passthrough_p99_ms={_fmt(s['passthrough_p99_ms'], 1)} rss_mb={_fmt(s['rss_mb'] or float('nan'), 0)}")
 
 
+def add_run_args(ap: argparse.ArgumentParser, timeout_defaults: str) -> None:
+    """The options :func:`run_main` and the workload read (every Kafka benchmark has them)."""
+    ap.add_argument("--bootstrap-servers", help="use this broker instead of starting a local Tansu")
+    ap.add_argument("--golden", default=str(bl.GOLDEN), help="golden fixture directory (inputs.jsonl)")
+    ap.add_argument("--policy", default=None, help="inference policy (default: the golden fixture's)")
+    ap.add_argument("--json", help="write all results to this JSON file")
+    ap.add_argument("--plot", help="draw the results as an SVG to this file (scripts/bench_plot.py)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--timeout", type=float, default=None, help=f"hard limit for the whole run in seconds ({timeout_defaults})")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the logs directory (daemon, workers, peers)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=None, help="backlog records for (a)/(b) (default 100000; --quick 3000)")
@@ -485,14 +502,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-seconds", type=float, default=None, help="seconds of offered load per latency run (default 20; --quick 3)")
     ap.add_argument("--passthrough-rounds", type=int, default=None, help="pass-through drains; the median counts (default 3; --quick 1)")
     ap.add_argument("--profile-records", type=int, default=None, help="records for the offline stage profile, 0 = skip (default 20000; --quick 1000)")
-    ap.add_argument("--bootstrap-servers", help="use this broker instead of starting a local Tansu")
-    ap.add_argument("--golden", default=str(bl.GOLDEN), help="golden fixture directory (inputs.jsonl)")
-    ap.add_argument("--policy", default=None, help="inference policy (default: the golden fixture's)")
-    ap.add_argument("--json", help="write all results to this JSON file")
-    ap.add_argument("--plot", help="draw the results as an SVG to this file (scripts/bench_plot.py)")
-    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    ap.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run in seconds (default 1800; --quick 240)")
-    ap.add_argument("--keep-logs", action="store_true", help="keep the daemon/worker logs directory")
+    add_run_args(ap, "default 1800; --quick 240")
     ap.add_argument("--labels-fraction", type=float, default=0.0, help="also drain with the learning loop fed: one-window label spans for this share of the windows on a feedback topic (issue 12: 0.1); 0 = skip")
     ap.add_argument("--cold-cache", action="store_true", help="do not compile the model before (b): measure a first start (LightGBM until the background compile is swapped in)")
     ap.add_argument("--pipeline-workers", type=int, default=None, help="pipeline_workers of the daemon (default: the daemon's default, 2; env TASKCLF_PIPELINE_WORKERS)")
@@ -518,8 +528,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+def run_main(a: argparse.Namespace, prefix: str, make: Callable[[str, bl.CpuMonitor, bl.Procs, Path], Any], report: Callable[[dict[str, Any]], None]) -> int:
+    """What every Kafka benchmark's ``main`` does around its phases: the ``--timeout`` alarm,
+    SIGTERM as an interrupt, a broker (a local Tansu unless ``--bootstrap-servers``), the logs
+    directory, ``--json``, the errors (exit 1) and the noise line, and cleaning up whatever
+    happens. ``make(bootstrap, mon, procs, tmp)`` builds the benchmark (``.run()`` returns and
+    ``.results`` holds its results); ``report(results)`` prints its plot and last line."""
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise TimeoutError(f"benchmark exceeded --timeout {a.timeout:.0f}s")
@@ -529,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(int(a.timeout))
     procs = bl.Procs()
     mon = bl.CpuMonitor()
-    tmp = Path(tempfile.mkdtemp(prefix="taskclf-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     broker = None
     rc = EXIT_OK
     try:
@@ -543,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             mon.tag("broker", broker.pid)
             bootstrap = broker.bootstrap_servers
             bl.log(f"started Tansu broker on {bootstrap} (pid {broker.pid})")
-        bench = Bench(a, bootstrap, mon, procs, tmp)
+        bench = make(bootstrap, mon, procs, tmp)
         try:
             res = bench.run()
         finally:
@@ -556,13 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         s = res["summary"]
         contended = s["contended_phases"]
         _out(f"noise: max_others_cores={s['max_others_cores']} contended_phases={','.join(contended) if contended else 'none'}")
-        if a.plot:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_plot import render_svg
-
-            Path(a.plot).write_text(render_svg(res))
-            bl.log(f"plot written to {a.plot}")
-        _out(bench_line(s))
+        report(res)
     except KeyboardInterrupt:
         bl.log("interrupted: cleaning up")
         rc = EXIT_INTERRUPTED
@@ -585,6 +593,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+
+    def report(res: dict[str, Any]) -> None:
+        if a.plot:
+            from bench_plot import render_svg
+
+            Path(a.plot).write_text(render_svg(res))
+            bl.log(f"plot written to {a.plot}")
+        _out(bench_line(res["summary"]))
+
+    return run_main(a, "taskclf-bench-", lambda bootstrap, mon, procs, tmp: Bench(a, bootstrap, mon, procs, tmp), report)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Draw a ``bench_daemon.py --json`` result as one SVG (no plotting library needed).
+"""Draw a ``bench_daemon.py`` or ``bench_peers.py`` ``--json`` result as one SVG (no plotting library needed).
 
     python scripts/bench_plot.py bench.json -o bench.svg
 
 Left: throughput draining the backlog (pass-through, daemon, naive daemon), with the two ratios.
 Right: end-to-end latency percentiles (p50/p90/p99) of daemon and pass-through at the same
 offered rate. Every bar carries its number; the title carries the run's noise verdict.
+A ``bench_peers.py`` result is one panel: the median drain throughput of each system.
 """
 
 from __future__ import annotations
@@ -72,16 +73,42 @@ def render_svg(res: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+#: bar colour of each system in ``bench_peers.py``'s plot
+PEER_COLORS = {"daemon": COLORS["daemon"], "passthrough": COLORS["passthrough"], "faststream": "#2ca02c", "faust": "#9467bd", "quix": "#ff7f0e"}
+
+
+def render_peers_svg(res: dict[str, Any]) -> str:
+    """The SVG text for one ``bench_peers.py --json`` result: the median drain throughput of
+    every system that ran, the daemon against the fastest peer in the subtitle."""
+    s = res["summary"]
+    order = ("passthrough", "daemon", "faststream", "faust", "quix")
+    groups = [(name, [(name, float(s[f"{name}_eps"]), PEER_COLORS[name])]) for name in order if s.get(f"{name}_eps") is not None]
+    contended = s.get("contended_phases") or []
+    runs = res.get("runs", {})
+    noise = "quiet machine" if not contended else f"contended: {len(contended)} of {sum(len(v) for v in runs.values())} drains"
+    w = res.get("workload", {})
+    rounds = max((len(v) for v in runs.values()), default=0)
+    title = f"taskclf-daemon vs peers: {w.get('records', '?')} windows, {w.get('users', '?')} users, median of {rounds} interleaved rounds ({noise})"
+    ratio = s.get("best_peer_ratio")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H - 40}" font-family="sans-serif">',
+             '<rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>']
+    parts += _panel(60, W - 120, "drain throughput, windows/s (every system runs the daemon's pipeline, outputs checked equal)",
+                    f"daemon / fastest peer = {ratio if ratio is not None else 'na'}", groups, "")
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", help="a bench_daemon.py --json result")
+    ap.add_argument("json", help="a bench_daemon.py or bench_peers.py --json result")
     ap.add_argument("-o", "--output", required=True, help="SVG file to write")
     a = ap.parse_args(argv)
     try:
         res = json.loads(Path(a.json).read_text())
-        svg = render_svg(res)
+        svg = render_peers_svg(res) if "runs" in res else render_svg(res)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"bench_plot: cannot plot {a.json}: {type(exc).__name__}: {exc} (pass the file written by bench_daemon.py --json)", file=sys.stderr)
+        print(f"bench_plot: cannot plot {a.json}: {type(exc).__name__}: {exc} (pass the file written by bench_daemon.py or bench_peers.py --json)", file=sys.stderr)
         return 2
     Path(a.output).write_text(svg)
     print(f"wrote {a.output}")

@@ -514,10 +514,11 @@ def settings_for(bootstrap: str, group_id: str = "bench", **overrides: Any) -> A
     return s.replace(**overrides) if overrides else s
 
 
-async def create_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+async def create_topics(bootstrap: str, topics: Sequence[str], partitions: int, config: Mapping[str, str] | None = None) -> None:
+    """Create ``topics`` (those missing) with ``partitions`` and the topic ``config`` given."""
     from taskclf_daemon import kafka_io as kio
 
-    await kio.ensure_topics(settings_for(bootstrap), list(topics), partitions=partitions)
+    await kio.ensure_topics(settings_for(bootstrap), list(topics), partitions=partitions, config=config)
 
 
 async def preload(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]], progress: Callable[[int, float], None] | None = None) -> int:
