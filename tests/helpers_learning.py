@@ -4,6 +4,7 @@ produce for them offline (shared by the shard test and the Kafka tests)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,25 @@ def learning_options() -> LoadOptions:
     return LoadOptions(feedback_topic="labels")  # the daemon's learning defaults
 
 
+def raw_batches(data: Any, batch: int) -> Iterator[RawBatch]:
+    """Per phase: one batch of its spans (topic ``labels``), then its windows in batches of
+    ``batch`` (topic ``in``) -- any batching: per-user order is what counts."""
+    spans, windows = data[0], data[1]
+    off = 0
+    for phase_spans, phase_windows in zip(spans, windows, strict=True):
+        fb = RawBatch("labels")
+        for k, v in phase_spans:
+            fb.add(0, off, v, k)
+            off += 1
+        yield fb
+        for i in range(0, len(phase_windows), batch):
+            b = RawBatch("in")
+            for k, v in phase_windows[i : i + batch]:
+                b.add(0, off, v, k)
+                off += 1
+            yield b
+
+
 def expected_bytes(bundle: Path, data: Any, batch: int = 97) -> tuple[dict[tuple[str, str], bytes], dict[tuple[str, str], bytes], dict[tuple[str, str], bytes]]:
     """What the daemon must write, computed by the shards offline: outputs with learning, label
     requests, and the outputs of the same windows without learning (the global model)."""
@@ -47,29 +67,21 @@ def expected_bytes(bundle: Path, data: Any, batch: int = 97) -> tuple[dict[tuple
     out: dict[tuple[str, str], bytes] = {}
     req: dict[tuple[str, str], bytes] = {}
     glob: dict[tuple[str, str], bytes] = {}
-    off = 0
-    for phase_spans, phase_windows in zip(spans, windows, strict=True):
-        fb = RawBatch("labels")
-        for k, v in phase_spans:
-            fb.add(0, off, v, k)
-            off += 1
-        assert not shard.feedback(fb).dead
-        for i in range(0, len(phase_windows), batch):  # any batching: per-user order is what counts
-            b = RawBatch("in")
-            for k, v in phase_windows[i : i + batch]:
-                b.add(0, off, v, k)
-                off += 1
-            res = shard.process(b)
-            assert not res.dead
-            for v in res.outputs.values:
-                r = orjson.loads(v)
-                out[(r["user_id"], r["bucket_start_ts"])] = v
-            for v in res.requests.values:
-                r = orjson.loads(v)
-                req[(r["user_id"], r["bucket_start_ts"])] = v
-            for v in plain.process(b).outputs.values:
-                r = orjson.loads(v)
-                glob[(r["user_id"], r["bucket_start_ts"])] = v
+    for b in raw_batches((spans, windows), batch):
+        if b.topic == "labels":
+            assert not shard.feedback(b).dead
+            continue
+        res = shard.process(b)
+        assert not res.dead
+        for v in res.outputs.values:
+            r = orjson.loads(v)
+            out[(r["user_id"], r["bucket_start_ts"])] = v
+        for v in res.requests.values:
+            r = orjson.loads(v)
+            req[(r["user_id"], r["bucket_start_ts"])] = v
+        for v in plain.process(b).outputs.values:
+            r = orjson.loads(v)
+            glob[(r["user_id"], r["bucket_start_ts"])] = v
     return out, req, glob
 
 

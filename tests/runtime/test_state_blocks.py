@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers_learning import learning_options, phases
+from helpers_learning import learning_options, phases, raw_batches
 from taskclf_daemon.artifacts import build_pipeline
 from taskclf_daemon.offline.synthetic import generate_labelled
 from taskclf_daemon.offline.train import train_bundle
@@ -54,20 +54,7 @@ class Changelog:
 
 def _batches():
     """Spans and windows in small batches (every user appears in most of them)."""
-    spans, windows, _ = phases()
-    off = 0
-    for ps, pw in zip(spans, windows, strict=True):
-        fb = RawBatch("labels")
-        for k, v in ps:
-            fb.add(0, off, v, k)
-            off += 1
-        yield fb
-        for i in range(0, len(pw), 24):
-            b = RawBatch("in")
-            for k, v in pw[i : i + 24]:
-                b.add(0, off, v, k)
-                off += 1
-            yield b
+    return raw_batches(phases(), 24)
 
 
 def _run(shard: PipelineShard, b: RawBatch) -> list[bytes]:
@@ -137,8 +124,9 @@ def test_a_crash_half_way_through_a_checkpoint_restores_the_last_whole_state(bun
         _run(shard, b)
     cp = shard.checkpoint()
     keys = [k for _p, k, _v in cp.updates]
-    # the crash: after a user's new blocks, before the state record naming them
-    cut = next(i for i in range(1, len(keys)) if parse_block_key(keys[i]) is None and (pk := parse_block_key(keys[i - 1])) is not None and pk[0] == keys[i])
+    # the crash: after a user's new blocks, before the state record naming them (a user the
+    # first checkpoint wrote)
+    cut = next(i for i in range(1, len(keys)) if keys[i] in good and (pk := parse_block_key(keys[i - 1])) is not None and pk[0] == keys[i])
     victim = keys[cut]
     log.apply(cp, crash_after=cut)
     n_users = sum(parse_block_key(k) is None for k in log.latest)
