@@ -238,6 +238,23 @@ def test_no_store_means_raw_probabilities(bundle: ModelBundle, g: Path, windows:
         assert max(abs(r["mapped_probs"][k] - e["raw_probs"][i]) for i, k in enumerate(LABELS)) <= 1e-12
 
 
+def test_the_drift_tap_gets_the_applied_rows(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    # row-aligned with the outputs: the applied windows (skipped ones left out), the model's
+    # input matrix, the calibrated probabilities and the post-reject class (8 = Mixed/Unknown)
+    for cal in (store, None):
+        pipe = _pipe(bundle, cal, 3)
+        res = pipe.process(windows[:120] + windows[:3], pipe.new_state_store())
+        a = res.arrays
+        assert a is not None and len(res.skipped) == 3
+        assert list(a.windows) == windows[:120] and a.X.shape == (120, len(bundle.schema.feature_columns))
+        recs = [orjson.loads(p.value) for p in res.predictions]
+        assert a.probs.round(6).tolist() == [r["core_probs"] for r in recs]
+        assert a.classes.tolist() == [8 if r["is_rejected"] else r["core_label_id"] for r in recs]
+        assert 0 < sum(r["is_rejected"] for r in recs) < 120
+        if cal is None:  # no calibration: the probabilities are the model's on exactly that matrix
+            np.testing.assert_array_equal(bundle.predict_proba(a.X), a.probs)
+
+
 # ---------------------------------------------------------------- the learner hook
 
 
