@@ -1,7 +1,8 @@
 """``make mutate``: mutation testing of the pure core with mutmut (pinned in the ``mutate`` extra).
 
 Not part of ``make test``/CI (a fresh run of every group took 77 minutes on 2 shared cores:
-policy 8, calibration 13, codec 30, batch 19, decision 7); run it before closing an issue
+policy 8, calibration 13, codec 30, batch 19, decision 7; after the learning loop, fresh runs of
+calibration took 5 and of batch 36 minutes, on cores shared with other jobs); run it before closing an issue
 that touches the core. It writes ``docs/mutation-report.md``: the score per module and every
 surviving mutant, each with its explanation from ``docs/mutation-equivalents.toml`` or marked
 UNEXPLAINED (a survivor needs a test that kills it, or an entry there saying why it is harmless).
@@ -22,6 +23,9 @@ So each group runs in ``.mutate/<group>/`` (git-ignored), laid out as mutmut exp
 
 Results are cached per group: an interrupted run resumes where it stopped; ``--fresh`` starts
 over (needed after changing the code or the tests).
+The cache lives in the checkout (``.mutate/`` is not in git), so a checkout that measures only
+some groups keeps the others' rows and survivors from the previous report, marked there as
+carried over (their explanations are still re-read from the equivalents file).
 
 Usage::
 
@@ -163,40 +167,80 @@ def _survived(status: str) -> bool:
     return status not in _STATUS_KILLED and status != "skipped"
 
 
+_ROW = re.compile(r"^\| `(\w+)` \| `([^`]+)` \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|")
+_SECTION = re.compile(r"^### `(\S+__mutmut_\d+)` \(([^)]+)\)$")
+
+
+def _previous_report() -> tuple[dict[str, tuple[int, int, int, int]], dict[str, tuple[str, list[str]]]]:
+    """The last report's module rows (module -> mutants, killed, survived, not run) and survivors
+    (name -> status, diff lines): a group not measured in this checkout keeps them."""
+    rows: dict[str, tuple[int, int, int, int]] = {}
+    survivors: dict[str, tuple[str, list[str]]] = {}
+    if not REPORT.is_file():
+        return rows, survivors
+    lines = REPORT.read_text(encoding="utf-8").splitlines()
+    for i, ln in enumerate(lines):
+        if m := _ROW.match(ln):
+            rows[m.group(2)] = (int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6)))
+        elif m := _SECTION.match(ln):
+            diff: list[str] = []
+            if i + 2 < len(lines) and lines[i + 2] == "```diff":
+                for d in lines[i + 3:]:
+                    if d == "```":
+                        break
+                    diff.append(d)
+            survivors[m.group(1)] = (m.group(2), diff)
+    return rows, survivors
+
+
 def write_report(elapsed: dict[str, float]) -> tuple[float, int, list[str]]:
     equiv: dict[str, str] = {}
     deferred: dict[str, str] = {}
     if EQUIVALENTS.is_file():
         notes = tomllib.loads(EQUIVALENTS.read_text(encoding="utf-8"))
         equiv, deferred = notes.get("equivalent", {}), notes.get("deferred", {})
-    rows, measured, sections = [], [], []
+    old_rows, old_survivors = _previous_report()
+    rows, measured, carried, sections = [], [], [], []
     tot_n = tot_k = tot_eq = 0
     unexplained: list[str] = []
     n_deferred = 0
     for group, (modules, _tests) in GROUPS.items():
         d = STAGES / group
         res = results(d)
-        if not res or all(v == "not checked" for v in res.values()):
+        # module -> (mutants, killed, survived, not run); survivor -> (status, diff lines)
+        counts: dict[str, tuple[int, int, int, int]] = {}
+        survivors: dict[str, tuple[str, list[str]]] = {}
+        if res and not all(v == "not checked" for v in res.values()):
+            measured.append(group)
+            for mod in modules:
+                mine = {k: v for k, v in res.items() if module_of(k) == mod}
+                n = sum(1 for v in mine.values() if v != "skipped")
+                k = sum(1 for v in mine.values() if v in _STATUS_KILLED)
+                unchecked = sum(1 for v in mine.values() if v == "not checked")
+                counts[mod] = (n, k, n - k - unchecked, unchecked)
+            for s in sorted(k for k, v in res.items() if _survived(v) and v != "not checked"):
+                try:
+                    diff = mutmut(d, "show", s, capture=True)
+                except SystemExit:  # e.g. the group is being re-run right now
+                    diff = "- (diff unavailable: run `--report-only` again)"
+                survivors[s] = (res[s], [ln for ln in diff.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))][:12])
+        elif all(mod in old_rows for mod in modules):
+            # no results in this checkout (.mutate/ is not in git): keep the last report's numbers
+            carried.append(group)
+            counts = {mod: old_rows[mod] for mod in modules}
+            survivors = {s: v for s, v in sorted(old_survivors.items()) if module_of(s) in modules}
+        else:
             rows.append(f"| `{group}` | {', '.join(modules)} | not measured | | | | | |")
             continue
-        measured.append(group)
         for mod in modules:
-            mine = {k: v for k, v in res.items() if module_of(k) == mod}
-            n = sum(1 for v in mine.values() if v != "skipped")
-            k = sum(1 for v in mine.values() if v in _STATUS_KILLED)
-            unchecked = sum(1 for v in mine.values() if v == "not checked")
-            eq = sum(1 for key, v in mine.items() if _survived(v) and key in equiv)
+            n, k, surv, unchecked = counts[mod]
+            eq = sum(1 for s in survivors if module_of(s) == mod and s in equiv)
             tot_n, tot_k, tot_eq = tot_n + n, tot_k + k, tot_eq + eq
             score = f"{100.0 * k / n:.1f}%" if n else "-"
             adj = f"{100.0 * (k + eq) / n:.1f}%" if n else "-"
-            rows.append(f"| `{group}` | `{mod}` | {n} | {k} | {n - k - unchecked} | {unchecked} | {eq} | {score} / {adj} |")
-        for s in sorted(k for k, v in res.items() if _survived(v) and v != "not checked"):
-            try:
-                diff = mutmut(d, "show", s, capture=True)
-            except SystemExit:  # e.g. the group is being re-run right now
-                diff = "- (diff unavailable: run `--report-only` again)"
-            diff_lines = [ln for ln in diff.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
-            sections += [f"### `{s}` ({res[s]})", "", "```diff", *diff_lines[:12], "```", ""]
+            rows.append(f"| `{group}` | `{mod}` | {n} | {k} | {surv} | {unchecked} | {eq} | {score} / {adj} |")
+        for s, (status, diff_lines) in survivors.items():
+            sections += [f"### `{s}` ({status})", "", "```diff", *diff_lines, "```", ""]
             if s in equiv:
                 sections.append(f"**Equivalent:** {equiv[s]}")
             elif s in deferred:
@@ -220,7 +264,9 @@ def write_report(elapsed: dict[str, float]) -> tuple[float, int, list[str]]:
         "(`make mutate MUTATE_ARGS=--fresh`; `--rerun-survivors` re-checks only the survivors).",
         "",
         f"Groups measured: {', '.join('`' + g + '`' for g in measured) or 'none'}."
-        + (" Wall time of the runs of the last invocation: " + ", ".join(f"{g} {t / 60:.0f} min" for g, t in elapsed.items()) + "." if elapsed else ""),
+        + (" Wall time of the runs of the last invocation: " + ", ".join(f"{g} {t / 60:.0f} min" for g, t in elapsed.items()) + "." if elapsed else "")
+        + (" Carried over unchanged from the previous report (not run in the checkout that wrote this one;"
+           " their explanations are re-read from the equivalents file): " + ", ".join(f"`{g}`" for g in carried) + "." if carried else ""),
         "",
         "| group | module | mutants | killed | survived | not run | survivors equivalent | score / without equivalents |",
         "|---|---|---|---|---|---|---|---|",
@@ -234,7 +280,7 @@ def write_report(elapsed: dict[str, float]) -> tuple[float, int, list[str]]:
         *(sections or ["None."]),
     ]
     REPORT.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    return total, len(unexplained), measured
+    return total, len(unexplained), measured + carried
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,8 +201,12 @@ def test_prediction_metadata_matches_record(bundle: ModelBundle, store: Calibrat
     assert set(res.timings) == {"features", "encode", "predict", "calibrate", "decide", "serialize"}
     # each stage's duration, together no more than the call took
     assert all(v >= 0.0 for v in res.timings.values()) and sum(res.timings.values()) <= wall
+    assert pipe.reference is None  # no drift profile until the loader sets one
     for p, w in zip(res.predictions, windows[:40]):
         r = orjson.loads(p.value)
+        # the golden store: temperature calibrators, named by the store's id
+        assert (r["calibrator_store_id"], r["calibrator_kind"], r["calibrator_version"]) == (store.store_id, "temperature", None)
+        assert r["calibrator_store_id"] == "calibrator_store@" + store.store_id.split("@")[1] and p.eligible is False
         assert (p.user_id, p.ts_us) == (w.user_id, w.ts_us)
         assert p.label == r["mapped_label_name"] and p.core_label_id == r["core_label_id"]
         assert p.confidence == r["confidence"] and p.is_rejected == r["is_rejected"] and p.calibrator_scope == r["calibrator_scope"]
@@ -230,8 +234,85 @@ def test_no_store_means_raw_probabilities(bundle: ModelBundle, g: Path, windows:
     recs = [orjson.loads(p.value) for p in pipe.process(windows[:100], pipe.new_state_store()).predictions]
     raw = [json.loads(ln) for ln in (g / "expected_raw.jsonl").read_text().splitlines()[:100]]
     for r, e in zip(recs, raw):
-        assert r["calibrator_scope"] == "none"
+        assert (r["calibrator_scope"], r["calibrator_store_id"], r["calibrator_kind"], r["calibrator_version"]) == ("none", None, "identity", None)
         assert max(abs(r["mapped_probs"][k] - e["raw_probs"][i]) for i, k in enumerate(LABELS)) <= 1e-12
+
+
+def test_the_drift_tap_gets_the_applied_rows(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    # row-aligned with the outputs: the applied windows (skipped ones left out), the model's
+    # input matrix, the calibrated probabilities and the post-reject class (8 = Mixed/Unknown)
+    for cal in (store, None):
+        pipe = _pipe(bundle, cal, 3)
+        res = pipe.process(windows[:120] + windows[:3], pipe.new_state_store())
+        a = res.arrays
+        assert a is not None and len(res.skipped) == 3
+        assert list(a.windows) == windows[:120] and a.X.shape == (120, len(bundle.schema.feature_columns))
+        recs = [orjson.loads(p.value) for p in res.predictions]
+        assert a.probs.round(6).tolist() == [r["core_probs"] for r in recs]
+        assert a.classes.tolist() == [8 if r["is_rejected"] else r["core_label_id"] for r in recs]
+        assert 0 < sum(r["is_rejected"] for r in recs) < 120
+        if cal is None:  # no calibration: the probabilities are the model's on exactly that matrix
+            np.testing.assert_array_equal(bundle.predict_proba(a.X), a.probs)
+
+
+# ---------------------------------------------------------------- the learner hook
+
+
+class _Served:
+    kind, version = "head", "h3-17"
+
+
+class _StubLearner:
+    """Serves a fixed distribution to one user and calls every second window eligible."""
+
+    def __init__(self, user: str) -> None:
+        self.user, self.bound, self.seen = user, None, []
+        self.served: list[tuple[int, _Served]] = []
+        self.eligible_at: list[bool] = []
+
+    def bind(self, store: Any, feature_columns: Any) -> None:
+        self.bound = (store, tuple(feature_columns))
+
+    def personalise(self, windows: Any, raw: Any, X: Any, overlays: Any, probs: Any, scopes: list[str], states: Any) -> tuple[Any, list[str], Any]:
+        self.seen.append(([w.ts_us for w in windows], raw.shape, X.shape, len(overlays), probs.copy()))
+        rows = [i for i, w in enumerate(windows) if w.user_id == self.user]
+        probs = probs.copy()
+        probs[rows] = [0.05, 0.05, 0.65, 0.05, 0.05, 0.05, 0.05, 0.05]
+        for i in rows:
+            scopes[i] = "user"
+        self.served = [(i, _Served()) for i in rows]
+        self.eligible_at = [i % 2 == 1 for i in range(len(windows))]
+        return probs, scopes, None
+
+
+def test_the_learner_sees_applied_windows_and_its_models_name_the_outputs(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    pipe = _pipe(bundle, store, 1)
+    user = windows[0].user_id
+    other = [w for w in windows if w.user_id != user][:15]
+    ws = [w for pair in zip(windows[:15], other) for w in pair]  # two users, interleaved
+    plain = pipe.process(ws, pipe.new_state_store()).predictions
+    learner = _StubLearner(user)
+    pipe.attach_learner(learner)  # type: ignore[arg-type]
+    try:
+        assert learner.bound == (store, tuple(bundle.schema.feature_columns)) and pipe.learner is learner
+        states = pipe.new_state_store()
+        res = pipe.process(ws + ws[:2], states)  # the last two: not newer than their users' last, skipped
+        assert pipe.process([], states).predictions == []  # an empty batch never reaches the learner
+    finally:
+        pipe.attach_learner(None)
+    assert pipe.learner is None
+    ((ts, raw_shape, x_shape, n_overlays, calibrated),) = learner.seen
+    assert ts == [w.ts_us for w in ws] and len(res.skipped) == 2 and raw_shape == (30, 8) and x_shape[0] == 30 and n_overlays == 30
+    np.testing.assert_array_equal(calibrated.round(6).tolist(), [orjson.loads(p.value)["core_probs"] for p in plain])
+    mine = [w.user_id == user for w in ws]
+    for i, (p, q, m) in enumerate(zip(res.predictions, plain, mine)):
+        r = orjson.loads(p.value)
+        assert p.eligible is (i % 2 == 1)
+        if m:
+            assert (r["calibrator_scope"], r["calibrator_kind"], r["calibrator_version"]) == ("user", "head", "h3-17") == (p.calibrator_scope, "head", "h3-17")
+            assert (r["core_label_id"], r["confidence"], r["is_rejected"], r["smoothed_label_name"]) == (2, 0.65, False, LABELS[2])
+        else:
+            assert p.value == q.value and r["calibrator_version"] is None
 
 
 # ---------------------------------------------------------------- bad rows never disturb state

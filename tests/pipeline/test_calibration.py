@@ -313,11 +313,12 @@ def test_calibrate_batch_equals_per_row_apply_bit_for_bit(global_cal: Any) -> No
     P[1::9, 5] = 1e-13
     P[2::9, 6] = 3e-11
     P = P / P.sum(axis=1, keepdims=True)
-    out, scopes = store.calibrate_batch(P, uids)
-    assert out.shape == P.shape
+    kinds: list[str] = []
+    out, scopes = store.calibrate_batch(P, uids, kinds)
+    assert out.shape == P.shape and len(kinds) == len(uids)
     for i, uid in enumerate(uids):
         cal, scope = store.get(uid)
-        assert scopes[i] == scope
+        assert scopes[i] == scope and kinds[i] == cal.kind
         expected = cal.apply(P[i])
         assert np.array_equal(out[i], expected), (i, uid)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
@@ -325,6 +326,16 @@ def test_calibrate_batch_equals_per_row_apply_bit_for_bit(global_cal: Any) -> No
     for lo, hi in ((0, 1), (5, 12), (100, 400)):
         part, _ = store.calibrate_batch(P[lo:hi], uids[lo:hi])
         assert np.array_equal(part, out[lo:hi])
+
+
+def test_calibrate_batch_names_each_rows_calibrator_kind() -> None:
+    # the kinds go out as calibrator_kind on every output: the user's own calibrator, else the global one
+    store = _mixed_store(_iso(seed=13))
+    kinds: list[str] = []
+    store.calibrate_batch(_rand_probs(5, seed=23), ["t-one", "ident", "iso-a", "stranger", "t-low"], kinds)
+    assert kinds == ["temperature", "identity", "isotonic", "isotonic", "temperature"]
+    _mixed_store(IdentityCalibrator()).calibrate_batch(_rand_probs(1, seed=24), ["stranger"], kinds)
+    assert kinds[5:] == ["identity"]  # appended to the caller's list
 
 
 def test_calibrate_batch_empty() -> None:
@@ -599,7 +610,8 @@ def test_user_file_symlinked_outside_the_store_is_refused(tmp_path: Path) -> Non
         CalibratorStore.load(d)
     msg = str(ei.value)
     assert str(d / "users" / "mallory.json") in msg and "outside the store's users/ directory" in msg
-    assert "user_ids" in msg and "recreate the store" in msg
+    assert ei.value.field == "user_ids"
+    assert ei.value.fix == "replace the link with the user's calibrator file, or recreate the store"
     # the planted calibrator is never read: removing the link makes the store load, user on global
     (d / "users" / "mallory.json").unlink()
     store = CalibratorStore.load(d)
@@ -737,6 +749,18 @@ def test_isotonic_thresholds_may_tie_or_be_a_single_point() -> None:
     single = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json([0.5], [0.3])] + flat})
     assert isinstance(tie, IsotonicCalibrator) and isinstance(single, IsotonicCalibrator)
     np.testing.assert_array_equal(single.curves[0](np.array([0.0, 0.5, 1.0])), [0.3, 0.3, 0.3])
+
+
+def test_isotonic_thresholds_written_as_integers_are_numbers_like_floats() -> None:
+    # JSON has one number type: 0 and 0.0, or an integer beyond int64, read as the same float64
+    flat = [_curve_json([0.0, 1.0], [0.0, 1.0])] * 7
+    P = _rand_probs(10, seed=41)
+    for ints, floats in (([0, 1], [0.0, 1.0]), ([0, 2**64], [0.0, float(2**64)])):
+        a = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json(ints, [0, 1])] + flat}, "iso.json")
+        b = calibrator_from_json({"type": "isotonic", "regressors": [_curve_json(floats, [0.0, 1.0])] + flat}, "iso.json")
+        assert isinstance(a, IsotonicCalibrator) and a.curves[0].x.dtype == np.float64
+        assert a.to_json() == b.to_json() and a.curves[0].x[-1] == floats[-1]
+        np.testing.assert_array_equal(a.apply(P), b.apply(P))
 
 
 def test_isotonic_increasing_flag_is_kept() -> None:
