@@ -86,7 +86,7 @@ class Metrics:
         # Counter: times partitions were paused because too much was in flight.
         self.backpressure = Counter("taskclf_backpressure_pauses_total", "Pauses of fetching due to in-flight limit", registry=r)
         # Gauge: bytes of serialized per-user state held in memory (as last checkpointed).
-        self.state_bytes = Gauge("taskclf_state_bytes", "Serialized bytes of in-memory user state", registry=r)
+        self.state_bytes = Gauge("taskclf_state_bytes", "Estimated heap bytes of the user state in memory (docs/state.md)", registry=r)
         # Counter: users forgotten (state dropped and tombstoned) by reason: idle (no window for
         # state_retention_s), capacity (beyond max_state_users), oversize (state too large to write).
         self.state_evictions = Counter("taskclf_state_evictions_total", "Users forgotten by reason", ["reason"], registry=r)

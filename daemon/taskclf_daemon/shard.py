@@ -26,7 +26,7 @@ from taskclf_daemon.pipeline.label_requests import ASK_BELOW, ELIGIBLE_ASKS_PER_
 from taskclf_daemon.pipeline.labelspan import decode_span
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
-from taskclf_daemon.state import Snapshot, StateFormatError, UserState
+from taskclf_daemon.state import USER_HEAP_BYTES, Snapshot, StateFormatError, UserState
 from taskclf_daemon.timeutil import format_ts_us
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
@@ -73,8 +73,9 @@ class PipelineShard:
         self._user_part: dict[str, int] = {}
         self._part_users: dict[int, set[str]] = {}
         self._parked: dict[int, dict[str, UserState]] = {}
-        self._state_size: dict[str, int] = {}
-        self._state_bytes = 0
+        #: the changelog value length of users with learning state (their share of state_bytes)
+        self._learn_size: dict[str, int] = {}
+        self._learn_bytes = 0
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
@@ -335,8 +336,7 @@ class PipelineShard:
                 oversize += 1
                 continue
             updates.append((part, key, value))
-            self._state_bytes += len(value) - self._state_size.get(u, 0)
-            self._state_size[u] = len(value)
+            self._note_size(u, st, len(value))
         self._in_checkpoint = dirty
         for u, part in list(self._tombs_again.items()):
             if only is None or part in only:
@@ -347,7 +347,8 @@ class PipelineShard:
         tombs = [(part, _key(u)) for u, part in evicted.items()]
         if oversize:
             counts["oversize"] = oversize
-        return CheckpointData(updates, tombs, len(self.states), self._state_bytes, counts)
+        unreadable, self.states.unreadable = self.states.unreadable, []
+        return CheckpointData(updates, tombs, len(self.states), self.state_bytes(), counts, unreadable)
 
     def checkpoint_failed(self) -> None:
         """The changelog of the last checkpoint was not acknowledged: write it again next time."""
@@ -375,7 +376,7 @@ class PipelineShard:
         if part is not None:
             self._part_users.get(part, set()).discard(u)
         self.states.drop(u)
-        self._state_bytes -= self._state_size.pop(u, 0)
+        self._learn_bytes -= self._learn_size.pop(u, 0)
         self._last_value.pop(u, None)
         self._last_labels.pop(u, None)
         self._personal.discard(u)
@@ -417,31 +418,48 @@ class PipelineShard:
     def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int = 0) -> tuple[int, list[str]]:
         """Install restored states ``(partition, key, value)`` (latest per user). Returns the
         number of users installed and the errors of unreadable records."""
-        sw = self.pipeline.config.smooth_window
         n = 0
+        restore = self.states.restore
         errors = []
         for part, key, value in records:
+            u = key.decode("utf-8", "surrogatepass")
             try:
-                st = UserState.from_bytes(value, sw, part, now_s)
+                st = restore(u, value, part, now_s)
             except StateFormatError as exc:
                 errors.append(f"partition {part}: {exc}")
                 continue
-            u = key.decode("utf-8", "surrogatepass")
-            self._adopt(u, st, part)
-            self._state_bytes += len(value) - self._state_size.get(u, 0)
-            self._state_size[u] = len(value)
+            self._own_state(u, st, part)
+            self._note_size(u, st, len(value))
             n += 1
         return n, errors
 
     def _adopt(self, u: str, st: UserState, part: int) -> None:
+        self.states.put(u, st)
+        self._own_state(u, st, part)
+
+    def _own_state(self, u: str, st: UserState, part: int) -> None:
         if st.learn is not None and st.learn.model is not None:
             self._personal.add(u)
-        self.states.put(u, st)
         self._user_part[u] = part
         self._part_users.setdefault(part, set()).add(u)
 
+    def _note_size(self, u: str, st: UserState, value_len: int) -> None:
+        """Keep the learning share of :meth:`state_bytes` (a deferred state has ``learn`` None)."""
+        if st.learn is not None:
+            self._learn_bytes += value_len - self._learn_size.get(u, 0)
+            self._learn_size[u] = value_len
+        elif u in self._learn_size:
+            self._learn_bytes -= self._learn_size.pop(u)
+
+    def state_bytes(self) -> int:
+        """Estimated heap of the user state held (``taskclf_state_bytes``; ``docs/state.md``):
+        :data:`USER_HEAP_BYTES` per user in memory or parked, plus the changelog value length of
+        each user with learning state (as of its last checkpoint or restore)."""
+        parked = sum(len(k) for k in self._parked.values())
+        return (len(self.states) + parked) * USER_HEAP_BYTES + self._learn_bytes
+
     def stats(self) -> ShardStats:
-        return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))
+        return ShardStats(len(self.states), self.state_bytes(), sorted(self._parked))
 
     def drift_counts(self) -> DriftCounts | None:
         """This shard's drift window summarised; None when drift is off or nothing was seen yet."""
