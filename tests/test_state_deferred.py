@@ -91,6 +91,13 @@ def test_a_deferred_user_keeps_what_was_set_before_its_decode() -> None:
     store.put("u", got)  # no decode to resize: the store's window applies when it decodes
     assert got.deferred
     assert got.smooth.maxlen == 5 and list(got.smooth) == [1, 2, 0] and got.seen_s == 99 and got.windows_seen == 17
+    assert type(got) is UserState and not got.deferred  # a plain state again: nothing on the hot path
+    other = store.restore("w", _full(seen=10).to_bytes())
+    other.windows_seen = 1  # a write of a field it lacks decodes first, then applies
+    assert type(other) is UserState and other.windows_seen == 1 and other.last_offset == 99 and len(other.history) == HISTORY_ROWS
+    with pytest.raises(AttributeError):
+        store.restore("x", _full().to_bytes()).no_such_field  # noqa: B018
+    assert store.users["x"].deferred  # an unknown name decodes nothing
 
 
 def test_an_unreadable_deferred_value_leaves_the_user_empty_and_is_reported() -> None:

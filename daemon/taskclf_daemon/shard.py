@@ -415,14 +415,20 @@ class PipelineShard:
         self._parked.clear()
         return reused
 
-    def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int = 0) -> tuple[int, list[str]]:
-        """Install restored states ``(partition, key, value)`` (latest per user). Returns the
-        number of users installed and the errors of unreadable records."""
+    def adopt(self, records: list[tuple[int, bytes, bytes | None]], now_s: int = 0) -> tuple[int, list[str]]:
+        """Install restored states ``(partition, key, value)``, a changelog chunk after the
+        other in offset order (a later value replaces an earlier one; a tombstone, value None,
+        forgets the user). Returns the number of values installed and the errors of unreadable
+        records."""
         n = 0
         restore = self.states.restore
         errors = []
         for part, key, value in records:
             u = key.decode("utf-8", "surrogatepass")
+            if value is None:
+                if u in self.states.users:
+                    self._forget_user(u)
+                continue
             try:
                 st = restore(u, value, part, now_s)
             except StateFormatError as exc:
@@ -441,7 +447,10 @@ class PipelineShard:
         if st.learn is not None and st.learn.model is not None:
             self._personal.add(u)
         self._user_part[u] = part
-        self._part_users.setdefault(part, set()).add(u)
+        members = self._part_users.get(part)
+        if members is None:
+            members = self._part_users[part] = set()
+        members.add(u)
 
     def _note_size(self, u: str, st: UserState, value_len: int) -> None:
         """Keep the learning share of :meth:`state_bytes` (a deferred state has ``learn`` None)."""

@@ -37,8 +37,10 @@ _READABLE = (1, 2, 3)
 #: tracemalloc by ``scripts/bench_state.py`` (``shard_heap_bytes_per_user``) and checked by
 #: ``tests/test_state_memory.py``; the base of the ``taskclf_state_bytes`` gauge
 USER_HEAP_BYTES = 1650
-#: the fields a deferred decode fills (those set before it, ``seen_s`` and ``learn``, are kept)
+#: every field of a user state
 _FIELDS = ("history", "session_start_us", "smooth", "last_ts_us", "windows_seen", "last_offset", "last_partition", "seen_s", "learn", "asks")
+#: what a deferred state decodes (it has ``seen_s`` and ``learn`` from the start)
+_DECODED = frozenset(_FIELDS) - {"seen_s", "learn"}
 
 
 class StateFormatError(ValueError):
@@ -52,10 +54,11 @@ Snapshot = tuple[History, int | None, LabelRing, int | None, int, int, int, int,
 class UserState:
     """Rolling state of one user. Mutated only by the pipeline, in the user's window order.
 
-    A state made by :meth:`StateStore.restore` may be *deferred*: it holds its changelog value
-    (``_raw``) and its store, with only ``seen_s`` and ``learn`` (None) set; reading any other
-    field decodes it first, once. A value found unreadable then leaves the user empty and its
-    error goes to ``StateStore.unreadable`` (reported like unreadable values at restore).
+    A state made by :meth:`StateStore.restore` may be *deferred* (a ``_Deferred``): it holds its
+    changelog value (``_raw``) and its store, with only ``seen_s`` and ``learn`` (None) set;
+    reading or writing any other field decodes it first, once. A value found unreadable then
+    leaves the user empty and its error goes to ``StateStore.unreadable`` (reported like
+    unreadable values at restore).
     """
 
     __slots__ = (*_FIELDS, "_raw", "_store")
@@ -88,44 +91,20 @@ class UserState:
         read at; an unknown version must fail now, as it always did), learning state (the
         shard needs ``learn`` at once), or ``k`` not where this build writes it. Only ``k``
         (``seen_s``) is read: forgetting needs it without a decode."""
-        if data[:7] != b'{"v":2,' or b'"L":' in data:
+        if not data.startswith(b'{"v":2,') or b'"L":' in data:
             return None
         i = data.find(b',"k":')
         end = data.find(b",", i + 5)
         tail = data[i + 5 : len(data) - 1 if end < 0 else end]
         if i < 0 or not tail.isdigit():
             return None
-        st = cls.__new__(cls)
+        st = UserState.__new__(UserState)
         st.seen_s = int(tail)
         st.learn = None
         st._raw = data
         st._store = store
+        st.__class__ = _Deferred  # (plain slot stores first: _Deferred's __setattr__ is Python)
         return st
-
-    if not TYPE_CHECKING:  # (mypy would take any attribute name as valid)
-
-        def __getattr__(self, name: str) -> object:
-            """A field of a deferred state read for the first time: decode, then answer."""
-            if name in ("_raw", "_store") or name.startswith("__") or self._raw is None:
-                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-            self._decode()
-            return getattr(self, name)
-
-    def _decode(self) -> None:
-        data, store = self._raw, self._store
-        assert data is not None
-        self._raw = None
-        del self._store
-        try:
-            full = UserState.from_bytes(data, store.smooth_window)
-        except StateFormatError as exc:
-            store.unreadable.append(str(exc))
-            full = UserState(store.smooth_window)  # as a restore does with an unreadable value: empty
-        for name in _FIELDS:
-            try:
-                object.__getattribute__(self, name)  # set since (seen_s, learn): kept
-            except AttributeError:
-                object.__setattr__(self, name, object.__getattribute__(full, name))
 
     @property
     def deferred(self) -> bool:
@@ -201,6 +180,41 @@ class UserState:
             return
         if self.smooth.maxlen != max(smooth_window, 1):
             self.smooth = LabelRing(self.smooth, smooth_window)
+
+
+class _Deferred(UserState):
+    """A :class:`UserState` still holding its changelog value (same layout). The first read of
+    a field it lacks, or a write of one (other than ``seen_s`` and ``learn``, which it has),
+    decodes it and turns it into a plain :class:`UserState`: no cost on the hot path after."""
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # (mypy would take any attribute name as valid)
+
+        def __getattr__(self, name: str) -> object:
+            if name not in _DECODED:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            self._decode()
+            return getattr(self, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _DECODED:
+            self._decode()
+        object.__setattr__(self, name, value)
+
+    def _decode(self) -> None:
+        data, store = self._raw, self._store
+        assert data is not None
+        try:
+            full = UserState.from_bytes(data, store.smooth_window)
+        except StateFormatError as exc:
+            store.unreadable.append(str(exc))
+            full = UserState(store.smooth_window)  # as a restore does with an unreadable value: empty
+        object.__setattr__(self, "__class__", UserState)
+        for name in _DECODED:
+            setattr(self, name, getattr(full, name))
+        self._raw = None
+        del self._store
 
 
 def _opt_int(x: object) -> int | None:

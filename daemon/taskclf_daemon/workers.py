@@ -122,7 +122,7 @@ class ShardHost(Protocol):
 
     async def reuse(self, partitions: list[int]) -> list[int]: ...
 
-    async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]: ...
+    async def adopt(self, records: list[tuple[int, bytes, bytes | None]], now_s: int) -> tuple[int, list[str]]: ...
 
     async def stats(self) -> ShardStats: ...
 
@@ -164,7 +164,7 @@ class _TypedCalls:
     async def reuse(self, partitions: list[int]) -> list[int]:
         return cast(list[int], await self._submit(ShardOp.REUSE, partitions))
 
-    async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]:
+    async def adopt(self, records: list[tuple[int, bytes, bytes | None]], now_s: int) -> tuple[int, list[str]]:
         return cast(tuple[int, list[str]], await self._submit(ShardOp.ADOPT, records, now_s))
 
     async def stats(self) -> ShardStats:

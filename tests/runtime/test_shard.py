@@ -112,6 +112,27 @@ def test_restored_state_continues_byte_identically(pipe, lines):
     assert head + tail == expected
 
 
+def test_adopt_applies_changelog_chunks_in_order_later_values_and_tombstones_win(pipe, lines):
+    """A restore installs the changelog chunk by chunk: a user's later value replaces the
+    earlier one, a tombstone in a later chunk forgets a user an earlier chunk installed."""
+    a = PipelineShard(pipe)
+    batches = _batches(lines[:800])
+    for x in batches[:3]:
+        a.process(x)
+    old = {k: (p, v) for p, k, v in a.checkpoint().updates}
+    a.process(batches[3])
+    new = {k: (p, v) for p, k, v in a.checkpoint().updates}
+    kept = sorted(set(old) & set(new))  # changed by the second batch
+    gone = next(k for k in old if k not in new)
+    assert kept and all(old[k][1] != new[k][1] for k in kept)
+    b = PipelineShard(pipe)
+    assert b.adopt([(p, k, v) for k, (p, v) in old.items()]) == (len(old), [])
+    assert b.adopt([(old[gone][0], gone, None)] + [(new[k][0], k, new[k][1]) for k in kept]) == (len(kept), [])
+    assert gone.decode() not in b.states.users and b.stats().state_users == len(old) - 1
+    assert all(b.states.users[k.decode()].to_bytes() == new[k][1] for k in kept)
+    assert b.adopt([(0, b"never-seen", None)]) == (0, [])  # a tombstone of nobody: nothing
+
+
 def test_a_deferred_value_found_unreadable_on_first_use_is_reported_by_the_next_checkpoint(pipe, lines):
     """Adopt defers decoding: a value that looks like format 2 but is malformed inside is only
     found out when its user's next window comes; that user starts empty and the error (no
