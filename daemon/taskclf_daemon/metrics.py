@@ -93,7 +93,7 @@ class Metrics:
         # Counter: changelog records written (update, tombstone).
         self.changelog_records = Counter("taskclf_changelog_records_total", "State changelog records produced", ["kind"], registry=r)
         # Counter: changelog records that could not be read at restore (those users start empty).
-        self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog records unreadable at restore", registry=r)
+        self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog values found unreadable (at restore, or when a restored user is first used)", registry=r)
         # Counter: taskclf LabelRequest records produced (windows worth a label).
         self.label_requests = Counter("taskclf_label_requests_total", "Label requests produced (unsure windows, within the per-user daily budget)", registry=r)
         # The learning loop: refits by outcome, adoptions and refused candidates by kind, the
