@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 """Per-user state cost and changelog restore time.
 
-    python scripts/bench_state.py [--users 100000] [--bootstrap-servers HOST:PORT]
+    python scripts/bench_state.py [--users 100000] [--bootstrap-servers HOST:PORT] [--pipeline-workers 0,1]
 
-1. **bytes per user**: serialized size (the changelog value) and Python heap per active user
-   (tracemalloc) of realistic states: 15-row histories built by running the golden fixture's
-   windows through the real overlay, cloned under new user ids.
+1. **bytes per user**: serialized size (the changelog value) and Python heap (tracemalloc, 20k
+   users) of realistic states: 15-row histories built by running the golden fixture's windows
+   through the real overlay, cloned under new user ids. ``heap``: decoded states held in a dict
+   (incl. the entry and key); ``shard``: in a :class:`PipelineShard` (its per-user maps too), as
+   restored (``deferred``: the changelog value held until first use) and after every user was
+   used once (decoded: what an active user costs); ``metric``: what ``taskclf_state_bytes``
+   reports per user for the same shard (``state.USER_HEAP_BYTES``).
 2. **restore**: one changelog partition holding ``--users`` users (plus one stale update per
    tenth user, as an uncompacted changelog has) is restored with the daemon's own
-   ``Rebalancer._restore`` -- the code path of a partition assignment. Reported as seconds and
-   users/s. Its own Tansu broker unless ``--bootstrap-servers`` is given.
+   ``Rebalancer._restore`` -- the code path of a partition assignment -- once per
+   ``--pipeline-workers`` value (0: state in the daemon process, 1: in a worker process).
+   Reported as seconds and users/s. Its own Tansu broker unless ``--bootstrap-servers`` is given.
 
-Last line: ``bench_state: users=N value_bytes_per_user=N heap_bytes_per_user=N restore_s=X restore_users_per_s=N``
+Last line: ``bench_state: users=N value_bytes_per_user=N heap_bytes_per_user=N shard_heap_bytes_per_user=N
+deferred_heap_bytes_per_user=N metric_bytes_per_user=N restore_users_per_s_inproc=N restore_users_per_s_workers=N``
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from taskclf_daemon.config import load_settings  # noqa: E402
 from taskclf_daemon.daemon import Daemon  # noqa: E402
 from taskclf_daemon.log import configure_logging  # noqa: E402
 from taskclf_daemon.rebalance import Rebalancer  # noqa: E402
+from taskclf_daemon.shard import PipelineShard  # noqa: E402
 from taskclf_daemon.state import UserState  # noqa: E402
+from taskclf_daemon.workers import tune_gc  # noqa: E402
 
 
 def realistic_states(pipe) -> list[bytes]:
@@ -73,6 +81,7 @@ async def restore_bench(bootstrap: str, users: int, templates: list[bytes], pipe
     print(f"  loaded {users} users in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     d = Daemon(settings, pipe)
     await asyncio.gather(*(sh.start() for sh in d.shards))
+    tune_gc()  # as the daemon does once its shards are up (Daemon._start)
     reader = kio.make_reader(settings)
     await reader.start()
     # the restore path of a partition assignment: the daemon's parts, without a consumer group
@@ -92,24 +101,43 @@ async def restore_bench(bootstrap: str, users: int, templates: list[bytes], pipe
     return took, d.state_users
 
 
+def heap_per_user(templates: list[bytes], pipe, n: int) -> dict[str, float]:
+    """tracemalloc bytes per user: decoded states in a dict; a shard's users deferred, then used."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    held = {str(uuid.UUID(int=i + 1)): UserState.from_bytes(templates[i % len(templates)], 3) for i in range(n)}
+    heap = (tracemalloc.get_traced_memory()[0] - before) / n
+    del held
+    shard = PipelineShard(pipe)
+    before = tracemalloc.get_traced_memory()[0]
+    # distinct value objects, as read from Kafka (a deferred user holds its own)
+    records = [(0, str(uuid.UUID(int=i + 1)).encode(), bytes(bytearray(templates[i % len(templates)]))) for i in range(n)]
+    shard.adopt(records, int(time.time()))
+    del records
+    deferred = (tracemalloc.get_traced_memory()[0] - before) / n
+    for st in shard.states.users.values():
+        assert st.history is not None  # first use: decoded
+    used = (tracemalloc.get_traced_memory()[0] - before) / n
+    tracemalloc.stop()
+    return {"heap": heap, "deferred": deferred, "shard": used, "metric": shard.state_bytes() / n}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--bootstrap-servers")
-    ap.add_argument("--pipeline-workers", type=int, default=1, help="where restored state is installed: 1 = a worker process (the default daemon), 0 = in-process")
+    ap.add_argument("--pipeline-workers", default="0,1", help="where restored state is installed, one restore each: 0 = in-process, 1 = a worker process (the default daemon)")
     a = ap.parse_args()
     configure_logging("warning", "console")
     pipe, _ = build_pipeline(policy=GOLDEN / "models" / "inference_policy.json")
     templates = realistic_states(pipe)
     value_bytes = statistics.mean(len(t) for t in templates)
-    n_heap = 20_000
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    held = {str(uuid.UUID(int=i + 1)): UserState.from_bytes(templates[i % len(templates)], 3) for i in range(n_heap)}
-    heap = (tracemalloc.get_traced_memory()[0] - before) / n_heap
-    tracemalloc.stop()
-    del held
-    print(f"state value: {value_bytes:.0f} bytes/user (JSON, 15-row history); heap: {heap:.0f} bytes/user (incl. dict entry and key)", file=sys.stderr)
+    h = heap_per_user(templates, pipe, 20_000)
+    print(
+        f"state value: {value_bytes:.0f} bytes/user (JSON, 15-row history); heap: {h['heap']:.0f} bytes/user decoded (incl. dict entry and key); "
+        f"in a shard: {h['deferred']:.0f} deferred, {h['shard']:.0f} used; the metric says {h['metric']:.0f}",
+        file=sys.stderr,
+    )
     broker = None
     bs = a.bootstrap_servers
     if not bs:
@@ -118,14 +146,21 @@ def main() -> int:
         broker = LocalBroker()
         broker.start()
         bs = broker.bootstrap_servers
+    rates = {}
     try:
-        took, restored = asyncio.run(restore_bench(bs, a.users, templates, pipe, a.pipeline_workers))
+        for workers in (int(x) for x in a.pipeline_workers.split(",")):
+            took, restored = asyncio.run(restore_bench(bs, a.users, templates, pipe, workers))
+            assert restored == a.users, (restored, a.users)
+            rates[workers] = restored / took
+            print(f"restore (pipeline_workers={workers}): {restored} users ({int(a.users * 1.1)} records) in {took:.2f}s = {rates[workers]:.0f} users/s", file=sys.stderr)
     finally:
         if broker is not None:
             broker.stop()
-    assert restored == a.users, (restored, a.users)
-    print(f"restore: {restored} users ({int(a.users * 1.1)} records) in {took:.2f}s", file=sys.stderr)
-    print(f"bench_state: users={restored} value_bytes_per_user={value_bytes:.0f} heap_bytes_per_user={heap:.0f} restore_s={took:.2f} restore_users_per_s={restored / took:.0f}")
+    print(
+        f"bench_state: users={a.users} value_bytes_per_user={value_bytes:.0f} heap_bytes_per_user={h['heap']:.0f} shard_heap_bytes_per_user={h['shard']:.0f} "
+        f"deferred_heap_bytes_per_user={h['deferred']:.0f} metric_bytes_per_user={h['metric']:.0f} "
+        f"restore_users_per_s_inproc={rates.get(0, 0):.0f} restore_users_per_s_workers={rates.get(1, 0):.0f}"
+    )
     return 0
 
 

@@ -2,13 +2,14 @@
 
 Key ``user_id``, value the user's whole state (``state.UserState.to_bytes``, versioned JSON), a
 null value (tombstone) for a user forgotten. Written at every checkpoint (the changed users
-only); read back to the high-watermark when a partition is assigned.
+only); read back to the high-watermark when a partition is assigned, installed chunk by chunk
+(:func:`read_chunks`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from taskclf_daemon import kafka_io as kio
@@ -68,22 +69,26 @@ async def write(sink: Sink, topic: str, checkpoints: Sequence[CheckpointData]) -
     return n_upd, n_del
 
 
-async def read_latest(reader: Any, topic: str, partitions: Sequence[int], timeout: float) -> tuple[dict[int, list[tuple[int, bytes, bytes]]], int]:
-    """The latest value of every live user of ``partitions``, read to the high-watermark, as
-    ``{partition: [(partition, key, value), ...]}``, and the number of records read.
+async def read_chunks(reader: Any, topic: str, partitions: Sequence[int], timeout: float) -> AsyncIterator[tuple[dict[int, list[tuple[int, bytes, bytes | None]]], int]]:
+    """``partitions`` read to the high-watermark, chunk by chunk (as fetched), each chunk as
+    ``{partition: [(partition, key, value or None for a tombstone), ...]}`` -- the latest record
+    of each key within the chunk, in offset order -- and the number of records it held.
+
+    Applying the chunks in order leaves every user at their latest value (a later chunk's
+    record replaces an earlier one's, a tombstone removes it), so a restore can install one
+    chunk while the next is fetched.
 
     :raises TimeoutError: the end was not reached within ``timeout`` seconds
     """
     tps = [kio.TopicPartition(topic, p) for p in partitions]
-    latest: dict[tuple[int, bytes], bytes | None] = {}
-    n = 0
     async for msgs in kio.read_partitions_to_end(reader, tps, timeout):
+        latest: dict[int, dict[bytes, bytes | None]] = {}
         for msg in msgs:
-            if msg.key is not None:
-                latest[(msg.partition, msg.key)] = msg.value
-        n += len(msgs)
-    out: dict[int, list[tuple[int, bytes, bytes]]] = {}
-    for (part, key), value in latest.items():
-        if value is not None:
-            out.setdefault(part, []).append((part, key, value))
-    return out, n
+            key = msg.key
+            if key is not None:
+                part = msg.partition
+                d = latest.get(part)
+                if d is None:
+                    d = latest[part] = {}
+                d[key] = msg.value
+        yield {part: [(part, key, value) for key, value in d.items()] for part, d in latest.items()}, len(msgs)

@@ -169,6 +169,10 @@ class Checkpointer:
             self.shard_users[i] = cp.state_users
             for reason, n in cp.evicted.items():
                 self.metrics.state_evictions.labels(reason).inc(n)
+            if cp.unreadable:  # loud, not fatal, as at restore: the user started empty
+                self.metrics.state_unreadable.inc(len(cp.unreadable))
+                for e in cp.unreadable[:10]:
+                    self._log.error("state_record_unreadable", error=e)
         self.state_bytes = sum(cp.state_bytes for cp in cps)
         return cps
 

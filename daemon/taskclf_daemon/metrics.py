@@ -86,14 +86,14 @@ class Metrics:
         # Counter: times partitions were paused because too much was in flight.
         self.backpressure = Counter("taskclf_backpressure_pauses_total", "Pauses of fetching due to in-flight limit", registry=r)
         # Gauge: bytes of serialized per-user state held in memory (as last checkpointed).
-        self.state_bytes = Gauge("taskclf_state_bytes", "Serialized bytes of in-memory user state", registry=r)
+        self.state_bytes = Gauge("taskclf_state_bytes", "Estimated heap bytes of the user state in memory (docs/state.md)", registry=r)
         # Counter: users forgotten (state dropped and tombstoned) by reason: idle (no window for
         # state_retention_s), capacity (beyond max_state_users), oversize (state too large to write).
         self.state_evictions = Counter("taskclf_state_evictions_total", "Users forgotten by reason", ["reason"], registry=r)
         # Counter: changelog records written (update, tombstone).
         self.changelog_records = Counter("taskclf_changelog_records_total", "State changelog records produced", ["kind"], registry=r)
         # Counter: changelog records that could not be read at restore (those users start empty).
-        self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog records unreadable at restore", registry=r)
+        self.state_unreadable = Counter("taskclf_state_unreadable_total", "Changelog values found unreadable (at restore, or when a restored user is first used)", registry=r)
         # Counter: taskclf LabelRequest records produced (windows worth a label).
         self.label_requests = Counter("taskclf_label_requests_total", "Label requests produced (unsure windows, within the per-user daily budget)", registry=r)
         # The learning loop: refits by outcome, adoptions and refused candidates by kind, the

@@ -168,14 +168,30 @@ class Rebalancer:
         """Rebuild the users of ``keys`` from the changelog (latest record per user wins)."""
         t0 = time.monotonic()
         parts = sorted({p for _, p in keys})
-        by_part, n = await changelog.read_latest(self.reader, self.changelog_topic, parts, self.restore_timeout_s)
-        per_shard: dict[int, list[tuple[int, bytes, bytes]]] = {}
-        for part, recs in by_part.items():
-            per_shard.setdefault(self.scheduler.shard_of(part), []).extend(recs)
         now_s = int(time.time())
-        got = await asyncio.gather(*(self.hosts[i].adopt(recs, now_s) for i, recs in per_shard.items()))
-        users = sum(u for u, _ in got)
-        errors = [e for _, errs in got for e in errs]
+        n = 0
+        # Each chunk goes to its shards as soon as it is read and is installed while the next
+        # one is fetched: tasks start in creation order, so every shard gets its chunks in
+        # offset order (a shard runs its calls one at a time, in call order).
+        adopting: list[asyncio.Task[tuple[int, list[str]]]] = []
+        try:
+            async for by_part, count in changelog.read_chunks(self.reader, self.changelog_topic, parts, self.restore_timeout_s):
+                n += count
+                per_shard: dict[int, list[tuple[int, bytes, bytes | None]]] = {}
+                for part, recs in by_part.items():
+                    per_shard.setdefault(self.scheduler.shard_of(part), []).extend(recs)
+                adopting += [asyncio.ensure_future(self.hosts[i].adopt(recs, now_s)) for i, recs in per_shard.items()]
+        finally:
+            got = await asyncio.gather(*adopting, return_exceptions=True)
+        done: list[tuple[int, list[str]]] = []
+        for r in got:
+            if isinstance(r, BaseException):
+                raise r
+            done.append(r)
+        # every chunk is in: block records no restored state names are deleted at the next checkpoint
+        await asyncio.gather(*(self.hosts[i].adopted(ps) for i, ps in self._split([(self.changelog_topic, p) for p in parts]).items()))
+        users = sum(u for u, _ in done)  # values installed (a user read in two chunks: twice)
+        errors = [e for _, errs in done for e in errs]
         if errors:
             # loud, not fatal: one corrupt record must not crash-loop the group; that user starts empty
             self.metrics.state_unreadable.inc(len(errors))

@@ -28,7 +28,7 @@ from taskclf_daemon.pipeline.label_requests import ASK_BELOW, ELIGIBLE_ASKS_PER_
 from taskclf_daemon.pipeline.labelspan import decode_span
 from taskclf_daemon.records import DeadLetter, FeatureWindow, SourceRef
 from taskclf_daemon.shard_data import CheckpointData, Outputs, RawBatch, ShardLimits, ShardResult, ShardStats, UserInfo
-from taskclf_daemon.state import Snapshot, StateFormatError, UserState
+from taskclf_daemon.state import USER_HEAP_BYTES, Snapshot, StateFormatError, UserState
 from taskclf_daemon.state_blocks import BlockLedger, block_key, parse_block_key
 from taskclf_daemon.timeutil import format_ts_us
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
@@ -76,8 +76,9 @@ class PipelineShard:
         self._user_part: dict[str, int] = {}
         self._part_users: dict[int, set[str]] = {}
         self._parked: dict[int, dict[str, UserState]] = {}
-        self._state_size: dict[str, int] = {}
-        self._state_bytes = 0
+        #: the changelog value length of users with learning state (their share of state_bytes)
+        self._learn_size: dict[str, int] = {}
+        self._learn_bytes = 0
         self._next_sweep = 0
         #: users handed out by the last :meth:`checkpoint`, re-marked dirty if it fails
         self._in_checkpoint: set[str] = set()
@@ -101,6 +102,9 @@ class PipelineShard:
         self._refits_pool: ThreadPoolExecutor | None = None
         #: the learning states' sealed blocks in the changelog (state_blocks.py)
         self._blocks = BlockLedger()
+        #: block records read by a restore in progress (user key -> (stream, n) -> (partition,
+        #: value)), until :meth:`adopted`
+        self._restored_blocks: dict[bytes, dict[tuple[str, int], tuple[int, bytes]]] = {}
         self._background_refits(pipeline)
         #: users served by a personal model (for the gauge)
         self._personal: set[str] = set()
@@ -353,9 +357,7 @@ class PipelineShard:
                 oversize += 1
                 continue
             updates.append((part, key, value))
-            size += len(value)
-            self._state_bytes += size - self._state_size.get(u, 0)
-            self._state_size[u] = size
+            self._note_size(u, st, size + len(value))
         self._in_checkpoint = dirty
         for u, part in list(self._tombs_again.items()):
             if only is None or part in only:
@@ -366,7 +368,8 @@ class PipelineShard:
         tombs = [(part, _key(u)) for u, part in evicted.items()] + block_tombs + ledger.take_stale(only)
         if oversize:
             counts["oversize"] = oversize
-        return CheckpointData(updates, tombs, len(self.states), self._state_bytes, counts)
+        unreadable, self.states.unreadable = self.states.unreadable, []
+        return CheckpointData(updates, tombs, len(self.states), self.state_bytes(), counts, unreadable)
 
     def checkpoint_failed(self) -> None:
         """The changelog of the last checkpoint was not acknowledged: write it again next time."""
@@ -398,7 +401,7 @@ class PipelineShard:
         if part is not None:
             self._part_users.get(part, set()).discard(u)
         self.states.drop(u)
-        self._state_bytes -= self._state_size.pop(u, 0)
+        self._learn_bytes -= self._learn_size.pop(u, 0)
         self._last_value.pop(u, None)
         self._last_labels.pop(u, None)
         self._personal.discard(u)
@@ -440,50 +443,94 @@ class PipelineShard:
         self._parked.clear()
         return reused
 
-    def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int = 0) -> tuple[int, list[str]]:
-        """Install restored states ``(partition, key, value)`` (latest per user). Returns the
-        number of users installed and the errors of unreadable records."""
-        sw = self.pipeline.config.smooth_window
+    def adopt(self, records: list[tuple[int, bytes, bytes | None]], now_s: int = 0) -> tuple[int, list[str]]:
+        """Install restored states ``(partition, key, value)``, a changelog chunk after the
+        other in offset order (a later value replaces an earlier one; a tombstone, value None,
+        forgets the user). Returns the number of values installed and the errors of unreadable
+        records."""
         n = 0
+        restore = self.states.restore
         errors = []
-        blocks: dict[bytes, dict[tuple[str, int], tuple[int, bytes]]] = {}
+        buf = self._restored_blocks
         states = []
-        for part, key, value in records:
+        for part, key, value in records:  # the chunk's blocks first: a state record's blocks precede it
             bk = parse_block_key(key)
             if bk is None:
                 states.append((part, key, value))
+                continue
+            mine = buf.setdefault(bk[0], {})
+            if value is None:
+                mine.pop((bk[1], bk[2]), None)
             else:
-                blocks.setdefault(bk[0], {})[(bk[1], bk[2])] = (part, value)
-        stale = self._blocks.stale
+                mine[(bk[1], bk[2])] = (part, value)
         for part, key, value in states:
-            mine = blocks.pop(key, {})
+            u = key.decode("utf-8", "surrogatepass")
+            if value is None:
+                if u in self.states.users:
+                    self._forget_user(u)
+                continue
+            mine = buf.get(key, {})
             try:
-                st = UserState.from_bytes(value, sw, part, now_s, blocks={tb: v for tb, (_p, v) in mine.items()})
+                st = restore(u, value, part, now_s, {tb: v for tb, (_p, v) in mine.items()} if mine else None)
             except StateFormatError as exc:
                 errors.append(f"partition {part}: {exc}")
                 continue
-            u = key.decode("utf-8", "surrogatepass")
-            self._adopt(u, st, part)
+            self._own_state(u, st, part)
             named = {} if st.learn is None else st.learn.sealed()
-            stale.update(dict.fromkeys((p, block_key(key, t, b)) for (t, b), (p, _v) in mine.items() if b not in named.get(t, ())))
-            size = len(value) + sum(len(r) * BLOCK_BYTES[t] for t, r in named.items())
-            self._state_bytes += size - self._state_size.get(u, 0)
-            self._state_size[u] = size
+            self._note_size(u, st, len(value) + sum(len(r) * BLOCK_BYTES[t] for t, r in named.items()))
             n += 1
-        for user_key, mine in blocks.items():  # blocks no state record names (a crash mid-checkpoint)
-            stale.update(dict.fromkeys((p, block_key(user_key, t, b)) for (t, b), (p, _v) in mine.items()))
         return n, errors
 
+    def adopted(self, partitions: list[int]) -> int:
+        """``partitions`` are restored (every chunk adopted): block records their users' states
+        do not name are deleted at the next checkpoint (left by a crash mid-checkpoint). Returns
+        how many."""
+        buf, stale, known, n = self._restored_blocks, self._blocks.stale, self._blocks.known, 0
+        mine_parts = set(partitions)
+        for user_key in list(buf):
+            blocks = buf[user_key]
+            ranges = known.get(user_key, {})
+            for (t, b), (part, _v) in list(blocks.items()):
+                if part in mine_parts:
+                    del blocks[(t, b)]
+                    if b not in ranges.get(t, (range(0), range(0)))[1]:
+                        stale[(part, block_key(user_key, t, b))] = None
+                        n += 1
+            if not blocks:
+                del buf[user_key]
+        return n
+
     def _adopt(self, u: str, st: UserState, part: int) -> None:
+        self.states.put(u, st)
+        self._own_state(u, st, part)
+
+    def _own_state(self, u: str, st: UserState, part: int) -> None:
         if st.learn is not None and st.learn.model is not None:
             self._personal.add(u)
         self._blocks.restored(_key(u), st.learn)
-        self.states.put(u, st)
         self._user_part[u] = part
-        self._part_users.setdefault(part, set()).add(u)
+        members = self._part_users.get(part)
+        if members is None:
+            members = self._part_users[part] = set()
+        members.add(u)
+
+    def _note_size(self, u: str, st: UserState, value_len: int) -> None:
+        """Keep the learning share of :meth:`state_bytes` (a deferred state has ``learn`` None)."""
+        if st.learn is not None:
+            self._learn_bytes += value_len - self._learn_size.get(u, 0)
+            self._learn_size[u] = value_len
+        elif u in self._learn_size:
+            self._learn_bytes -= self._learn_size.pop(u)
+
+    def state_bytes(self) -> int:
+        """Estimated heap of the user state held (``taskclf_state_bytes``; ``docs/state.md``):
+        :data:`USER_HEAP_BYTES` per user in memory or parked, plus the changelog value length of
+        each user with learning state (as of its last checkpoint or restore)."""
+        parked = sum(len(k) for k in self._parked.values())
+        return (len(self.states) + parked) * USER_HEAP_BYTES + self._learn_bytes
 
     def stats(self) -> ShardStats:
-        return ShardStats(len(self.states), self._state_bytes, sorted(self._parked))
+        return ShardStats(len(self.states), self.state_bytes(), sorted(self._parked))
 
     def drift_counts(self) -> DriftCounts | None:
         """This shard's drift window summarised; None when drift is off or nothing was seen yet."""

@@ -141,6 +141,9 @@ class CheckpointData:
     state_bytes: int
     #: users forgotten by this checkpoint, by reason (``idle``, ``capacity``, ``oversize``)
     evicted: dict[str, int] = field(default_factory=dict)
+    #: changelog values found unreadable since the last checkpoint, when a user restored
+    #: deferred was first used (that user started empty): one error message each
+    unreadable: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,7 @@ class ShardOp(enum.Enum):
     RELEASE = "release"
     REUSE = "reuse"
     ADOPT = "adopt"
+    ADOPTED = "adopted"
     STATS = "stats"
     USER = "user"
     DRIFT = "drift"
@@ -92,6 +93,7 @@ _DISPATCH: dict[ShardOp, Callable[..., Any]] = {
     ShardOp.RELEASE: PipelineShard.release,
     ShardOp.REUSE: PipelineShard.reuse,
     ShardOp.ADOPT: PipelineShard.adopt,
+    ShardOp.ADOPTED: PipelineShard.adopted,
     ShardOp.STATS: PipelineShard.stats,
     ShardOp.USER: PipelineShard.user_info,
     ShardOp.DRIFT: PipelineShard.drift_counts,
@@ -122,7 +124,10 @@ class ShardHost(Protocol):
 
     async def reuse(self, partitions: list[int]) -> list[int]: ...
 
-    async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]: ...
+    async def adopt(self, records: list[tuple[int, bytes, bytes | None]], now_s: int) -> tuple[int, list[str]]: ...
+
+    async def adopted(self, partitions: list[int]) -> int:
+        """Every chunk of ``partitions`` was adopted (unnamed block records are deleted next)."""
 
     async def stats(self) -> ShardStats: ...
 
@@ -164,8 +169,11 @@ class _TypedCalls:
     async def reuse(self, partitions: list[int]) -> list[int]:
         return cast(list[int], await self._submit(ShardOp.REUSE, partitions))
 
-    async def adopt(self, records: list[tuple[int, bytes, bytes]], now_s: int) -> tuple[int, list[str]]:
+    async def adopt(self, records: list[tuple[int, bytes, bytes | None]], now_s: int) -> tuple[int, list[str]]:
         return cast(tuple[int, list[str]], await self._submit(ShardOp.ADOPT, records, now_s))
+
+    async def adopted(self, partitions: list[int]) -> int:
+        return cast(int, await self._submit(ShardOp.ADOPTED, partitions))
 
     async def stats(self) -> ShardStats:
         return cast(ShardStats, await self._submit(ShardOp.STATS))

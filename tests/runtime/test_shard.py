@@ -15,6 +15,7 @@ from taskclf_daemon.artifacts import build_pipeline
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.config import load_settings
 from taskclf_daemon.shard import PipelineShard, RawBatch, ShardLimits
+from taskclf_daemon.state import USER_HEAP_BYTES
 from taskclf_daemon.workers import LocalShard, ProcessShard, WorkerError
 
 POLICY = GOLDEN_DIR / "models" / "inference_policy.json"
@@ -83,7 +84,8 @@ def test_checkpoint_hands_out_each_changed_user_once_and_again_after_a_failure(p
     cp = shard.checkpoint()
     assert {k.decode() for _p, k, _v in cp.updates} == users
     assert all(p == _part(next(ln for ln in lines if orjson.loads(ln)["user_id"] == k.decode())) for p, k, _v in cp.updates)
-    assert cp.state_users == len(users) and cp.state_bytes == sum(len(v) for _p, _k, v in cp.updates)
+    # the gauge's estimate: a full user's heap each (no learning state here), not the value bytes
+    assert cp.state_users == len(users) and cp.state_bytes == len(users) * USER_HEAP_BYTES
     assert shard.checkpoint().updates == []
     shard.process(_batches(lines[300:310], start_offset=10_000)[0])
     cp2 = shard.checkpoint()
@@ -108,6 +110,50 @@ def test_restored_state_continues_byte_identically(pipe, lines):
     assert b.process(batches[k - 1]).skipped == {"replayed": len(batches[k - 1])}
     tail = _values(b.process(x) for x in batches[k:])
     assert head + tail == expected
+
+
+def test_adopt_applies_changelog_chunks_in_order_later_values_and_tombstones_win(pipe, lines):
+    """A restore installs the changelog chunk by chunk: a user's later value replaces the
+    earlier one, a tombstone in a later chunk forgets a user an earlier chunk installed."""
+    a = PipelineShard(pipe)
+    batches = _batches(lines[:800])
+    for x in batches[:3]:
+        a.process(x)
+    old = {k: (p, v) for p, k, v in a.checkpoint().updates}
+    a.process(batches[3])
+    new = {k: (p, v) for p, k, v in a.checkpoint().updates}
+    kept = sorted(set(old) & set(new))  # changed by the second batch
+    gone = next(k for k in old if k not in new)
+    assert kept and all(old[k][1] != new[k][1] for k in kept)
+    b = PipelineShard(pipe)
+    assert b.adopt([(p, k, v) for k, (p, v) in old.items()]) == (len(old), [])
+    assert b.adopt([(old[gone][0], gone, None)] + [(new[k][0], k, new[k][1]) for k in kept]) == (len(kept), [])
+    assert gone.decode() not in b.states.users and b.stats().state_users == len(old) - 1
+    assert all(b.states.users[k.decode()].to_bytes() == new[k][1] for k in kept)
+    assert b.adopt([(0, b"never-seen", None)]) == (0, [])  # a tombstone of nobody: nothing
+
+
+def test_a_deferred_value_found_unreadable_on_first_use_is_reported_by_the_next_checkpoint(pipe, lines):
+    """Adopt defers decoding: a value that looks like format 2 but is malformed inside is only
+    found out when its user's next window comes; that user starts empty and the error (no
+    user id in it) is handed out once, with the next checkpoint, for the metric and the log."""
+    a = PipelineShard(pipe)
+    batches = _batches(lines[:200])
+    for b in batches:
+        a.process(b)
+    cp = a.checkpoint()
+    part, key, value = cp.updates[0]
+    broken = value.replace(b'"h":[[', b'"h":[["x",', 1)
+    b = PipelineShard(pipe)
+    assert b.adopt([(part, key, broken)] + cp.updates[1:]) == (len(cp.updates), [])  # nothing decoded yet
+    assert b.states.users[key.decode()].deferred and b.checkpoint().unreadable == []
+    res = b.process(next(x for x in _batches(lines[200:]) if key in x.keys))
+    assert not res.dead
+    got = b.checkpoint().unreadable
+    assert len(got) == 1 and got[0].startswith("malformed user state: ") and key.decode() not in got[0]
+    st = b.states.users[key.decode()]
+    assert st.windows_seen == sum(1 for k in next(x for x in _batches(lines[200:]) if key in x.keys).keys if k == key)  # started empty
+    assert b.checkpoint().unreadable == []  # reported once
 
 
 def test_release_parks_durable_state_and_reuse_adopts_it_back(pipe, lines):

@@ -38,10 +38,12 @@ class Changelog:
     def __init__(self) -> None:
         self.latest: dict[bytes, bytes] = {}
         self.written = 0
+        self.log: list[tuple[bytes, bytes | None]] = []
 
     def apply(self, cp: CheckpointData, *, crash_after: int | None = None) -> None:
         recs = [(k, v) for _p, k, v in cp.updates] + [(k, None) for _p, k in cp.tombstones]
         for k, v in recs[:crash_after]:
+            self.log.append((k, v))
             if v is None:
                 self.latest.pop(k, None)
             else:
@@ -51,10 +53,29 @@ class Changelog:
     def records(self) -> list[tuple[int, bytes, bytes]]:
         return [(0, k, v) for k, v in self.latest.items()]
 
+    def chunks(self, size: int) -> list[list[tuple[int, bytes, bytes | None]]]:
+        """The whole log as a restore reads it (changelog.read_chunks): per chunk the latest
+        record of each key, in the order the keys first appear in the chunk."""
+        out = []
+        for i in range(0, len(self.log), size):
+            d: dict[bytes, bytes | None] = {}
+            for k, v in self.log[i : i + size]:
+                d[k] = v
+            out.append([(0, k, v) for k, v in d.items()])
+        return out
+
 
 def _batches():
     """Spans and windows in small batches (every user appears in most of them)."""
     return raw_batches(phases(), 24)
+
+
+def _restart(bundle: Path, log: Changelog) -> tuple[PipelineShard, int, list[str]]:
+    """A new shard restored from the changelog (as a partition assignment does)."""
+    shard = _shard(bundle)
+    n, errors = shard.adopt(log.records())
+    shard.adopted([0])
+    return shard, n, errors
 
 
 def _run(shard: PipelineShard, b: RawBatch) -> list[bytes]:
@@ -87,8 +108,8 @@ def test_restores_from_the_blocks_give_the_same_bytes_and_records_stay_small(bun
         log.apply(cp)
         if c % 13 == 6:  # a restart from the changelog
             had = {u: st.to_bytes() for u, st in shard.states.users.items()}
-            shard, restarts = _shard(bundle), restarts + 1
-            n, errors = shard.adopt(log.records())
+            shard, n, errors = _restart(bundle, log)
+            restarts += 1
             assert errors == [] and n == len(had)
             assert {u: st.to_bytes() for u, st in shard.states.users.items()} == had
     assert fails >= 10 and restarts >= 10, (fails, restarts)
@@ -130,8 +151,7 @@ def test_a_crash_half_way_through_a_checkpoint_restores_the_last_whole_state(bun
     victim = keys[cut]
     log.apply(cp, crash_after=cut)
     n_users = sum(parse_block_key(k) is None for k in log.latest)
-    fresh = _shard(bundle)
-    n, errors = fresh.adopt(log.records())
+    fresh, n, errors = _restart(bundle, log)
     assert errors == [] and n == n_users >= 4
     # the victim is back as of the first checkpoint, whole; the users written before it as of the second
     again = _shard(bundle)
@@ -158,8 +178,7 @@ def test_a_missing_block_makes_that_user_unreadable_and_nobody_else(bundle: Path
     victim = next(k for k in log.latest if parse_block_key(k) is not None)
     del log.latest[victim]
     n_users = sum(parse_block_key(k) is None for k in log.latest)
-    fresh = _shard(bundle)
-    n, errors = fresh.adopt(log.records())
+    fresh, n, errors = _restart(bundle, log)
     assert n == n_users - 1 and len(errors) == 1 and "ring block" in errors[0] and "missing" in errors[0]
 
 
@@ -178,3 +197,20 @@ def test_bytes_written_per_window_of_a_labelling_user(bundle: Path) -> None:
     assert BLOCK_BYTES == {"r": 5 + 8 + RING_BLOCK * 72, "e": 5 + 8 + EVIDENCE_BLOCK * 73}
     assert block_key(b"u1", "e", 3) == b"\xffu1\xffe" + (3).to_bytes(8, "big") and parse_block_key(block_key(b"u1", "e", 3)) == (b"u1", "e", 3)
     assert parse_block_key(b"u1") is None and parse_block_key(b"\xff" * 3) is None
+
+
+def test_a_restore_in_chunks_equals_one_from_the_latest_records(bundle: Path) -> None:
+    shard, log = _shard(bundle), Changelog()
+    for i, b in enumerate(_batches()):
+        _run(shard, b)
+        if i % 3 == 2:
+            log.apply(shard.checkpoint())
+    whole, n, errors = _restart(bundle, log)
+    assert errors == [] and n == 6
+    for size in (1, 7, 100):
+        part = _shard(bundle)
+        for chunk in log.chunks(size):
+            assert part.adopt(chunk)[1] == []
+        assert part.adopted([0]) == 0  # every block a state names, none deleted
+        assert {u: st.to_bytes() for u, st in part.states.users.items()} == {u: st.to_bytes() for u, st in whole.states.users.items()}
+        assert part.checkpoint().tombstones == []

@@ -4,7 +4,7 @@
   ``confidence < threshold`` (strict: equality is accepted). Per-user thresholds beat the global
   one; a ``None`` global threshold disables rejection for users without their own.
 * Smoothing, taskclf online mode ("trailing"): the post-reject label (``Mixed/Unknown`` when
-  rejected) is appended to the user's deque of the last ``w`` labels, and taskclf's centred
+  rejected) is appended to the user's buffer of the last ``w`` labels, and taskclf's centred
   ``rolling_majority`` is evaluated at the last position: the majority of the last ``w//2 + 1``
   labels, the leftmost winner on count ties, and the current label kept when it ties the winner.
   With ``w <= 3`` the label never changes (as in taskclf).
@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableSequence, Sequence
 
 import numpy as np
 
@@ -55,8 +54,10 @@ def _majority_at(window_slice: Sequence[object], current: object) -> object:
     return current if counts[current] == best else winner
 
 
-def smooth_trailing(buffer: deque[int], label: int, window: int) -> int:
-    """Append ``label`` to the user's smoothing buffer and return the smoothed label (taskclf online)."""
+def smooth_trailing(buffer: MutableSequence[int], label: int, window: int) -> int:
+    """Append ``label`` to the user's smoothing buffer and return the smoothed label (taskclf online).
+
+    ``buffer`` keeps its own last labels (``state.LabelRing`` or a ``deque`` with ``maxlen``)."""
     buffer.append(label)
     n = len(buffer)
     if window <= 3 or n == 1:

@@ -11,9 +11,9 @@ Semantics reproduced exactly:
 * a session restarts at a row whose ``bucket_start`` is >= ``idle_gap`` after the previous row;
   ``session_length_so_far`` = minutes since the session start, rounded to 2 dp.
 
-Speed (this runs once per window): the buffer is transposed in one C call (``zip``), a column
-without nulls is summed directly (still ``sum()`` over the tail in buffer order: the same floats
-as before), and rounding goes through :func:`_round_to`, which returns exactly ``round()``'s
+Speed (this runs once per window): the history is kept by column (``state.History``: typed
+arrays, NaN for null), a column is summed directly (``sum()`` over the tail in buffer order: the
+same floats as ever; a NaN sum means a null is there, and only then are nulls filtered), and rounding goes through :func:`_round_to`, which returns exactly ``round()``'s
 float without its decimal conversion in the usual cases.
 """
 
@@ -29,13 +29,11 @@ from taskclf_daemon.labels import (
     ROLLING_SHORT,
 )
 from taskclf_daemon.records import FeatureWindow
-from taskclf_daemon.state import HistoryEntry, UserState
+from taskclf_daemon.state import NULL, UserState
 
 Overlay = tuple[float | None, ...]  # 9 values in schema.OVERLAY_COLUMNS order (the first an int)
 
 _LOOKBACK_US = APP_SWITCH_LOOKBACK_SECONDS * 1_000_000
-#: builds a HistoryEntry without the namedtuple's Python-level ``__new__`` (same object)
-_new_tuple = tuple.__new__
 
 
 def _round_to(x: float, scale: float, ndigits: int) -> float:
@@ -78,18 +76,34 @@ def rolling_mean(values: Sequence[float | None], window: int) -> float | None:
     return _round_to(mean, 10000.0, 4) if type(mean) is float else round(mean, 4)
 
 
-def _short_long(col: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Rolling 5- and 15-row means of one column (taskclf's semantics, see :func:`rolling_mean`).
+def _mean_4dp(col: Sequence[float]) -> float | None:
+    """:func:`rolling_mean` of a whole :class:`~taskclf_daemon.state.History` column (NaN = null).
 
-    A column without nulls (the usual case) is averaged inline; ``all()`` is a quicker "no None"
-    than ``None in`` for the usual non-zero values.
+    The sum of a column without NaN is the sum of the same floats in the same order as before;
+    one NaN makes the sum NaN (inputs are finite, so nothing else can), and only then are the
+    nulls filtered out.
     """
-    if not all(col) and None in col:
-        return rolling_mean(col, ROLLING_SHORT), rolling_mean(col, ROLLING_LONG)
-    col = cast("Sequence[float]", col)  # no None in it (checked above)
-    short = col[-ROLLING_SHORT:]
-    long_ = col[-ROLLING_LONG:]
-    return _round_to(sum(short) / len(short), 10000.0, 4), _round_to(sum(long_) / len(long_), 10000.0, 4)
+    s = sum(col)
+    if s != s:
+        vals = [v for v in col if v == v]
+        if not vals:
+            return None
+        s = sum(vals)
+        return _round_to(s / len(vals), 10000.0, 4)
+    return _round_to(s / len(col), 10000.0, 4)
+
+
+def _short_long(col: Sequence[float]) -> tuple[float | None, float | None]:
+    """Rolling 5- and 15-row means of one history column (taskclf's semantics, see :func:`rolling_mean`)."""
+    return _mean_4dp(col[-ROLLING_SHORT:]), _mean_4dp(col[-ROLLING_LONG:])
+
+
+def _delta(cur: float | None, prev: float) -> float | None:
+    """``cur - prev`` rounded to 4 dp (round(d, 4) of an integral d is d); None if either is null."""
+    if cur is None or prev != prev:
+        return None
+    d = cur - prev
+    return d if d.is_integer() else _round_to(d, 10000.0, 4)
 
 
 def push_window(state: UserState, w: FeatureWindow, idle_gap_seconds: float = DEFAULT_IDLE_GAP_SECONDS) -> Overlay:
@@ -100,12 +114,10 @@ def push_window(state: UserState, w: FeatureWindow, idle_gap_seconds: float = DE
     vals = w.values
     ts = w.ts_us
     hist = state.history
-    if hist:
-        prev = hist[-1]
-        if (ts - prev[0]) >= idle_gap_seconds * 1_000_000:  # prev[0]: prev.ts_us
-            state.session_start_us = ts
-    else:
-        prev = None
+    ts_col = hist.ts
+    n = len(ts_col)
+    if n and (ts - ts_col[-1]) >= idle_gap_seconds * 1_000_000:
+        state.session_start_us = ts
     start = state.session_start_us
     if start is None:
         start = state.session_start_us = ts
@@ -118,33 +130,22 @@ def push_window(state: UserState, w: FeatureWindow, idle_gap_seconds: float = DE
         clicks = float(clicks)
     if type(mouse) is not float and mouse is not None:
         mouse = float(mouse)
-    hist.append(_new_tuple(HistoryEntry, (ts, vals["app_id"], keys, clicks, mouse)))
+    keys_col, mouse_col = hist.keys, hist.mouse
+    # deltas against the previous row (read before the push drops the oldest)
+    d_keys = d_clicks = d_mouse = None
+    if n:
+        d_keys = _delta(keys, keys_col[-1])
+        d_clicks = _delta(clicks, hist.clicks[-1])
+        d_mouse = _delta(mouse, mouse_col[-1])
+    hist.push(ts, vals["app_id"], NULL if keys is None else keys, NULL if clicks is None else clicks, NULL if mouse is None else mouse)
 
     # the buffer's columns, oldest first (timestamps need not be ordered: late rows are kept)
-    ts_col, app_col, keys_col, _clicks, mouse_col = zip(*hist)
+    app_col = hist.apps
     cutoff = ts - _LOOKBACK_US
     if ts_col[0] >= cutoff and min(ts_col) >= cutoff:  # (the oldest row is usually the earliest)
         n_apps = len(set(app_col))
     else:
         n_apps = len({a for t, a in zip(ts_col, app_col) if t >= cutoff})
-    # deltas: current - previous row's value, rounded to 4 dp (round(d, 4) of an integral d is d)
-    d_keys = d_clicks = d_mouse = None
-    if prev is not None:
-        _t, _a, p_keys, p_clicks, p_mouse = prev
-        if keys is not None and p_keys is not None:
-            d_keys = keys - p_keys
-            if not d_keys.is_integer():
-                d_keys = _round_to(d_keys, 10000.0, 4)
-        if clicks is not None and p_clicks is not None:
-            d_clicks = clicks - p_clicks
-            if not d_clicks.is_integer():
-                d_clicks = _round_to(d_clicks, 10000.0, 4)
-        if mouse is not None and p_mouse is not None:
-            d_mouse = mouse - p_mouse
-            if not d_mouse.is_integer():
-                d_mouse = _round_to(d_mouse, 10000.0, 4)
-    # rolling means; a column without nulls (the usual case) is averaged here, else rolling_mean.
-    # all() is a quicker "no None" than ``None in`` for the usual non-zero values.
     keys_short, keys_long = _short_long(keys_col)
     mouse_short, mouse_long = _short_long(mouse_col)
     minutes = (ts - start) / 60_000_000
