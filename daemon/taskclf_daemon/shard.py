@@ -35,6 +35,10 @@ from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
 __all__ = ["RECENT_WINDOWS", "CheckpointData", "Outputs", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats", "UserInfo"]
 
+#: builds a named tuple without its Python-level ``__new__`` (the same object)
+_new_tuple = tuple.__new__
+
+
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
 
@@ -137,7 +141,7 @@ class PipelineShard:
             except Exception as exc:  # noqa: BLE001 - one record never stops the shard
                 dead.append(DeadLetter(i, SourceRef(topic, part, off), key, value, "processing_error", _error_detail(exc)))
                 continue
-            w.source = SourceRef(topic, part, off)
+            w.source = _new_tuple(SourceRef, (topic, part, off))  # SourceRef(...) without its Python-level __new__
             if user_part.get(u) != part:
                 self._own(u, part)
             windows.append(w)
