@@ -15,13 +15,13 @@ are applied by one shard, in input order.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
 from taskclf_daemon.codec import RowValidator, decode_window
 from taskclf_daemon.errors import InvalidRecord
 from taskclf_daemon.forgetting import choose_forgotten
-from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, Prediction
+from taskclf_daemon.pipeline.batch import BatchResult, InferencePipeline, PredictionColumns
 from taskclf_daemon.pipeline.drift_window import DriftCounts, DriftTap
 from taskclf_daemon.pipeline.evidence import BLOCK_BYTES
 from taskclf_daemon.pipeline.label_requests import ASK_BELOW, ELIGIBLE_ASKS_PER_DAY, MAX_ASKS_PER_DAY, AskBudget, encode_request, should_ask
@@ -34,6 +34,10 @@ from taskclf_daemon.timeutil import format_ts_us
 from taskclf_daemon.wire import RECORD_OVERHEAD, source_header
 
 __all__ = ["RECENT_WINDOWS", "CheckpointData", "Outputs", "PipelineShard", "RawBatch", "ShardLimits", "ShardResult", "ShardStats", "UserInfo"]
+
+#: builds a named tuple without its Python-level ``__new__`` (the same object)
+_new_tuple = tuple.__new__
+
 
 def _key(u: str) -> bytes:
     return u.encode("utf-8", "surrogatepass")
@@ -141,7 +145,7 @@ class PipelineShard:
             except Exception as exc:  # noqa: BLE001 - one record never stops the shard
                 dead.append(DeadLetter(i, SourceRef(topic, part, off), key, value, "processing_error", _error_detail(exc)))
                 continue
-            w.source = SourceRef(topic, part, off)
+            w.source = _new_tuple(SourceRef, (topic, part, off))  # SourceRef(...) without its Python-level __new__
             if user_part.get(u) != part:
                 self._own(u, part)
             windows.append(w)
@@ -160,56 +164,68 @@ class PipelineShard:
         skipped: dict[str, int] = {}
         for _w, outcome in res.skipped:
             skipped[outcome] = skipped.get(outcome, 0) + 1
-        tally: dict[tuple[str, str], int] = {}
-        outputs = Outputs()
-        confs = []
-        rejected = 0
+        cols = res.columns
+        uids, values = cols.user_ids, cols.values
+        keys = [_key(u) for u in uids]
         max_out = self._max_record
-        keep, last_value, last_labels = self._keep_recent, self._last_value, self._last_labels
-        for p in res.predictions:
-            key = _key(p.user_id)
-            src = p.source
-            if max_out is not None and len(key) + len(p.value) > max_out:
-                at = next(i for i, w in zip(index, windows) if w.source is src)  # rare: a linear search is fine
-                dead.append(_dead(batch, at, "output_too_large", f"the prediction would be {len(key) + len(p.value)} bytes, limit {max_out}"))
-                continue
-            k = (p.label, p.calibrator_scope)
-            tally[k] = tally.get(k, 0) + 1
-            confs.append(p.confidence)
-            rejected += p.is_rejected
-            outputs.append(key, p.value, source_header(src) if src else b"")
-            if keep:  # ~0.1 us per output
-                last_value[p.user_id] = p.value
-                ring = last_labels.get(p.user_id)
+        if max_out is not None and keys and max(map(len, keys)) + max(map(len, values)) > max_out:
+            cols, keys = self._drop_oversize(cols, keys, max_out, index, windows, dead, batch)
+            uids, values = cols.user_ids, cols.values
+        tally = dict(Counter(zip(cols.labels, cols.scopes)))
+        topic_b = topic.encode()
+        sources = [b"" if src is None else b"%b:%d:%d" % (topic_b if src.topic == topic else src.topic.encode(), src.partition, src.offset) for src in cols.sources]
+        outputs = Outputs(keys, values, sources)
+        if self._keep_recent:  # ~0.1 us per output
+            last_labels = self._last_labels
+            self._last_value.update(zip(uids, values))
+            for u, label in zip(uids, cols.labels):
+                ring = last_labels.get(u)
                 if ring is None:
-                    ring = last_labels[p.user_id] = deque(maxlen=RECENT_WINDOWS)
-                ring.append(p.label)
-        requests = self._label_requests(res.predictions) if self._asking else Outputs()
+                    ring = last_labels[u] = deque(maxlen=RECENT_WINDOWS)
+                ring.append(label)
+        requests = self._label_requests(cols) if self._asking else Outputs()
         refits = self._refits()
         dead.sort(key=lambda d: d.position)
         timings = dict(res.timings)
         timings["decode"] = t1 - t0
         if self._drift is not None:
             timings["drift"] = t3 - t2
-        return ShardResult(outputs, dead, skipped, tally, confs, rejected, timings, len(self.states), requests, refits, len(self._personal))
+        return ShardResult(outputs, dead, skipped, tally, cols.confidences, sum(cols.rejected), timings, len(self.states), requests, refits, len(self._personal))
 
-    def _label_requests(self, predictions: list[Prediction]) -> Outputs:
-        """taskclf LabelRequests for the unsure windows of ``predictions``, within each user's
+    def _drop_oversize(
+        self, cols: PredictionColumns, keys: list[bytes], max_out: int, index: list[int], windows: list[FeatureWindow], dead: list[DeadLetter], batch: RawBatch
+    ) -> tuple[PredictionColumns, list[bytes]]:
+        """``cols`` without the outputs larger than ``max_out`` (key + value), each dead-lettered
+        (``output_too_large``) instead. Rare: linear searches are fine."""
+        keep = []
+        for j, (key, value, src) in enumerate(zip(keys, cols.values, cols.sources)):
+            size = len(key) + len(value)
+            if size > max_out:
+                at = next(i for i, w in zip(index, windows) if w.source is src)
+                dead.append(_dead(batch, at, "output_too_large", f"the prediction would be {size} bytes, limit {max_out}"))
+                continue
+            keep.append(j)
+        return cols.select(keep), [keys[j] for j in keep]
+
+    def _label_requests(self, cols: PredictionColumns) -> Outputs:
+        """taskclf LabelRequests for the unsure windows of ``cols``, within each user's
         daily budget (``pipeline/label_requests.py``): the full quota while the user is short of
         evidence for a personal model, a smaller one after."""
         out = Outputs()
         users = self.states.users
-        for p in predictions:
-            if not p.confidence < ASK_BELOW:
+        for j, conf in enumerate(cols.confidences):
+            if not conf < ASK_BELOW:
                 continue
-            st = users.get(p.user_id)
+            u = cols.user_ids[j]
+            st = users.get(u)
             if st is None:
                 continue
             budget = st.asks if st.asks is not None else AskBudget()
-            quota = ELIGIBLE_ASKS_PER_DAY if p.eligible else MAX_ASKS_PER_DAY
-            if should_ask(budget, p.ts_us, p.confidence, quota):
+            quota = ELIGIBLE_ASKS_PER_DAY if cols.eligible[j] else MAX_ASKS_PER_DAY
+            ts_us, src = cols.ts_us[j], cols.sources[j]
+            if should_ask(budget, ts_us, conf, quota):
                 st.asks = budget
-                out.append(_key(p.user_id), encode_request(p.user_id, p.ts_us, p.confidence, p.core_label_id), source_header(p.source) if p.source else b"")
+                out.append(_key(u), encode_request(u, ts_us, conf, cols.core_ids[j]), source_header(src) if src else b"")
         return out
 
     def _refits(self) -> list[tuple[str, str, float | None, tuple[tuple[str, bool], ...]]]:
@@ -298,7 +314,7 @@ class PipelineShard:
                 self.pipeline.learner.take_decisions()  # undone below with the states
         for u, snap in snaps.items():
             self._undo(u, snap)
-        preds: list[Prediction] = []
+        preds = PredictionColumns()
         skipped: list[tuple[FeatureWindow, str]] = []
         timings: dict[str, float] = {}
         for i, w in zip(index, windows):
@@ -310,7 +326,7 @@ class PipelineShard:
                 self._undo(w.user_id, snap)
                 dead.append(_dead(batch, i, "processing_error", _error_detail(exc)))
                 continue
-            preds += r.predictions
+            preds.extend(r.columns)
             skipped += r.skipped
             for k, v in r.timings.items():
                 timings[k] = timings.get(k, 0.0) + v

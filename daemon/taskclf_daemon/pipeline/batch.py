@@ -78,8 +78,42 @@ class Prediction:
 
 
 @dataclass(slots=True)
+class PredictionColumns:
+    """A batch's outputs as columns (one list per :class:`Prediction` field, in input order):
+    the shard turns them into output records without one object per window."""
+
+    user_ids: list[str] = field(default_factory=list)
+    ts_us: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    core_ids: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    rejected: list[bool] = field(default_factory=list)
+    scopes: list[str] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    sources: list[SourceRef | None] = field(default_factory=list)
+    eligible: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def rows(self) -> list[Prediction]:
+        return list(map(Prediction, *(getattr(self, f) for f in _COLUMNS)))
+
+    def select(self, rows: list[int]) -> PredictionColumns:
+        """The columns of ``rows`` only, in that order."""
+        return PredictionColumns(*([getattr(self, f)[j] for j in rows] for f in _COLUMNS))
+
+    def extend(self, other: PredictionColumns) -> None:
+        for f in _COLUMNS:
+            getattr(self, f).extend(getattr(other, f))
+
+
+_COLUMNS = ("user_ids", "ts_us", "labels", "core_ids", "confidences", "rejected", "scopes", "values", "sources", "eligible")
+
+
+@dataclass(slots=True)
 class BatchResult:
-    predictions: list[Prediction]
+    columns: PredictionColumns
     timings: dict[str, float]  # stage -> seconds for the whole batch
     #: windows not applied, with the reason: ``replayed`` (input offset already applied to the
     #: user's state), ``duplicate`` (same bucket_start_ts as the last applied), ``late`` (older)
@@ -87,6 +121,11 @@ class BatchResult:
     #: the batch's arrays for the drift tap (references, nothing copied); None when the batch
     #: was re-run one window at a time
     arrays: BatchArrays | None = None
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The outputs as :class:`Prediction` rows (built on each access)."""
+        return self.columns.rows()
 
 
 class InferencePipeline:
@@ -223,10 +262,7 @@ class InferencePipeline:
         )
         learner = self.learner
         eligible = learner.eligible_at if learner is not None and len(learner.eligible_at) == len(windows) else [False] * len(windows)
-        out = [
-            Prediction(w.user_id, w.ts_us, mapped_labels[i], arg_l[i], conf_r[i], rej_l[i], scopes[i], values[i], w.source, eligible[i])
-            for i, w in enumerate(windows)
-        ]
+        out = PredictionColumns(uids, [w.ts_us for w in windows], list(mapped_labels), arg_l, conf_r, rej_l, list(scopes), values, [w.source for w in windows], list(eligible))
         t6 = time.perf_counter()
         timings = {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5}
         return BatchResult(out, timings, skipped, BatchArrays(windows, X, probs, post_ids))

@@ -47,6 +47,7 @@ from taskclf_daemon.errors import ArtifactError
 from taskclf_daemon.labels import LABELS, N_LABELS
 from taskclf_daemon.pipeline import compiled as cc
 from taskclf_daemon.pipeline.compiled import softmax_like_lightgbm, untrusted_cache_reason
+from taskclf_daemon.pipeline.matrix import MatrixEncoder
 from taskclf_daemon.records import FeatureWindow
 from taskclf_daemon.schema import OVERLAY_COLUMNS, SCHEMAS, FeatureSchema
 
@@ -133,7 +134,7 @@ class ModelBundle:
                 self._plan.append((c, "ovl", overlay_pos[c]))
             else:
                 self._plan.append((c, "num", None))
-        self._row = _compile_row(self._plan)
+        self._matrix = MatrixEncoder(self._plan, len(OVERLAY_COLUMNS))
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "lightgbm", cache_dir: str | Path | None = None) -> ModelBundle:
@@ -225,11 +226,9 @@ class ModelBundle:
         return len(self.schema.feature_columns)
 
     def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple[float | None, ...]]) -> np.ndarray:
-        """Build the float64 model input matrix (n, width): categorical codes, None -> 0.0, bool -> 1/0."""
-        if not windows:
-            return np.empty((0, self.width), dtype=np.float64)
-        row = self._row
-        return np.array([row(w.values, ov) for w, ov in zip(windows, overlays)], dtype=np.float64)
+        """Build the float64 model input matrix (n, width): categorical codes, None -> 0.0, bool -> 1/0
+        (``pipeline/matrix.py``: columnar, the same bits as one list per row)."""
+        return self._matrix.encode(windows, overlays)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Raw class probabilities (n, 8), columns in alphabetical label order. One model call
@@ -347,26 +346,3 @@ class ModelBundle:
                 self._settled.set()
 
         threading.Thread(target=run, name="taskclf-model-compile", daemon=True).start()
-
-
-def _compile_row(plan: Sequence[tuple[str, str, Any]]) -> Any:
-    """A generated ``row(values, overlay) -> list[float]`` for the encode plan: one list
-    display, no per-column loop or numpy scalar stores (the matrix is built in one call)."""
-    env: dict[str, Any] = {}
-    items = []
-    for j, (col, kind, arg) in enumerate(plan):
-        if kind == "num":
-            items.append(f"0.0 if (v := vals[{col!r}]) is None else float(v)")
-        elif kind == "ovl":
-            items.append(f"0.0 if (v := ov[{int(arg)}]) is None else float(v)")
-        elif arg is None:
-            items.append("-1.0")
-        else:
-            env[f"_g{j}"] = arg.codes.get
-            env[f"_u{j}"] = arg.unknown
-            items.append(f"_g{j}(str(vals[{col!r}]), _u{j})")
-    src = "def row(vals, ov):\n    return [\n        " + ",\n        ".join(items) + ",\n    ]\n"
-    exec(compile(src, "<taskclf_daemon encode row>", "exec"), env)  # noqa: S102 - our own generated code
-    return env["row"]
-
-

@@ -97,6 +97,7 @@ class OutputEncoder:
         self._template = head + tail
         self._identity_probs = b"{" + b",".join(orjson.dumps(n) + b":%b" for n in LABELS) + b"}"
         self._strings: dict[str, bytes] = {}
+        self._core_names = tuple(orjson.dumps(n) for n in LABELS)
 
     def _str(self, s: str) -> bytes:
         b = self._strings.get(s)
@@ -138,21 +139,24 @@ class OutputEncoder:
             mp = [orjson.dumps(d) for d in mapped_probs]
         t, s = self._template, self._str
         tf = (b"false", b"true")
-        ks = [b'"identity"'] * n if kinds is None else [s(k) for k in kinds]
+        # the few distinct names of the batch (labels, scopes, kinds) encoded once; user ids one by one
+        names = {x: s(x) for x in {*mapped_labels, *smoothed, *scopes, *(kinds or ())}}
+        core_names = self._core_names
+        ks = [b'"identity"'] * n if kinds is None else [names[k] for k in kinds]
         vs = [b"null"] * n if versions is None else [b"null" if v is None else s(v) for v in versions]
         return [
             t % (
                 s(user_ids[i]),
                 timestamps[i].encode(),
                 core_ids[i],
-                s(LABELS[core_ids[i]]),
+                core_names[core_ids[i]],
                 core[i],
                 conf[i],
                 tf[rejected[i]],
-                s(mapped_labels[i]),
+                names[mapped_labels[i]],
                 mp[i],
-                s(smoothed[i]),
-                s(scopes[i]),
+                names[smoothed[i]],
+                names[scopes[i]],
                 ks[i],
                 vs[i],
             )
