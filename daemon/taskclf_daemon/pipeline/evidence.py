@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -80,6 +81,16 @@ class LearnConfig:
     #: a refit started at a user's window is in force from the user's window this many windows
     #: later (the fit runs meanwhile, off the batch; 1 = the next window)
     adopt_lag: int = 10
+
+    @property
+    def wait_us(self) -> int:
+        """A window is finalised once the user's newest window starts this much later."""
+        return _wait_us(self.label_wait_s, self.bucket_seconds)
+
+
+@functools.lru_cache(maxsize=64)
+def _wait_us(label_wait_s: float, bucket_seconds: int) -> int:
+    return int(label_wait_s * 1_000_000) + bucket_seconds * 1_000_000
 
 
 class PendingRefit(NamedTuple):
@@ -161,10 +172,16 @@ class UserLearning:
         if log is not None:
             log.append(_RING_POP)
         self.windows += 1
-        last = self.last_ts_us = ts_us if self.last_ts_us is None or ts_us > self.last_ts_us else self.last_ts_us
-        horizon = last - int(cfg.label_wait_s * 1_000_000) - cfg.bucket_seconds * 1_000_000
+        last = self.last_ts_us
+        if last is None or ts_us > last:
+            last = self.last_ts_us = ts_us
+        horizon = last - cfg.wait_us
         while ring and ring[0][0] <= horizon:
-            added += self._finalise(user_id, self._pop_ring(), cfg)
+            item = ring.popleft()
+            if log is not None:
+                log.append((_RING_PUSH_LEFT, item))
+            if self.spans:
+                added += self._finalise(user_id, item, cfg)
         return added
 
     def prune_spans(self) -> None:
@@ -306,19 +323,19 @@ class UserLearning:
         :meth:`block_value`) kept as records of their own: the object then holds only the items
         after them and names them (``r0``/``bk``: the ring's first window number and blocks,
         ``e0``/``ek``: the evidence's)."""
-        ring: list[Any] = list(self.ring)
-        ev: list[Any] = list(self.evidence)
+        ring: list[Any] | deque[Any] = self.ring
+        ev: list[Any] | deque[Any] = self.evidence
         ext: dict[str, Any] = {}
         if sealed is not None:
             if dict(sealed) != self.sealed():
                 raise ValueError("the sealed blocks given are not the state's")
             if sealed["r"]:
                 first = self.ring_first()
-                ring = ring[sealed["r"].stop * RING_BLOCK - first :]
+                ring = list(itertools.islice(ring, sealed["r"].stop * RING_BLOCK - first, None))
                 ext.update(r0=first, bk=[sealed["r"].start, sealed["r"].stop])
             if sealed["e"]:
                 first = self.evidence_first()
-                ev = ev[sealed["e"].stop * EVIDENCE_BLOCK - first :]
+                ev = list(itertools.islice(ev, sealed["e"].stop * EVIDENCE_BLOCK - first, None))
                 ext.update(e0=first, ek=[sealed["e"].start, sealed["e"].stop])
         return {
             "rt": _b64(np.fromiter((r[0] for r in ring), dtype=_I64, count=len(ring)).tobytes()),

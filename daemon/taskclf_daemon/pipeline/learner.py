@@ -144,7 +144,8 @@ class Learner:
                 self._start_refit(w.user_id, learn, w.ts_us)
             eligible[i] = learn.eligible
         for learn in touched.values():
-            learn.prune_spans()
+            if learn.spans:
+                learn.prune_spans()
         if groups:
             probs = probs.copy()
             served = self.served
