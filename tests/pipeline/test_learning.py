@@ -283,3 +283,28 @@ def test_head_extras_of_a_batch() -> None:
     assert out[0].tolist() == [math.log1p(3.0), 0.0, 0.0, 1e-300, math.log1p(7.5), math.log1p(120.0), 1.0, math.cos(math.pi / 2)]
     assert out[1].tolist() == [0.0] * 6 + [0.0, 1.0]
     assert extras_batch([], None).shape == (0, 8)
+
+
+def test_head_extras_from_the_model_rows_equal_those_from_the_overlays(golden) -> None:
+    import numpy as np
+
+    from taskclf_daemon.pipeline.head_features import extras_batch, extras_from_matrix, matrix_columns
+
+    pipe, ws, _spans, _plain = golden
+    states = pipe.new_state_store()
+    overlays, rows = [], []
+    from taskclf_daemon.pipeline.features import push_window
+
+    for w in ws[:2000]:
+        st = states.get(w.user_id)
+        overlays.append(push_window(st, w, pipe.config.idle_gap_seconds))
+        rows.append(w)
+    X = pipe.bundle.encode(rows, overlays)
+    cols = matrix_columns(pipe.bundle.schema.feature_columns)
+    assert cols is not None
+    hour = list(pipe.bundle.schema.feature_columns).index("hour_of_day")
+    a, b = extras_batch(overlays, X[:, hour]), extras_from_matrix(X, cols, X[:, hour])
+    assert ((a == 0) == (b == 0)).all() and (a != 0).sum() > 5000  # the same zeros; most values positive
+    np.testing.assert_allclose(b, a, rtol=4e-16, atol=0)  # numpy's log1p: at most the last bit
+    assert (a.astype("<f4") == b.astype("<f4")).mean() > 0.999  # what the ring keeps
+    assert matrix_columns(["hour_of_day"]) is None

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import base64
 import bisect
-import functools
 import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -82,15 +81,11 @@ class LearnConfig:
     #: later (the fit runs meanwhile, off the batch; 1 = the next window)
     adopt_lag: int = 10
 
-    @property
-    def wait_us(self) -> int:
-        """A window is finalised once the user's newest window starts this much later."""
-        return _wait_us(self.label_wait_s, self.bucket_seconds)
+    #: a window is finalised once the user's newest window starts this much later (derived)
+    wait_us: int = field(init=False, repr=False, compare=False, default=0)
 
-
-@functools.lru_cache(maxsize=64)
-def _wait_us(label_wait_s: float, bucket_seconds: int) -> int:
-    return int(label_wait_s * 1_000_000) + bucket_seconds * 1_000_000
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wait_us", int(self.label_wait_s * 1_000_000) + self.bucket_seconds * 1_000_000)
 
 
 class PendingRefit(NamedTuple):
@@ -186,12 +181,11 @@ class UserLearning:
 
     def prune_spans(self) -> None:
         """Drop the spans that end before every unfinalised window (they can label nothing)."""
-        if self.spans and self.last_ts_us is not None:
-            cut = self._finalised_before()
-            for s in self.spans:
-                if s.end_us <= cut:
-                    self.spans = [s for s in self.spans if s.end_us > cut]
-                    break
+        spans = self.spans
+        if spans and self.last_ts_us is not None:
+            cut = self.ring[0][0] if self.ring else self.last_ts_us + 1
+            if min(s.end_us for s in spans) <= cut:
+                self.spans = [s for s in spans if s.end_us > cut]
 
     def _pop_ring(self) -> tuple[int, bytes]:
         item = self.ring.popleft()

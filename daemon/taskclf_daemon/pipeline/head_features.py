@@ -46,6 +46,29 @@ def extras_batch(overlays: Sequence[tuple[float | None, ...]], hours: np.ndarray
     return out
 
 
+def matrix_columns(feature_columns: Sequence[str]) -> tuple[int, ...] | None:
+    """Where the model row holds the overlay values the extras are made of (None: not all)."""
+    cols = list(feature_columns)
+    return tuple(cols.index(c) for c in _LOG1P_OVERLAY) if all(c in cols for c in _LOG1P_OVERLAY) else None
+
+
+def extras_from_matrix(X: np.ndarray, columns: Sequence[int], hours: np.ndarray | None) -> np.ndarray:
+    """:func:`extras_batch` from the encoded model rows ``X`` (an overlay value there is the
+    overlay's float, ``None`` is 0.0, so ``ln(1 + x)`` of the positive ones is the same; numpy's
+    ``log1p``, which may differ from ``math.log1p`` in the last bit), vectorised."""
+    n = X.shape[0]
+    out = np.zeros((n, N_EXTRAS), dtype=np.float64)
+    if n:
+        v = X[:, list(columns)]
+        pos = v > 0
+        out[:, : len(columns)] = np.log1p(np.where(pos, v, 0.0)) * pos
+        if hours is not None:
+            ang = np.asarray(hours, dtype=np.float64) * (2.0 * math.pi / 24.0)
+            out[:, -2] = np.sin(ang)
+            out[:, -1] = np.cos(ang)
+    return out
+
+
 def head_matrix(raw: np.ndarray, extras: np.ndarray) -> np.ndarray:
     """(n, 16) head features: ``[ln raw probs, extras]``."""
     return np.concatenate([np.log(np.clip(np.asarray(raw, dtype=np.float64), _FLOOR, None)), np.asarray(extras, dtype=np.float64)], axis=1)

@@ -36,7 +36,7 @@ import numpy as np
 
 from taskclf_daemon.pipeline.calibration import CalibratorStore, IdentityCalibrator
 from taskclf_daemon.pipeline.evidence import _F32, LearnConfig, PendingRefit, UserLearning
-from taskclf_daemon.pipeline.head_features import N_EXTRAS, extras_batch
+from taskclf_daemon.pipeline.head_features import N_EXTRAS, extras_batch, extras_from_matrix, matrix_columns
 from taskclf_daemon.pipeline.labelspan import LabelSpan
 from taskclf_daemon.pipeline.personal_model import PersonalModel
 from taskclf_daemon.pipeline.personalize import Decision, Evidence, GateConfig, decide, eligibility
@@ -59,6 +59,8 @@ class Learner:
         self.store = store
         #: index of ``hour_of_day`` in the encoded model row (None: no hour extras)
         self.hour_column = hour_column
+        #: where the model row holds the extras' overlay values (None: computed from the overlays)
+        self.overlay_columns: tuple[int, ...] | None = None
         #: (user_id, decision) of every refit since the last :meth:`take_decisions`
         self.decisions: list[tuple[str, Decision]] = []
         #: per window of the last :meth:`personalise` call: the user had enough evidence for a
@@ -76,6 +78,7 @@ class Learner:
         """Called by the pipeline: the calibrator store in use and the model row's columns."""
         self.store = store
         self.hour_column = list(feature_columns).index("hour_of_day") if "hour_of_day" in feature_columns else None
+        self.overlay_columns = matrix_columns(feature_columns)
 
     def learning(self, states: StateStore, user_id: str) -> UserLearning:
         st = states.get(user_id)
@@ -123,7 +126,8 @@ class Learner:
             return probs, scopes, extras
         idx = np.asarray(rows)
         hours = X[idx, self.hour_column] if self.hour_column is not None else None
-        extras[idx] = extras_batch([overlays[i] for i in rows], hours)
+        cols = self.overlay_columns
+        extras[idx] = extras_batch([overlays[i] for i in rows], hours) if cols is None else extras_from_matrix(X[idx], cols, hours)
         blobs = np.concatenate((raw[idx], extras[idx]), axis=1).astype(_F32)
         groups: dict[int, tuple[PersonalModel, list[int]]] = {}
         touched: dict[int, UserLearning] = {}
@@ -144,8 +148,7 @@ class Learner:
                 self._start_refit(w.user_id, learn, w.ts_us)
             eligible[i] = learn.eligible
         for learn in touched.values():
-            if learn.spans:
-                learn.prune_spans()
+            learn.prune_spans()
         if groups:
             probs = probs.copy()
             served = self.served
