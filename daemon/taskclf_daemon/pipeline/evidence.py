@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import bisect
 import itertools
+import struct
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -306,10 +307,10 @@ class UserLearning:
         if not lo < hi <= end:
             raise ValueError(f"{_NAME[stream]} block {b} is not sealed or holds nothing")
         got: list[Any] = list(itertools.islice(items, lo - first, hi - first))
-        head = _MAGIC[stream] + np.array([lo], dtype=_I64).tobytes() + np.fromiter((x[0] for x in got), dtype=_I64, count=len(got)).tobytes()
+        head = _MAGIC[stream] + _int64s([lo, *[x[0] for x in got]])
         if stream == "e":
-            head += bytes(x[1] for x in got)
-        return head + b"".join(x[-1] for x in got)
+            head += bytes([x[1] for x in got])
+        return head + b"".join([x[-1] for x in got])
 
     # --- serialisation -----------------------------------------------------------------------
     def to_obj(self, sealed: Mapping[str, range] | None = None) -> dict[str, Any]:
@@ -332,11 +333,11 @@ class UserLearning:
                 ev = list(itertools.islice(ev, sealed["e"].stop * EVIDENCE_BLOCK - first, None))
                 ext.update(e0=first, ek=[sealed["e"].start, sealed["e"].stop])
         return {
-            "rt": _b64(np.fromiter((r[0] for r in ring), dtype=_I64, count=len(ring)).tobytes()),
-            "rb": _b64(b"".join(r[1] for r in ring)),
-            "et": _b64(np.fromiter((e[0] for e in ev), dtype=_I64, count=len(ev)).tobytes()),
-            "el": _b64(bytes(e[1] for e in ev)),
-            "eb": _b64(b"".join(e[2] for e in ev)),
+            "rt": _b64(_int64s([r[0] for r in ring])),
+            "rb": _b64(b"".join([r[1] for r in ring])),
+            "et": _b64(_int64s([e[0] for e in ev])),
+            "el": _b64(bytes([e[1] for e in ev])),
+            "eb": _b64(b"".join([e[2] for e in ev])),
             **ext,
             "s": [[s.start_us, s.end_us, s.label, s.provenance, s.user_id, s.confidence, s.extend_forward] for s in self.spans],
             "n": self.labels_total,
@@ -417,6 +418,11 @@ def _block_items(stream: str, v: bytes, b: int, first: int) -> list[Any]:
         return [(ts[i], v[at + i * w : at + (i + 1) * w]) for i in range(start - lo, n)]
     labels, at = v[at : at + n], at + n
     return [(ts[i], labels[i], v[at + i * w : at + (i + 1) * w]) for i in range(start - lo, n)]
+
+
+def _int64s(values: list[int]) -> bytes:
+    """Little-endian int64s (``struct``: cheaper than numpy for a handful)."""
+    return struct.pack(f"<{len(values)}q", *values)
 
 
 def _b64(b: bytes) -> str:

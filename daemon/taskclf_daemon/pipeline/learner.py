@@ -128,7 +128,8 @@ class Learner:
         hours = X[idx, self.hour_column] if self.hour_column is not None else None
         cols = self.overlay_columns
         extras[idx] = extras_batch([overlays[i] for i in rows], hours) if cols is None else extras_from_matrix(X[idx], cols, hours)
-        blobs = np.concatenate((raw[idx], extras[idx]), axis=1).astype(_F32)
+        flat = np.concatenate((raw[idx], extras[idx]), axis=1).astype(_F32).tobytes()
+        step = _F32.itemsize * (raw.shape[1] + N_EXTRAS)
         groups: dict[int, tuple[PersonalModel, list[int]]] = {}
         touched: dict[int, UserLearning] = {}
         for j, i in enumerate(rows):
@@ -140,7 +141,7 @@ class Learner:
                 self._apply(w.user_id, learn)
             if learn.model is not None:
                 groups.setdefault(id(learn.model), (learn.model, []))[1].append(i)
-            added = learn.add_window(w.user_id, w.ts_us, blobs[j].tobytes(), cfg)
+            added = learn.add_window(w.user_id, w.ts_us, flat[j * step : (j + 1) * step], cfg)
             touched[id(learn)] = learn
             if added and not learn.eligible and len(learn.evidence) >= self.gate.min_windows and (learn.labels_total // _RECHECK != (learn.labels_total - added) // _RECHECK or len(learn.evidence) - added < self.gate.min_windows):
                 learn.eligible = self._eligible(learn)
