@@ -56,11 +56,11 @@ _NAME = {"r": "ring", "e": "evidence"}
 _ITEM = {"r": 8 + WIDTH * 4, "e": 8 + 1 + WIDTH * 4}
 #: bytes of a full block record value, per stream
 BLOCK_BYTES = {t: len(_MAGIC[t]) + 8 + BLOCK_SIZES[t] * _ITEM[t] for t in BLOCK_SIZES}
-# journal entries of the undo log
-_RING_POP = ("rp",)
-_RING_PUSH_LEFT = "ra"
-_EV_POP = ("ep",)
-_EV_PUSH_LEFT = "ea"
+# journal entries: (code,) or (code, item); the code says how to undo the change
+_RING_POP = ("rp",)  # a window was appended: pop it
+_RING_PUSH_LEFT = "ra"  # (code, item): a window was popped from the left: put it back
+_EV_POP = ("ep",)  # a labelled window was appended: pop it
+_EV_PUSH_LEFT = "ea"  # (code, item): the oldest labelled window was dropped: put it back
 
 
 @dataclass(frozen=True)

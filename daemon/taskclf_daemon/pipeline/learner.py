@@ -176,11 +176,14 @@ class Learner:
         if self.executor is not None:
             key = (user_id, learn.pending)
             if key not in self._fits:  # (a batch re-run after an undo starts the same refit again)
-                self._fits[key] = self.executor.submit(self._fit, user_id, learn.pending_evidence(), self.in_force(user_id, learn), ts_us, learn.model is not None)
+                self._fits[key] = self.executor.submit(decide, *self._fit_args(user_id, learn))
 
-    def _fit(self, user_id: str, ev: Evidence, in_force: PersonalModel, ts_us: int, personal: bool) -> Decision:
-        glob = self.in_force(user_id, None) if personal else None
-        return decide(ev, in_force, ts_us, self.gate, glob)
+    def _fit_args(self, user_id: str, learn: UserLearning) -> tuple[Evidence, PersonalModel, int, GateConfig, PersonalModel | None]:
+        """``decide``'s arguments for the user's pending refit: the evidence as at its start, the
+        model in force, and the global calibrator when a personal model is in force."""
+        assert learn.pending is not None
+        glob = None if learn.model is None else self.in_force(user_id, None)
+        return learn.pending_evidence(), self.in_force(user_id, learn), learn.pending.ts_us, self.gate, glob
 
     def _apply(self, user_id: str, learn: UserLearning) -> None:
         """Put the pending refit's decision in force (waits for the fit if it still runs; fits
@@ -188,7 +191,7 @@ class Learner:
         p = learn.pending
         assert p is not None
         fut = self._fits.pop((user_id, p), None)
-        dec = fut.result() if fut is not None else self._fit(user_id, learn.pending_evidence(), self.in_force(user_id, learn), p.ts_us, learn.model is not None)
+        dec = fut.result() if fut is not None else decide(*self._fit_args(user_id, learn))
         learn.pending = None
         learn.decision = dec.to_json()
         if dec.adopted is not None:
