@@ -1,6 +1,6 @@
 """The scheduler cuts fetched records into micro-batches for its shards (fake hosts, no broker):
 batches of at most ``max_batch_records``, in fetch order, only while the shard has room
-(``SHARD_DEPTH``); revoked partitions' pending records are forgotten; the fetch plan leaves out
+(``SHARD_DEPTH``, ``BACKLOG_DEPTH`` with a whole batch pending); revoked partitions' pending records are forgotten; the fetch plan leaves out
 shards with too much pending; a batch silent past the stall limit is reported."""
 
 from __future__ import annotations
@@ -62,6 +62,37 @@ def test_batches_respect_size_depth_and_fetch_order(monkeypatch) -> None:  # typ
         order = [(0, o) for o in range(7)] + [(2, o) for o in range(100, 103)] + [(0, o) for o in range(7, 16)]
         handed = [(p, o) for b in s0.batches for p, o in zip(b.partitions, b.offsets, strict=True)]
         assert len(s0.batches) == 3 and handed == order[:15] and s.pending_n[0] == 4
+
+    asyncio.run(run())
+
+
+def test_a_backlog_gets_a_second_full_batch_a_trickle_waits() -> None:
+    """Default depths: while a shard computes, records fewer than a whole batch wait (low load:
+    one batch in flight); a whole batch pending goes at once, so the worker never idles between
+    batches of a backlog; never more than BACKLOG_DEPTH, never a partial second batch."""
+    assert (smod.SHARD_DEPTH, smod.BACKLOG_DEPTH) == (1, 2)
+
+    async def run() -> None:
+        s, (s0, _s1) = _sched(max_batch=5)
+        _fetch(s, 0, 0, 3)
+        s.submit(0)
+        assert [len(b) for b in s0.batches] == [3]
+        _fetch(s, 0, 3, 4)  # 4 < 5 pending: a trickle waits for the first batch
+        s.submit(0)
+        assert [len(b) for b in s0.batches] == [3] and s.pending_n[0] == 4
+        _fetch(s, 0, 7, 8)  # 12 pending: one whole batch goes now, the 7 left wait (depth 2 reached)
+        s.submit(0)
+        assert [len(b) for b in s0.batches] == [3, 5] and s.pending_n[0] == 7
+        assert list(s0.batches[1].offsets) == [3, 4, 5, 6, 7]
+        s.pop(0)  # the first finishes: room for one more (depth 1 always, 2 with a backlog)
+        s.submit(0)
+        assert [len(b) for b in s0.batches] == [3, 5, 5] and s.pending_n[0] == 2
+        s.pop(0)
+        s.submit(0)  # 2 pending, one batch in flight: they wait
+        assert len(s0.batches) == 3 and s.pending_n[0] == 2
+        s.pop(0)
+        s.submit(0)  # nothing in flight: the partial batch goes
+        assert [len(b) for b in s0.batches] == [3, 5, 5, 2] and s.pending_n[0] == 0
 
     asyncio.run(run())
 
