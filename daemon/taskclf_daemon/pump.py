@@ -174,7 +174,8 @@ class Pump:
                 oldest = self.tracker.oldest()
                 if oldest is None:
                     break
-                await asyncio.wait(oldest.futures, timeout=1.0)
+                if oldest.futures:  # a batch without outputs (label spans, all skipped) is complete now
+                    await asyncio.wait(oldest.futures, timeout=1.0)
                 self.alive()
                 self.collect()
         finally:
