@@ -14,7 +14,9 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
     ``/metrics``. With the ``auto`` (default) or ``lleaves`` backend the compiled model is
     cached first (``compile_cache:`` line), as a first start does in the background, so (b)
     measures a normal start; ``--cold-cache`` skips that (a first start: LightGBM until the
-    background compile is swapped in);
+    background compile is swapped in); the ``daemon_cpu:`` line: µs of CPU per window of the
+    daemon process, its workers and the broker from the first output to the last
+    (``benchlib.DrainCpu``), and the machine's busy cores meanwhile;
 (p) **stage profile** (offline, in this process): µs per record of decode, features, encode,
     predict, calibrate, decide, serialize on the same rows, and ``R_model``;
 (c) **naive**: one message at a time (``InferencePipeline.process([window])``,
@@ -139,8 +141,10 @@ class Bench:
             time.sleep(0.1)
         raise BenchError(f"daemon not ready after {timeout:.0f}s:\n{self.tail(log_path)}")
 
-    def wait_daemon_done(self, p: Any, port: int, log_path: Path, n: int, timeout: float, what: str) -> bytes:
-        """Poll /metrics (1/s) until emitted + dead-lettered >= n and nothing is in flight."""
+    def wait_daemon_done(self, p: Any, port: int, log_path: Path, n: int, timeout: float, what: str, cpu: bl.DrainCpu | None = None) -> bytes:
+        """Poll /metrics (1/s; 5/s with ``cpu``, which samples the CPU budget of the drain at the
+        first poll that sees an output and at the last) until emitted + dead-lettered >= n and
+        nothing is in flight."""
         t0 = time.monotonic()
         last_log = t0
         body = b""
@@ -151,14 +155,29 @@ class Bench:
             if status == 200:
                 done = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"') + bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"')
                 inflight = bl.prom_sum(body, "taskclf_in_flight_records")
+                if cpu is not None and done > 0:
+                    cpu.first(int(done))
                 if done >= n and inflight == 0:
+                    if cpu is not None:
+                        cpu.last(int(done))
                     return body
                 if time.monotonic() - last_log >= 5.0:
                     bl.log(f"{what}: daemon processed {int(done)}/{n}")
                     last_log = time.monotonic()
             if time.monotonic() - t0 > timeout:
                 raise BenchError(f"{what}: daemon did not process {n} records within {timeout:.0f}s:\n{self.tail(log_path)}")
-            time.sleep(1.0)
+            time.sleep(1.0 if cpu is None else 0.2)
+
+    def drain_cpu(self, p: Any) -> bl.DrainCpu:
+        broker = sorted(self.mon.tagged("broker"))
+        return bl.DrainCpu(p.pid, broker[0] if broker else None)
+
+    @staticmethod
+    def cpu_str(res: dict[str, Any] | None) -> str:
+        if not res:
+            return "cpu_us_per_window=na"
+        return (f"cpu_us_per_window={{daemon_process:{res['daemon_process_us']},workers:{res['workers_us']},broker:{res['broker_us']},"
+                f"total:{res['total_us']}}} machine_busy_cores={res['machine_busy_cores']}")
 
     def stop_daemon(self, p: Any, log_path: Path) -> int | None:
         rc = bl.Procs.stop(p, timeout=40.0)
@@ -264,7 +283,8 @@ class Bench:
         p, port, dlog = self.start_daemon("bl", self.topic("in"), t_out, t_dlq, {"TASKCLF_FEEDBACK_TOPIC": t_fb, "TASKCLF_LABEL_REQUESTS_TOPIC": t_req})
         try:
             self.wait_daemon_ready(p, port, dlog)
-            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon with labels")
+            cpu = self.drain_cpu(p)
+            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon with labels", cpu)
             noise = self.mon.end()
         finally:
             rc = self.stop_daemon(p, dlog)
@@ -273,9 +293,10 @@ class Bench:
         accepted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="span_accepted"')
         R["daemon_labels"] = {"eps": round(l_eps), **self.verify("daemon_labels", read, expect), "exit_code": rc, "spans": n_fb, "spans_accepted": accepted,
                               "label_requests": bl.prom_sum(body, "taskclf_label_requests_total"), "ratio_to_daemon": round(l_eps / d_eps, 3) if d_eps else None,
-                              "io_ratio": round(l_eps / pt_eps, 3) if pt_eps else None, "noise": noise}
+                              "io_ratio": round(l_eps / pt_eps, 3) if pt_eps else None, "noise": noise, "cpu": cpu.result()}
         _out(f"daemon_labels: eps={l_eps:.0f} records={read.unique} spans={n_fb} accepted={accepted:.0f} label_requests={R['daemon_labels']['label_requests']:.0f} "
              f"io_ratio={l_eps / pt_eps:.3f} ratio_to_daemon={l_eps / d_eps:.3f} {self.noise_str(noise)}")
+        _out(f"daemon_labels_cpu: {self.cpu_str(R['daemon_labels']['cpu'])}")
         R["daemon_labels"]["values"] = self.verify_values("daemon_labels", read, wl.records)
 
     def noise_str(self, noise: dict[str, Any]) -> str:
@@ -343,7 +364,8 @@ class Bench:
         p, port, dlog = self.start_daemon("b", t_in, t_d, t_dlq, {})
         try:
             ready_s = self.wait_daemon_ready(p, port, dlog)
-            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon")
+            cpu = self.drain_cpu(p)
+            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon", cpu)
             rss = bl.vm_hwm_mb(p.pid)
             noise = self.mon.end()
         finally:
@@ -363,13 +385,14 @@ class Bench:
                        "dlq": bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"'),
                        "commits_ok": bl.prom_sum(body, "taskclf_offset_commits_total", 'result="ok"'),
                        "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise,
-                       "backend_in_force": in_force[0] if in_force else None}
+                       "backend_in_force": in_force[0] if in_force else None, "cpu": cpu.result()}
         daemon_cpu = noise.get("daemon_b_cores")
         if daemon_cpu is not None and noise.get("wall_s"):
             R["daemon"]["daemon_cpu_s"] = round(daemon_cpu * noise["wall_s"], 2)
         _out(f"daemon: eps={d_eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
              f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} backend={R['daemon']['backend_in_force']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
              f"{self.noise_str(noise)}")
+        _out(f"daemon_cpu: {self.cpu_str(R['daemon']['cpu'])}")
         _out(f"io_ratio: {d_eps / pt_eps:.3f} (daemon/passthrough)")
         bl.log("(b) values: the drained outputs against an offline replay of the same backlog")
         R["daemon"]["values"] = self.verify_values("daemon", read, wl.records)

@@ -226,6 +226,50 @@ def probe_ms(reps: int = 15) -> float:
     return times[len(times) // 2]
 
 
+class DrainCpu:
+    """Where the CPU of a drain goes, per window: the daemon process, its pipeline workers (its
+    descendants) and the broker, from ``/proc`` ticks taken at the first poll that sees an output
+    and at the last (start-up, group join and restore excluded), plus the machine's busy cores
+    over the same span. ``first(done)`` / ``last(done)`` take the samples; :meth:`result` gives
+    ``{"daemon_process_us", "workers_us", "broker_us", "total_us", "machine_busy_cores", ...}``
+    per window (``None`` before both samples). Resolution: one tick (10 ms) per process."""
+
+    def __init__(self, daemon_pid: int, broker_pid: int | None) -> None:
+        self.daemon_pid = daemon_pid
+        self.broker_pid = broker_pid
+        self._a: tuple[float, int, dict[str, int], tuple[int, int]] | None = None
+        self._b: tuple[float, int, dict[str, int], tuple[int, int]] | None = None
+
+    def _ticks(self) -> dict[str, int]:
+        main = _pid_ticks(self.daemon_pid)
+        out = {"daemon_process": main[0] if main else 0, "workers": 0, "broker": 0}
+        for c in _descendants(self.daemon_pid):
+            t = _pid_ticks(c)
+            out["workers"] += t[0] if t else 0
+        if self.broker_pid is not None:
+            b = _pid_ticks(self.broker_pid)
+            out["broker"] = b[0] if b else 0
+        return out
+
+    def first(self, done: int) -> None:
+        if self._a is None:
+            self._a = (time.monotonic(), done, self._ticks(), _proc_stat_busy())
+
+    def last(self, done: int) -> None:
+        self._b = (time.monotonic(), done, self._ticks(), _proc_stat_busy())
+
+    def result(self) -> dict[str, Any] | None:
+        if self._a is None or self._b is None or self._b[1] <= self._a[1]:
+            return None
+        (t0, d0, k0, m0), (t1, d1, k1, m1) = self._a, self._b
+        n = d1 - d0
+        per = {f"{k}_us": round((k1[k] - k0[k]) / _CLK_TCK / n * 1e6, 1) for k in k0}
+        per["total_us"] = round(sum(per.values()), 1)
+        busy, total = m1[0] - m0[0], m1[1] - m0[1]
+        cores = os.cpu_count() or 1
+        return {**per, "windows": n, "seconds": round(t1 - t0, 2), "machine_busy_cores": round(busy / total * cores, 2) if total else None}
+
+
 class CpuMonitor:
     """Samples machine CPU and the CPU of this process tree (plus named pids) in a thread.
 
@@ -257,6 +301,11 @@ class CpuMonitor:
         """Account ``pid`` (and its descendants) also under ``name`` (e.g. broker, daemon)."""
         with self._lock:
             self._tagged.setdefault(name, set()).add(pid)
+
+    def tagged(self, name: str) -> set[int]:
+        """The pids tagged ``name`` (e.g. the broker's)."""
+        with self._lock:
+            return set(self._tagged.get(name, ()))
 
     def _sample(self) -> None:
         pids = {self.root} | _descendants(self.root)
