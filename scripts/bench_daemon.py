@@ -21,7 +21,8 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
     predict, calibrate, decide, serialize on the same rows, and ``R_model``;
 (c) **naive**: one message at a time (``InferencePipeline.process([window])``,
     ``send_and_wait``, a commit per message), in this process, on a smaller slice;
-(d) **latency** at half of (b)'s throughput: an open-loop generator (``taskclf-daemon produce
+(d) **latency** at half of (b)'s throughput (``--latency-rate``: a fixed rate instead, to compare
+    builds whose drain rates differ): an open-loop generator (``taskclf-daemon produce
     --rate``, ``linger_ms=1``) against the daemon with ``fetch_max_wait_ms=5``, then against the
     pass-through at the same rate; latency = output CreateTime - input CreateTime, joined on
     the ``taskclf-source`` header.
@@ -436,7 +437,7 @@ class Bench:
         _out(f"naive_ratio: {d_eps / n_eps:.2f} (daemon/naive)")
 
         # ---- (d) latency
-        rate = max(1.0, d_eps / 2.0)
+        rate = max(1.0, d_eps / 2.0) if a.latency_rate is None else a.latency_rate
         n_lat = max(100, int(rate * a.latency_seconds))
         lat_wl = bl.build_workload(n_lat, min(a.users, n_lat))
         lat_file = bl.write_jsonl(lat_wl.records, self.tmp / "latency.jsonl")
@@ -523,6 +524,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4, help="partitions of every topic (default 4)")
     ap.add_argument("--naive-records", type=int, default=None, help="records for the naive daemon (default 3000; --quick 300)")
     ap.add_argument("--latency-seconds", type=float, default=None, help="seconds of offered load per latency run (default 20; --quick 3)")
+    ap.add_argument("--latency-rate", type=float, default=None,
+                    help="windows/s offered in the latency runs (default: half of (b)'s drain rate); a fixed rate compares builds whose drain rates differ")
     ap.add_argument("--passthrough-rounds", type=int, default=None, help="pass-through drains; the median counts (default 3; --quick 1)")
     ap.add_argument("--profile-records", type=int, default=None, help="records for the offline stage profile, 0 = skip (default 20000; --quick 1000)")
     add_run_args(ap, "default 1800; --quick 240")
@@ -548,6 +551,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.latency_seconds <= 0:
         ap.error("--latency-seconds must be > 0")
+    if a.latency_rate is not None and a.latency_rate <= 0:
+        ap.error("--latency-rate must be > 0")
     return a
 
 

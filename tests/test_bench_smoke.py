@@ -31,7 +31,7 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     out_json = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k == "TASKCLF_TANSU_BIN"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--golden", str(golden), "--json", str(out_json), "--plot", str(tmp_path / "bench.svg")],
+        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--golden", str(golden), "--json", str(out_json), "--plot", str(tmp_path / "bench.svg"), "--latency-rate", "3000"],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -55,6 +55,10 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     for values in (res["daemon"]["values"], res["naive"]["values"], res["latency"]["daemon"]["values"]):
         assert values["ok"] and values["differing"] == 0 and values["conflicts"] == 0 and values["compared"] > 0, values
     assert res["daemon"]["values"]["compared"] == res["workload"]["records"]
+    # --latency-rate: the latency runs offer that rate (3 s in --quick), not half the drain rate
+    assert res["latency"]["offered_eps"] == 3000 and res["latency"]["records"] == 9000, res["latency"]
+    # every drain says where its CPU went ("na" when it was over before the first poll saw an output)
+    assert any(line.startswith("daemon_cpu: cpu_us_per_window=") for line in lines), lines
     for who in ("daemon", "passthrough"):
         assert res["latency"][who]["count_ok"], res["latency"][who]
         assert res["latency"][who]["events"] == res["latency"]["records"]
