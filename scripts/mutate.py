@@ -61,6 +61,8 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "decision": (
         ("pipeline/decision.py", "state.py", "offsets.py", "forgetting.py"),
         ("tests/pipeline/test_decision.py", "tests/test_state.py", "tests/runtime/test_offsets.py", "tests/pipeline/test_event_time.py", "tests/pipeline/test_batch.py",
+         # state.py's serialisation, deferred decode and learning-state blocks (lean state, issue 12)
+         "tests/test_state_deferred.py", "tests/runtime/test_state_memory.py", "tests/runtime/test_state_blocks.py",
          "tests/runtime/test_forgetting.py", "tests/runtime/test_shard.py::test_retention_forgets_users_by_their_own_last_sight_not_by_anyone_elses_event_time",
          "tests/runtime/test_shard.py::test_capacity_forgets_the_least_recently_seen_clean_users"),
     ),
