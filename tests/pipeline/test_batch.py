@@ -212,6 +212,23 @@ def test_prediction_metadata_matches_record(bundle: ModelBundle, store: Calibrat
         assert p.confidence == r["confidence"] and p.is_rejected == r["is_rejected"] and p.calibrator_scope == r["calibrator_scope"]
 
 
+def test_prediction_columns_select_and_extend_keep_every_column(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
+    """The shard's re-run path (a batch that raised, run one window at a time) joins results with
+    ``extend``; ``select`` picks rows: both carry every column, row for row."""
+    pipe = _pipe(bundle, store, 3)
+    states = pipe.new_state_store()
+    a = pipe.process(windows[:6], states).columns
+    b = pipe.process(windows[6:10], states).columns
+    rows_a, rows_b = a.rows(), b.rows()
+    assert len(rows_a) == 6 and len(rows_b) == 4 and len({r.value for r in rows_a + rows_b}) == 10
+    picked = a.select([4, 0, 4])
+    assert picked.rows() == [rows_a[4], rows_a[0], rows_a[4]] and len(picked) == 3
+    assert a.select([]).rows() == [] and len(a) == 6  # a selection copies: the source is unchanged
+    a.extend(b)
+    assert a.rows() == rows_a + rows_b and len(a) == 10
+    assert b.rows() == rows_b  # the other side is not consumed
+
+
 def test_pipeline_refuses_store_bound_to_other_schema(bundle: ModelBundle) -> None:
     from taskclf_daemon.errors import ArtifactError
     from taskclf_daemon.pipeline.calibration import IdentityCalibrator

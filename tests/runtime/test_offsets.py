@@ -166,3 +166,22 @@ def test_restore_of_the_lowest_positions(loop: asyncio.AbstractEventLoop) -> Non
     t = OffsetTracker()
     t.restore({A0: 0, A1: 1})
     assert t.take_committable() == {A0: 0, A1: 1}
+
+
+def test_take_positions_covers_acked_and_pending_batches_and_clears(loop: asyncio.AbstractEventLoop) -> None:
+    """A checkpoint's positions: the committable ones plus every pending batch's (acknowledged
+    or not; the checkpoint commits them once its outputs are), newest per partition; the
+    committable map is handed out once."""
+    t = OffsetTracker()
+    b1, b2, b3 = batch(loop, 1, {A0: 10}, 10), batch(loop, 1, {A1: 7, A0: 20}, 5), batch(loop, 2, {A2: 3}, 4)
+    for b in (b1, b2, b3):
+        t.add(b)
+    ack(b1)
+    t.collect()
+    assert t.take_positions() == {A0: 20, A1: 7, A2: 3}
+    assert t.take_committable() == {} and len(t) == 2  # handed out once; pending batches stay
+    assert t.take_positions() == {A0: 20, A1: 7, A2: 3}  # still pending: covered again
+    ack(b2)
+    ack(b3)
+    t.collect()
+    assert t.take_positions() == {A0: 20, A1: 7, A2: 3} and t.take_positions() == {}
