@@ -132,3 +132,66 @@ def test_a_version_1_value_without_stand_ins_has_no_partition_and_was_never_seen
     del v1["p"], v1["k"]
     st = UserState.from_bytes(orjson.dumps(v1), 3)
     assert (st.last_partition, st.seen_s, st.last_offset) == (-1, 0, 4)
+
+
+def _learning_user(window: int = 3) -> UserState:
+    from taskclf_daemon.pipeline.evidence import LearnConfig, UserLearning
+    from taskclf_daemon.pipeline.label_requests import AskBudget
+
+    cfg = LearnConfig()
+    st = UserState(window)
+    st.learn = UserLearning(cfg)
+    for k in range(3):
+        st.learn.add_window("u", (k + 1) * 60_000_000, bytes([k]) * 64, cfg)
+    st.asks = AskBudget(20_400, 2)
+    return st
+
+
+def test_snapshot_restore_undoes_learning_and_asks_too() -> None:
+    """An undone batch takes back what it did to the user's learning state (ring, window count,
+    through the learning state's journal) and label-request budget, not only the overlay."""
+    from taskclf_daemon.pipeline.evidence import LearnConfig
+
+    st = _learning_user()
+    learn, asks = st.learn, st.asks
+    assert learn is not None and asks is not None
+    before = (list(learn.ring), learn.windows, learn.last_ts_us)
+    snap = st.snapshot()
+    learn.add_window("u", 4 * 60_000_000, b"\x09" * 64, LearnConfig())
+    asks.day, asks.asked = 20_401, 1  # the budget object is changed in place by the shard
+    assert (len(learn.ring), learn.windows) == (4, 4)
+    st.restore(snap)
+    assert st.learn is learn and (list(learn.ring), learn.windows, learn.last_ts_us) == before
+    assert st.asks is not None and (st.asks.day, st.asks.asked) == (20_400, 2)
+    # a second undo needs a new snapshot (the journal was played back and closed)
+    snap2 = st.snapshot()
+    st.restore(snap2)
+    assert (list(learn.ring), learn.windows) == before[:2]
+
+
+def test_reset_keeps_what_the_user_taught() -> None:
+    s = StateStore(3)
+    s.users["a"] = old = _learning_user()
+    old.windows_seen = 9
+    new = s.reset("a")
+    assert new is not old and new.windows_seen == 0 and len(new.history) == 0
+    assert new.learn is old.learn and new.asks is old.asks  # the learning state and asks stay
+    fresh = s.reset("b")  # a user never seen: just a new state
+    assert fresh.learn is None and fresh.asks is None and s.take_dirty() == {"a", "b"}
+
+
+def test_a_learning_state_is_format_3_and_never_deferred() -> None:
+    st = _learning_user()
+    data = st.to_bytes()
+    assert data.startswith(b'{"v":3,') and b'"L":' in data
+    store = StateStore(3)
+    assert UserState.deferred_from(data, store) is None  # the shard needs its learning state at once
+    # a format-2 prefix with a learning state (what a build that mislabelled it would write): decoded now too
+    assert UserState.deferred_from(b'{"v":2,' + data[len(b'{"v":3,') :], store) is None
+    assert UserState.deferred_from(_doc(), store) is not None
+
+
+def test_from_bytes_turns_whole_float_smoothing_labels_into_ints() -> None:
+    st = UserState.from_bytes(_doc(m=[1.0, 2, 7.0]), 3)
+    assert list(st.smooth) == [1, 2, 7] and [type(x) for x in st.smooth] == [int, int, int]
+    assert st.to_bytes() == UserState.from_bytes(_doc(m=[1, 2, 7]), 3).to_bytes()
