@@ -132,6 +132,12 @@ def test_a_version_1_value_without_stand_ins_has_no_partition_and_was_never_seen
     del v1["p"], v1["k"]
     st = UserState.from_bytes(orjson.dumps(v1), 3)
     assert (st.last_partition, st.seen_s, st.last_offset) == (-1, 0, 4)
+    # the store's restore has the same defaults (the shard passes its partition and clock)
+    store = StateStore(3)
+    st = store.restore("a", orjson.dumps(v1))
+    assert store.users["a"] is st and (st.last_partition, st.seen_s, st.last_offset) == (-1, 0, 4)
+    st = store.restore("b", orjson.dumps(v1), 2, 1_700_000_000)
+    assert (st.last_partition, st.seen_s) == (2, 1_700_000_000)
 
 
 def _learning_user(window: int = 3) -> UserState:
