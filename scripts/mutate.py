@@ -2,7 +2,8 @@
 
 Not part of ``make test``/CI (a fresh run of every group took 77 minutes on 2 shared cores:
 policy 8, calibration 13, codec 30, batch 19, decision 7; after the learning loop, fresh runs of
-calibration took 5 and of batch 36 minutes, on cores shared with other jobs); run it before closing an issue
+calibration took 5 and of batch 36 minutes, on cores shared with other jobs; on a quiet machine, decision 7 and
+batch 7); run it before closing an issue
 that touches the core. It writes ``docs/mutation-report.md``: the score per module and every
 surviving mutant, each with its explanation from ``docs/mutation-equivalents.toml`` or marked
 UNEXPLAINED (a survivor needs a test that kills it, or an entry there saying why it is harmless).
