@@ -170,13 +170,15 @@ class Pump:
         parts = [tp for tp in self.consumer.assignment() if tp not in paused]
         self.consumer.pause(*parts)
         try:
-            while self.tracker.in_flight_records >= limit and not self.stop.is_set():
-                oldest = self.tracker.oldest()
-                if oldest is None:
-                    break
-                if oldest.futures:  # a batch without outputs (label spans, all skipped) is complete now
-                    await asyncio.wait(oldest.futures, timeout=1.0)
-                self.alive()
+            while not self.stop.is_set():
+                # complete batches leave the count first: then the oldest one left has an
+                # unacknowledged output to wait for (a batch without outputs -- label spans,
+                # all skipped -- is complete at once)
                 self.collect()
+                oldest = self.tracker.oldest()
+                if self.tracker.in_flight_records < limit or oldest is None:
+                    break
+                await asyncio.wait(oldest.futures, timeout=1.0)
+                self.alive()
         finally:
             self.consumer.resume(*[tp for tp in parts if tp in self.consumer.assignment()])

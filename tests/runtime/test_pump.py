@@ -36,9 +36,12 @@ class FakeConsumer:
 
 
 def _pump(consumer: FakeConsumer, tracker: OffsetTracker, metrics: Metrics, limit: int) -> Pump:
+    def collect() -> None:
+        tracker.collect()
+
     return Pump(consumer=consumer, scheduler=None, emitter=None, rebalancer=None, tracker=tracker, lock=asyncio.Lock(),  # type: ignore[arg-type]
                 stop=asyncio.Event(), metrics=metrics, max_batch_records=10, max_in_flight_records=limit,
-                collect=lambda: None if tracker.collect() else None, alive=lambda: None)  # fmt: skip
+                collect=collect, alive=lambda: None)  # fmt: skip
 
 
 def _count(metrics: Metrics) -> float:

@@ -184,7 +184,7 @@ class UserLearning:
         """Drop the spans that end before every unfinalised window (they can label nothing)."""
         spans = self.spans
         if spans and self.last_ts_us is not None:
-            cut = self.ring[0][0] if self.ring else self.last_ts_us + 1
+            cut = self._finalised_before()
             if min(s.end_us for s in spans) <= cut:
                 self.spans = [s for s in spans if s.end_us > cut]
 
