@@ -517,6 +517,8 @@ def test_dockerfile_stages_and_runtime() -> None:
     runs = " ".join(a for i, a in ins if i == "RUN")
     assert "pip install ." in runs
     assert re.search(r"apt-get install [^&;]*\blibgomp1\b", runs), "LightGBM needs libgomp1 at run time"
+    # the C overlay is built in the build stage and checked there (never shipped without it)
+    assert re.search(r"apt-get install [^&;]*\bgcc\b", runs) and "import taskclf_daemon._overlay" in runs
     copies = [a for i, a in ins if i == "COPY" and not a.startswith("--from")]
     for c in copies:
         for src in c.split()[:-1]:
@@ -537,7 +539,7 @@ def test_dockerfile_healthcheck() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = [ln.strip() for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "allow-list expected"
-    for needed in ("!pyproject.toml", "!daemon/", "!deploy/config/"):
+    for needed in ("!pyproject.toml", "!setup.py", "!daemon/", "!deploy/config/"):
         assert needed in lines
     assert "**/.venv" in lines and "**/.git" in lines
 

@@ -26,11 +26,12 @@ from taskclf_daemon.labels import (
     MIXED_UNKNOWN,
     REJECT_ID,
 )
+from taskclf_daemon.pipeline import features
 from taskclf_daemon.pipeline.calibration import CalibratorStore
 from taskclf_daemon.pipeline.decision import reject_mask, smooth_trailing, thresholds_for
 from taskclf_daemon.pipeline.drift import ReferenceProfile
 from taskclf_daemon.pipeline.drift_window import BatchArrays
-from taskclf_daemon.pipeline.features import push_window
+from taskclf_daemon.pipeline.features import push_window_py
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.pipeline.output import OutputEncoder
 from taskclf_daemon.records import FeatureWindow, SourceRef
@@ -185,6 +186,7 @@ class InferencePipeline:
         applied: list[FeatureWindow] = []
         overlays: list[tuple[float | None, ...]] = []
         skipped: list[tuple[FeatureWindow, str]] = []
+        native = features.NATIVE_PUSH  # features.push_window without its Python frame
         for w in windows:
             st = get(w.user_id)
             src = w.source
@@ -199,7 +201,8 @@ class InferencePipeline:
                 elif skip_old and w.ts_us <= last:
                     skipped.append((w, "duplicate" if w.ts_us == last else "late"))
                     continue
-            overlays.append(push_window(st, w, gap))
+            ov = NotImplemented if native is None else native(st, w, gap)
+            overlays.append(push_window_py(st, w, gap) if ov is NotImplemented else ov)
             st.last_ts_us = w.ts_us if last is None else max(last, w.ts_us)
             if src is not None:
                 st.last_offset = src.offset

@@ -1,0 +1,3 @@
+from typing import Any
+
+def push_window(state: Any, window: Any, idle_gap_seconds: float, /) -> Any: ...
