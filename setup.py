@@ -1,20 +1,20 @@
-"""The optional C accelerator of the history overlay (``taskclf_daemon._overlay``).
+"""The optional C accelerators of the hot path: the history overlay (``taskclf_daemon._overlay``)
+and the output records' splice (``taskclf_daemon._output``).
 
 Everything else is configured in pyproject.toml. ``optional=True``: where no C compiler or Python
-headers are at hand the install still succeeds, without the extension, and the pure-Python
-overlay (the reference: same floats, tests/test_overlay_native.py) serves instead.
+headers are at hand the install still succeeds, without them, and the Python code they mirror
+(the reference: the same values and bytes, tests/pipeline/test_overlay_native.py and
+tests/pipeline/test_output.py) serves instead.
 """
 
 from setuptools import Extension, setup
 
+# IEEE doubles as Python computes them: no fused multiply-add, no fast-math
+FLAGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
+
 setup(
     ext_modules=[
-        Extension(
-            "taskclf_daemon._overlay",
-            ["daemon/taskclf_daemon/_overlay.c"],
-            # IEEE doubles as Python computes them: no fused multiply-add, no fast-math
-            extra_compile_args=["-O2", "-ffp-contract=off", "-fno-fast-math"],
-            optional=True,
-        )
+        Extension(f"taskclf_daemon.{name}", [f"daemon/taskclf_daemon/{name}.c"], extra_compile_args=FLAGS, optional=True)
+        for name in ("_overlay", "_output")
     ]
 )

@@ -1,4 +1,5 @@
-"""``OutputEncoder`` writes exactly ``orjson.dumps(record_dict(...))``, byte for byte."""
+"""``OutputEncoder`` writes exactly ``orjson.dumps(record_dict(...))``, byte for byte: with the C
+splice (``taskclf_daemon._output``) and with the Python loop alike (the ``path`` fixture)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,22 @@ import orjson
 import pytest
 
 from taskclf_daemon.labels import LABELS
+from taskclf_daemon.pipeline import output
 from taskclf_daemon.pipeline.output import RECORD_KEYS, OutputEncoder, record_dict
+from taskclf_daemon.timeutil import MAX_TS_US, format_ts_us
+
+try:
+    from taskclf_daemon._output import encode_rows as native_rows, splice_fields as native_fields
+except ImportError:  # pragma: no cover - the install builds it wherever a C compiler is at hand
+    pytest.fail("taskclf_daemon._output is not built: `pip install -e .` compiles it (needs gcc and the Python headers)")
+
+
+@pytest.fixture(params=["native", "python"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: through the C splice, and through the Python loop."""
+    monkeypatch.setattr(output, "NATIVE_ROWS", native_rows if request.param == "native" else None)
+    monkeypatch.setattr(output, "NATIVE_FIELDS", native_fields if request.param == "native" else None)
+    return str(request.param)
 
 CONST = {"model_version": "4077fe0dba70", "schema_version": "features_v1", "label_version": "labels_v1", "model_bundle_id": "2026-04-06_000000_run-0001"}
 
@@ -34,7 +50,7 @@ def _reference(encoder_args: dict, i: int, mapped_probs: dict) -> bytes:
 
 
 @pytest.mark.parametrize("taxonomy", [False, True])
-def test_batch_encoding_equals_a_dict_per_record(taxonomy: bool) -> None:
+def test_batch_encoding_equals_a_dict_per_record(taxonomy: bool, path: str) -> None:
     rng = random.Random(7 + taxonomy)
     enc = OutputEncoder(CONST)
     n = 2000
@@ -64,7 +80,7 @@ def test_batch_encoding_equals_a_dict_per_record(taxonomy: bool) -> None:
     assert list(orjson.loads(got[0])) == list(RECORD_KEYS)
 
 
-def test_constants_with_percent_signs_and_empty_batch() -> None:
+def test_constants_with_percent_signs_and_empty_batch(path: str) -> None:
     const = dict(CONST, model_bundle_id="run-100%-%s")
     enc = OutputEncoder(const)
     assert enc.encode([], [], [], [], [], [], [], [], None, [], []) == []
@@ -82,3 +98,49 @@ def test_constants_with_percent_signs_and_empty_batch() -> None:
     assert [(r["calibrator_scope"], r["calibrator_kind"], r["calibrator_version"]) for r in two] == [("global", "temperature", None), ("user", "head", "h2-6312%d")]
     with pytest.raises(ValueError, match="model_version"):
         OutputEncoder({"schema_version": "x"})
+
+
+def test_timestamps_as_microseconds_are_formatted_as_format_ts_us(path: str) -> None:
+    rng = random.Random(3)
+    n = 3000
+    ts = [rng.choice([0, 1, MAX_TS_US - 1, 951_782_400_000_000, 4_107_542_400_000_000]) if i < 20 else rng.randrange(0, MAX_TS_US) // rng.choice([1, 1_000_000, 60_000_000]) * rng.choice([1, 1_000_000, 60_000_000]) % MAX_TS_US for i in range(n)]
+    p = [[0.125] * 8] * n
+    enc = OutputEncoder(CONST)
+    got = enc.encode(["u"] * n, ts, [0] * n, p, [0.125] * n, [False] * n, ["BreakIdle"] * n, p, None, ["BreakIdle"] * n, ["global"] * n)
+    assert [orjson.loads(v)["bucket_start_ts"] for v in got] == [format_ts_us(t) for t in ts]
+    assert got == enc.encode(["u"] * n, [format_ts_us(t) for t in ts], [0] * n, p, [0.125] * n, [False] * n, ["BreakIdle"] * n, p, None, ["BreakIdle"] * n, ["global"] * n)
+
+
+def test_every_character_of_a_user_id_is_escaped_as_orjson_does(path: str) -> None:
+    users = [chr(c) for c in range(0, 0x300)] + ["plain-ascii", "tab\tin", "\U0001F600"]
+    n = len(users)
+    p = [[0.125] * 8] * n
+    out = OutputEncoder(CONST).encode(users, ["2026-04-06T00:00:00Z"] * n, [0] * n, p, [0.125] * n, [False] * n, ["BreakIdle"] * n, p, None, ["BreakIdle"] * n, ["global"] * n, ["head"] * n, users)
+    for u, v in zip(users, out):
+        assert v.startswith(b'{"user_id":' + orjson.dumps(u) + b',"bucket_start_ts"')
+        assert v.endswith(b'"calibrator_version":' + orjson.dumps(u) + b"}")
+
+
+def test_the_c_splice_declines_what_it_does_not_expect() -> None:
+    enc = OutputEncoder(CONST)
+    p = [[0.125] * 8]
+    args = [["u"], [1_775_433_600_000_000], [0], p, [0.125], [1], ["BreakIdle"], p, None, ["BreakIdle"], ["global"]]  # rejected as an int
+    declined = enc.encode(*args)  # the Python loop: tf[1]
+    assert orjson.loads(declined[0])["is_rejected"] is True and declined == enc.encode(*args[:5], [True], *args[6:])
+    core, conf = [b"0.125,0.125,0.125,0.125,0.125,0.125,0.125,0.125"], [b"0.125"]
+    base = (enc._pieces, ["u"], [1_775_433_600_000_000], [0], enc._core_names, core, conf, [False], ["a"], [b"{}"], ["a"], ["a"], None, None, {"a": b'"a"'}, enc._str)
+    assert isinstance(native_rows(*base), list)
+    for i, bad in [(2, [MAX_TS_US]), (2, [-1]), (7, [1]), (3, [8]), (3, [-1]), (8, ["b"]), (5, [1.0]), (1, ("u",))]:
+        args2 = list(base)
+        args2[i] = bad
+        assert native_rows(*args2) is NotImplemented, (i, bad)
+
+
+def test_the_fields_splice_equals_percent_formatting_and_declines_a_wrong_count() -> None:
+    ident = OutputEncoder(CONST)._identity_probs
+    pieces = tuple(ident.split(b"%b"))
+    rows = [b",".join(str(i * 8 + j).encode() for j in range(8)) for i in range(50)] + [b"1e-05,0.5,1.0,0.0,2.5e-07,0.125,0.3,0.1"]
+    assert native_fields(pieces, rows) == [ident % tuple(r.split(b",")) for r in rows]
+    for bad in ([b"1,2,3,4,5,6,7"], [b"1,2,3,4,5,6,7,8,9"], [b""], ["1,2,3,4,5,6,7,8"]):
+        assert native_fields(pieces, bad) is NotImplemented, bad
+    assert native_fields((b"[", b"]"), [b"x", b""]) == [b"[x]", b"[]"]

@@ -36,7 +36,6 @@ from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.pipeline.output import OutputEncoder
 from taskclf_daemon.records import FeatureWindow, SourceRef
 from taskclf_daemon.state import StateStore
-from taskclf_daemon.timeutil import format_ts_us
 
 if TYPE_CHECKING:
     from taskclf_daemon.pipeline.learner import Learner
@@ -248,9 +247,10 @@ class InferencePipeline:
         conf_r = np.round(conf, 6).tolist()
         arg_l = arg.tolist()
         rej_l = rejected.tolist()
+        ts_us = [w.ts_us for w in windows]
         values = self._encoder.encode(
             uids,
-            [format_ts_us(w.ts_us) for w in windows],
+            ts_us,
             arg_l,
             core,
             conf_r,
@@ -265,7 +265,7 @@ class InferencePipeline:
         )
         learner = self.learner
         eligible = learner.eligible_at if learner is not None and len(learner.eligible_at) == len(windows) else [False] * len(windows)
-        out = PredictionColumns(uids, [w.ts_us for w in windows], list(mapped_labels), arg_l, conf_r, rej_l, list(scopes), values, [w.source for w in windows], list(eligible))
+        out = PredictionColumns(uids, ts_us, list(mapped_labels), arg_l, conf_r, rej_l, list(scopes), values, [w.source for w in windows], list(eligible))
         t6 = time.perf_counter()
         timings = {"features": t1 - t0, "encode": t2 - t1, "predict": t3 - t2, "calibrate": t4 - t3, "decide": t5 - t4, "serialize": t6 - t5}
         return BatchResult(out, timings, skipped, BatchArrays(windows, X, probs, post_ids))
