@@ -131,6 +131,29 @@ static int put_name(Buf *b, PyObject *names, PyObject *key)
     return put_bytes(b, v);
 }
 
+/* the record built in b becomes out[i]: 0, or -1 (an error is set) */
+static int take_row(PyObject *out, Py_ssize_t i, Buf *b)
+{
+    PyObject *rec = PyBytes_FromStringAndSize(b->buf, b->len);
+    if (rec == NULL)
+        return -1;
+    PyList_SET_ITEM(out, i, rec);
+    return 0;
+}
+
+/* out when every row was built (rc 0); NotImplemented when one was declined (1); NULL on an
+ * error (-1). Frees b's buffer. */
+static PyObject *finish(PyObject *out, Buf *b, int rc)
+{
+    PyMem_Free(b->buf);
+    if (rc == 0)
+        return out;
+    Py_DECREF(out);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NOTIMPLEMENTED;
+}
+
 static int list_of(PyObject *o, Py_ssize_t n)
 {
     return PyList_CheckExact(o) && PyList_GET_SIZE(o) == n;
@@ -222,22 +245,10 @@ static PyObject *encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
         }
         STEP(put(&b, pc[13], pn[13]));
 #undef STEP
-        if (rc == 0) {
-            PyObject *rec = PyBytes_FromStringAndSize(b.buf, b.len);
-            if (rec == NULL)
-                rc = -1;
-            else
-                PyList_SET_ITEM(out, i, rec);
-        }
+        if (rc == 0)
+            rc = take_row(out, i, &b);
     }
-    PyMem_Free(b.buf);
-    if (rc != 0) {
-        Py_DECREF(out);
-        if (rc < 0)
-            return NULL;
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    return out;
+    return finish(out, &b, rc);
 }
 
 /* splice_fields(pieces, rows) -> list[bytes] | NotImplemented: each row's comma-separated fields
@@ -293,22 +304,10 @@ static PyObject *splice_fields(PyObject *self, PyObject *const *args, Py_ssize_t
             PyObject *p = PyTuple_GET_ITEM(pieces, np_ - 1);
             rc = put(&b, PyBytes_AS_STRING(p), PyBytes_GET_SIZE(p));
         }
-        if (rc == 0) {
-            PyObject *rec = PyBytes_FromStringAndSize(b.buf, b.len);
-            if (rec == NULL)
-                rc = -1;
-            else
-                PyList_SET_ITEM(out, i, rec);
-        }
+        if (rc == 0)
+            rc = take_row(out, i, &b);
     }
-    PyMem_Free(b.buf);
-    if (rc != 0) {
-        Py_DECREF(out);
-        if (rc < 0)
-            return NULL;
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    return out;
+    return finish(out, &b, rc);
 }
 
 static PyMethodDef methods[] = {
