@@ -10,7 +10,7 @@ PIP_FLAGS ?= --disable-pip-version-check -q
 .PHONY: install test lint typecheck imports gates demo bench mutate clean
 
 # setup.py and the C source: the editable install compiles the C overlay into the source tree
-$(VENV)/.installed: pyproject.toml setup.py daemon/taskclf_daemon/_overlay.c
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard daemon/taskclf_daemon/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[test,fast]'

@@ -1,5 +1,4 @@
-"""The optional C accelerators of the hot path: the history overlay (``taskclf_daemon._overlay``)
-and the output records' splice (``taskclf_daemon._output``).
+"""The optional C accelerators of the hot path (``daemon/taskclf_daemon/native.py`` lists them).
 
 Everything else is configured in pyproject.toml. ``optional=True``: where no C compiler or Python
 headers are at hand the install still succeeds, without them, and the Python code they mirror
@@ -15,6 +14,6 @@ FLAGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
 setup(
     ext_modules=[
         Extension(f"taskclf_daemon.{name}", [f"daemon/taskclf_daemon/{name}.c"], extra_compile_args=FLAGS, optional=True)
-        for name in ("_overlay", "_output")
+        for name in ("_overlay", "_output", "_timestamps")
     ]
 )

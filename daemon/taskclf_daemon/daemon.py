@@ -22,7 +22,7 @@ import signal
 import time
 from typing import Any
 
-from taskclf_daemon import kafka_io as kio
+from taskclf_daemon import kafka_io as kio, native
 from taskclf_daemon.changelog import changelog_topic_name, ensure_changelog
 from taskclf_daemon.checkpoint import Checkpointer
 from taskclf_daemon.config import Settings
@@ -203,7 +203,8 @@ class Daemon:
         await self.consumer.start()
         self._reload_task = asyncio.create_task(self.reloader.run())
         self._started = True
-        self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic)
+        # native: the C accelerators in force (native.py); [] = the pure-Python reference everywhere
+        self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic, native=native.in_force())
 
     def _swapped(self, pipeline: InferencePipeline, description: dict[str, Any]) -> None:
         """A hot reload put new artifacts in force in every shard."""

@@ -19,10 +19,10 @@ float without its decimal conversion in the usual cases.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from taskclf_daemon import native
 from taskclf_daemon.labels import (
     APP_SWITCH_LOOKBACK_SECONDS,
     DEFAULT_IDLE_GAP_SECONDS,
@@ -34,17 +34,11 @@ from taskclf_daemon.state import NULL, UserState
 
 Overlay = tuple[float | None, ...]  # 9 values in schema.OVERLAY_COLUMNS order (the first an int)
 
-#: the C version of :func:`push_window_py` (``_overlay.c``, built by ``pip install`` where a C
-#: compiler is at hand): the same values and state changes, ~4x faster; it declines anything but
-#: the plain case (NotImplemented, nothing changed) and the Python version runs. None: not built,
-#: or ``TASKCLF_DAEMON_NO_NATIVE=1`` in the environment (the pure-Python reference serves).
-NATIVE_PUSH: Callable[[UserState, FeatureWindow, float], Any] | None
-try:
-    from taskclf_daemon._overlay import push_window as NATIVE_PUSH
-except ImportError:  # no compiler at install time: the reference serves
-    NATIVE_PUSH = None
-if os.environ.get("TASKCLF_DAEMON_NO_NATIVE", "") not in ("", "0"):
-    NATIVE_PUSH = None
+#: the C version of :func:`push_window_py` (``_overlay.c``, see ``native.py``): the same values
+#: and state changes, ~4x faster; it declines anything but the plain case (NotImplemented,
+#: nothing changed) and the Python version runs. None: not built, or turned off.
+_c = native.load("_overlay", "push_window")
+NATIVE_PUSH: Callable[[UserState, FeatureWindow, float], Any] | None = None if _c is None else _c[0]
 
 _LOOKBACK_US = APP_SWITCH_LOOKBACK_SECONDS * 1_000_000
 

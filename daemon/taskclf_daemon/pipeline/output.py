@@ -21,27 +21,22 @@ runs (``TASKCLF_DAEMON_NO_NATIVE=1``: always the Python loop).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from taskclf_daemon import native
 from taskclf_daemon.labels import LABELS
 from taskclf_daemon.timeutil import format_ts_us
 
-#: the C splice of :meth:`OutputEncoder.encode`'s rows (``_output.c``); None: not built, or
-#: ``TASKCLF_DAEMON_NO_NATIVE=1`` (the Python loop, the reference, serves)
+#: the C splice of :meth:`OutputEncoder.encode`'s rows (``_output.c``, see ``native.py``), and
+#: its splice of the identity ``mapped_probs`` (each row's numbers into the ``{label: p}`` text);
+#: None: not built, or turned off (the Python loop, the reference, serves)
 NATIVE_ROWS: Callable[..., Any] | None
-#: its splice of the identity ``mapped_probs`` (each row's numbers into the ``{label: p}`` text)
 NATIVE_FIELDS: Callable[[tuple[bytes, ...], list[bytes]], Any] | None
-try:
-    from taskclf_daemon._output import encode_rows as NATIVE_ROWS, splice_fields as NATIVE_FIELDS
-except ImportError:  # no compiler at install time
-    NATIVE_ROWS = NATIVE_FIELDS = None
-if os.environ.get("TASKCLF_DAEMON_NO_NATIVE", "") not in ("", "0"):
-    NATIVE_ROWS = NATIVE_FIELDS = None
+NATIVE_ROWS, NATIVE_FIELDS = native.load("_output", "encode_rows", "splice_fields") or (None, None)
 
 #: record keys in taskclf's order (``WindowPrediction`` field order)
 RECORD_KEYS = (

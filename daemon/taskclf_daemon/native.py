@@ -1,0 +1,38 @@
+"""The optional C accelerators of the hot path, and whether they are in force.
+
+``pip install`` compiles them where a C compiler and the Python headers are at hand
+(``setup.py``; the Docker image always has them); each mirrors a piece of Python that stays the
+reference -- the same values and bytes, held equal by the tests -- and declines anything but the
+plain case, so the reference runs there. Without a compiler the install succeeds without them.
+``TASKCLF_DAEMON_NO_NATIVE=1`` in the environment turns them all off (the Python code serves).
+
+* ``_overlay``: the history overlay of a window (``pipeline/features.py``);
+* ``_output``: the output records' splice and timestamps (``pipeline/output.py``);
+* ``_timestamps``: the usual input timestamp, ``YYYY-MM-DDTHH:MM:SSZ`` (``timeutil.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+MODULES = ("_overlay", "_output", "_timestamps")
+#: ``TASKCLF_DAEMON_NO_NATIVE`` set (not empty, not ``0``): every accelerator off
+DISABLED = os.environ.get("TASKCLF_DAEMON_NO_NATIVE", "") not in ("", "0")
+
+
+def load(module: str, *names: str) -> tuple[Any, ...] | None:
+    """The functions ``names`` of the accelerator ``module``; None when it is not built or off."""
+    if DISABLED:
+        return None
+    try:
+        mod = importlib.import_module(f"taskclf_daemon.{module}")
+    except ImportError:  # not built: no compiler at install time
+        return None
+    return tuple(getattr(mod, n) for n in names)
+
+
+def in_force() -> list[str]:
+    """The accelerators that serve in this process (for the start-up log line)."""
+    return [m.lstrip("_") for m in MODULES if load(m) is not None]
