@@ -14,6 +14,6 @@ FLAGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
 setup(
     ext_modules=[
         Extension(f"taskclf_daemon.{name}", [f"daemon/taskclf_daemon/{name}.c"], extra_compile_args=FLAGS, optional=True)
-        for name in ("_overlay", "_output", "_timestamps")
+        for name in ("_overlay", "_output", "_timestamps", "_matrix")
     ]
 )

@@ -10,8 +10,8 @@ import sys
 from taskclf_daemon import native
 
 PROBE = (
-    "import json; from taskclf_daemon import native, timeutil; from taskclf_daemon.pipeline import features, output;"
-    "print(json.dumps([native.in_force(), features.NATIVE_PUSH is None, output.NATIVE_ROWS is None, output.NATIVE_FIELDS is None, timeutil.NATIVE_PARSE is None]))"
+    "import json; from taskclf_daemon import native, timeutil; from taskclf_daemon.pipeline import features, matrix, output;"
+    "print(json.dumps([native.in_force(), features.NATIVE_PUSH is None, output.NATIVE_ROWS is None, output.NATIVE_FIELDS is None, timeutil.NATIVE_PARSE is None, matrix.NATIVE_FILL is None]))"
 )
 
 
@@ -23,12 +23,12 @@ def _probe(**env: str) -> list:
 
 def test_all_built_and_in_force() -> None:
     # the install compiles every accelerator (CI has gcc): a silently skipped build fails here
-    assert _probe() == [["overlay", "output", "timestamps"], False, False, False, False]
-    assert _probe(TASKCLF_DAEMON_NO_NATIVE="0") == [["overlay", "output", "timestamps"], False, False, False, False]
+    assert _probe() == [["overlay", "output", "timestamps", "matrix"], False, False, False, False, False]
+    assert _probe(TASKCLF_DAEMON_NO_NATIVE="0") == [["overlay", "output", "timestamps", "matrix"], False, False, False, False, False]
 
 
 def test_the_switch_turns_every_accelerator_off() -> None:
-    assert _probe(TASKCLF_DAEMON_NO_NATIVE="1") == [[], True, True, True, True]
+    assert _probe(TASKCLF_DAEMON_NO_NATIVE="1") == [[], True, True, True, True, True]
 
 
 def test_load_names_what_it_finds() -> None:

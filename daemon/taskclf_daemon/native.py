@@ -8,7 +8,8 @@ plain case, so the reference runs there. Without a compiler the install succeeds
 
 * ``_overlay``: the history overlay of a window (``pipeline/features.py``);
 * ``_output``: the output records' splice and timestamps (``pipeline/output.py``);
-* ``_timestamps``: the usual input timestamp, ``YYYY-MM-DDTHH:MM:SSZ`` (``timeutil.py``).
+* ``_timestamps``: the usual input timestamp, ``YYYY-MM-DDTHH:MM:SSZ`` (``timeutil.py``);
+* ``_matrix``: the model input matrix of a batch (``pipeline/matrix.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import importlib
 import os
 from typing import Any
 
-MODULES = ("_overlay", "_output", "_timestamps")
+MODULES = ("_overlay", "_output", "_timestamps", "_matrix")
 #: ``TASKCLF_DAEMON_NO_NATIVE`` set (not empty, not ``0``): every accelerator off
 DISABLED = os.environ.get("TASKCLF_DAEMON_NO_NATIVE", "") not in ("", "0")
 

@@ -1,4 +1,5 @@
-"""The columnar model-input encoder equals the per-row reference bit for bit (pipeline/matrix.py)."""
+"""The columnar model-input encoder, and the C fill (``taskclf_daemon._matrix``), equal the per-row
+reference bit for bit (pipeline/matrix.py): every test runs with and without the C fill."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from helpers_rows import golden_dir, make_window
 from taskclf_daemon.codec import RowValidator, decode_window
+from taskclf_daemon.pipeline import matrix
 from taskclf_daemon.pipeline.features import push_window
 from taskclf_daemon.pipeline.model import ModelBundle
 from taskclf_daemon.records import FeatureWindow
@@ -17,6 +19,17 @@ from taskclf_daemon.schema import OVERLAY_COLUMNS
 from taskclf_daemon.state import StateStore
 
 RUN = "2026-04-06_000000_run-0001"
+
+try:
+    from taskclf_daemon._matrix import fill as native_fill
+except ImportError:  # pragma: no cover - the install builds it wherever a C compiler is at hand
+    pytest.fail("taskclf_daemon._matrix is not built: `pip install -e .` compiles it (needs gcc and the Python headers)")
+
+
+@pytest.fixture(params=["native", "python"], autouse=True)
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(matrix, "NATIVE_FILL", native_fill if request.param == "native" else None)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +59,9 @@ def test_golden_rows_encode_to_the_reference_bits(bundle: ModelBundle) -> None:
     assert got[0, bundle.schema.feature_columns.index("is_browser")] == float(ws[0].values["is_browser"])
 
 
-def test_random_values_of_every_kind_encode_to_the_reference_bits(bundle: ModelBundle) -> None:
-    rng = random.Random(7)
+@pytest.mark.parametrize("str_categories", [False, True])
+def test_random_values_of_every_kind_encode_to_the_reference_bits(bundle: ModelBundle, str_categories: bool) -> None:
+    rng = random.Random(7 + str_categories)
     ws, ovs = _golden(bundle)
     base = ws[0].values
     plain = [c for c, kind, _ in bundle._plan if kind == "num"]
@@ -59,7 +73,7 @@ def test_random_values_of_every_kind_encode_to_the_reference_bits(bundle: ModelB
         for c in rng.sample(plain, 12):
             vals[c] = rng.choice(pool)
         for c in cats:
-            vals[c] = rng.choice(("unknown", "__unknown__", "no-such-app", base[c], 5, None))
+            vals[c] = rng.choice(("unknown", "__unknown__", "no-such-app", base[c], *(() if str_categories else (5, None))))
         windows.append(FeatureWindow("u", 0, "v1", vals))
         overlays.append(tuple(rng.choice(pool) for _ in OVERLAY_COLUMNS))
     got = bundle.encode(windows, overlays)
@@ -67,6 +81,24 @@ def test_random_values_of_every_kind_encode_to_the_reference_bits(bundle: ModelB
     assert _same_bits(got, want)
     assert np.count_nonzero(got == 0.0) > 2000  # the Nones became zeros, not NaN
     assert not np.isnan(got).any()
+    if str_categories:  # the C fill takes such a batch whole (an int category makes it decline)
+        out = np.full((len(windows), bundle._matrix.width), 7.0)
+        assert native_fill(bundle._matrix._native_plan, windows, overlays, out) and _same_bits(out, want)
+
+
+def test_the_c_fill_declines_what_the_python_paths_decide(bundle: ModelBundle) -> None:
+    ws, ovs = _golden(bundle)
+    plan, width = bundle._matrix._native_plan, bundle._matrix.width
+    out = np.empty((len(ws), width))
+    assert native_fill(plan, ws, ovs, out) and _same_bits(out, bundle._matrix.encode_exact(ws, ovs))
+    w = ws[0]
+    for bad_vals, bad_ov in [({**w.values, "keys_per_min": "3"}, ovs[0]), ({**w.values, "app_id": 5}, ovs[0]), ({**w.values, "keys_per_min": 10**400}, ovs[0]), (w.values, ovs[0][:3]), (w.values, list(ovs[0]))]:
+        assert not native_fill(plan, [FeatureWindow("u", 0, "v1", bad_vals)], [bad_ov], np.empty((1, width)))
+    missing = dict(w.values)
+    del missing["keys_per_min"]
+    assert not native_fill(plan, [FeatureWindow("u", 0, "v1", missing)], [ovs[0]], np.empty((1, width)))
+    assert not native_fill(plan, ws[:2], ovs[:2], np.empty((1, width)))  # wrong shape
+    assert not native_fill(plan, ws[:1], ovs[:1], np.empty((1, width), dtype=np.float32))
 
 
 def test_unconvertible_value_raises_what_the_reference_raises(bundle: ModelBundle) -> None:

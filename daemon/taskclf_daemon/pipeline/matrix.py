@@ -18,6 +18,10 @@ Two paths give the same matrix bit for bit:
   order with one gather. Anything unusual (an int too large for a float, a value of another
   type) makes numpy raise: the batch then goes through the exact path, which raises -- or
   not -- as it always did.
+
+Where the C fill (``_matrix.c``, see ``native.py``) is built, it writes the columnar path's
+matrix straight into the array (no row tuples, no gather): the same floats; anything it does not
+expect and the paths above decide.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from taskclf_daemon import native
 from taskclf_daemon.records import FeatureWindow
+
+_c = native.load("_matrix", "fill")
+#: ``fill(plan, windows, overlays, out) -> bool`` (``_matrix.c``); None: not built, or turned off
+NATIVE_FILL: Callable[[tuple[tuple[Any, ...], ...], list[FeatureWindow], list[tuple[Any, ...]], np.ndarray], bool] | None = None if _c is None else _c[0]
 
 #: one column of the encode plan: (column name, kind ``cat``/``ovl``/``num``, argument:
 #: the categorical codes, the overlay index or None)
@@ -97,10 +106,18 @@ class MatrixEncoder:
         self.row = compile_row(plan)
         self._cells, self._order = _compile_parts(plan, n_overlay)
         self._n_cells = sum(kind != "ovl" for _c, kind, _a in plan) + n_overlay
+        #: the plan as ``_matrix.c`` reads it (see its header)
+        self._native_plan = tuple(
+            (0, col) if kind == "num" else (1, int(arg)) if kind == "ovl" else (3,) if arg is None else (2, col, arg.codes, arg.unknown) for col, kind, arg in plan
+        )
 
     def encode(self, windows: Sequence[FeatureWindow], overlays: Sequence[tuple[Any, ...]]) -> np.ndarray:
         if not windows:
             return np.empty((0, self.width), dtype=np.float64)
+        if NATIVE_FILL is not None and type(windows) is list and type(overlays) is list:
+            x = np.empty((len(windows), self.width), dtype=np.float64)
+            if NATIVE_FILL(self._native_plan, windows, overlays, x):
+                return x
         cells = self._cells
         try:
             m = np.array([cells(w.values, ov) for w, ov in zip(windows, overlays)], dtype=np.float64)

@@ -1,0 +1,3 @@
+from typing import Any
+
+def fill(plan: tuple[tuple[Any, ...], ...], windows: list[Any], overlays: list[Any], out: Any, /) -> bool: ...
