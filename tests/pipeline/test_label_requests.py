@@ -49,3 +49,17 @@ def test_request_record_is_taskclfs_shape_and_deterministic() -> None:
     assert len(rec["request_id"]) == 36 and rec["request_id"][14] == "5"  # a UUID-5
     assert encode_request("alice", T0 + 3_600_000_000, 0.412345, 2) == v  # same bytes every time
     assert request_id("bob", "2026-04-07T01:00:00Z") != rec["request_id"]
+
+
+def test_request_id_is_the_uuid5_of_user_and_window() -> None:
+    import random
+    import uuid
+
+    from taskclf_daemon.pipeline.label_requests import _NAMESPACE
+
+    rnd = random.Random(5)
+    for i in range(2000):
+        user = "".join(rnd.choice("ab-_\u00e9\u2603\U0001f600 \x00\"\\") for _ in range(rnd.randint(1, 40)))
+        ts = f"2026-04-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00Z"
+        assert request_id(user, ts) == str(uuid.uuid5(_NAMESPACE, f"{user}\x00{ts}"))
+    assert request_id("alice", "2026-04-07T01:00:00Z") == str(uuid.uuid5(_NAMESPACE, "alice\x002026-04-07T01:00:00Z"))

@@ -14,6 +14,7 @@ it could be asked about); the processing time travels in the record's headers.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ MAX_ASKS_PER_DAY = 20
 ELIGIBLE_ASKS_PER_DAY = 5
 _DAY_US = 86_400_000_000
 _NAMESPACE = uuid.UUID("5b1d2c52-8a43-4a0e-9d51-7c0f3b1f6a11")
+_NS_BYTES = _NAMESPACE.bytes
 
 
 @dataclass(slots=True)
@@ -63,7 +65,14 @@ def should_ask(budget: AskBudget, ts_us: int, confidence: float, quota: int) -> 
 
 
 def request_id(user_id: str, bucket_start_ts: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{user_id}\x00{bucket_start_ts}"))
+    """``str(uuid.uuid5(_NAMESPACE, f"{user_id}\\x00{bucket_start_ts}"))`` without the UUID object
+    (~3x faster; the tests hold the two equal): SHA-1 of namespace + name, version 5, RFC 4122
+    variant, in 8-4-4-4-12 hex."""
+    h = bytearray(hashlib.sha1(_NS_BYTES + f"{user_id}\x00{bucket_start_ts}".encode(), usedforsecurity=False).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def encode_request(user_id: str, ts_us: int, confidence: float, core_label_id: int, bucket_seconds: int = DEFAULT_BUCKET_SECONDS) -> bytes:
