@@ -12,6 +12,7 @@ changelog value itself is unchanged.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -48,8 +49,14 @@ class StateFormatError(ValueError):
     """A serialized user state that this version cannot read."""
 
 
-#: what :meth:`UserState.snapshot` returns: every field, history and labels copied (the learning state's own snapshot)
-Snapshot = tuple[History, int | None, LabelRing, int | None, int, int, int, int, UserLearning | None, tuple[object, ...] | None, AskBudget | None]
+#: what :meth:`UserState.snapshot` returns: every field, the history's columns and the labels as
+#: plain copies (``(ts, apps, keys, clicks, mouse)``, the labels and their ``maxlen``), the learning
+#: state's own snapshot, the ask budget as ``(day, asked)``. Plain copies, not objects: one is
+#: taken per user per batch and almost never restored, so :meth:`UserState.restore` rebuilds.
+Snapshot = tuple[
+    "tuple[array[int], list[str], array[float], array[float], array[float]]",
+    int | None, list[int], int, int | None, int, int, int, int, UserLearning | None, tuple[object, ...] | None, tuple[int, int] | None,
+]
 
 
 class UserState:
@@ -113,13 +120,20 @@ class UserState:
         return self._raw is not None
 
     def snapshot(self) -> Snapshot:
-        """Everything :meth:`restore` needs to undo later changes (cheap: five array/list copies)."""
-        learn, asks = self.learn, self.asks
-        learn_snap = None if learn is None else learn.snapshot()
-        return (self.history.copy(), self.session_start_us, self.smooth.copy(), self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, learn, learn_snap, None if asks is None else AskBudget(asks.day, asks.asked))
+        """Everything :meth:`restore` needs to undo later changes (cheap: six slices, ~0.5 us)."""
+        h, smooth, learn, asks = self.history, self.smooth, self.learn, self.asks
+        return (
+            (h.ts[:], h.apps[:], h.keys[:], h.clicks[:], h.mouse[:]),
+            self.session_start_us, smooth[:], smooth.maxlen, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s,
+            learn, None if learn is None else learn.snapshot(), None if asks is None else (asks.day, asks.asked),
+        )  # fmt: skip
 
     def restore(self, snap: Snapshot) -> None:
-        (self.history, self.session_start_us, self.smooth, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, self.learn, learn_snap, self.asks) = snap
+        """The state as it was at ``snap`` (new objects: ``snap`` itself is left as it is)."""
+        (cols, self.session_start_us, labels, maxlen, self.last_ts_us, self.windows_seen, self.last_offset, self.last_partition, self.seen_s, self.learn, learn_snap, asks) = snap
+        self.history = History.from_columns(*cols)
+        self.smooth = LabelRing(labels, maxlen)
+        self.asks = None if asks is None else AskBudget(*asks)
         if self.learn is not None and learn_snap is not None:
             self.learn.restore(learn_snap)
 

@@ -73,8 +73,13 @@ class History:
         self.push(e[0], e[1], *(NULL if v is None else float(v) for v in e[2:]))
 
     def copy(self) -> History:
-        h = History.__new__(History)
-        h.ts, h.apps, h.keys, h.clicks, h.mouse = self.ts[:], self.apps[:], self.keys[:], self.clicks[:], self.mouse[:]
+        return History.from_columns(self.ts, self.apps, self.keys, self.clicks, self.mouse)
+
+    @classmethod
+    def from_columns(cls, ts: array[int], apps: list[str], keys: array[float], clicks: array[float], mouse: array[float]) -> History:
+        """A history of copies of these columns (as :meth:`copy` and ``UserState.snapshot`` hold them)."""
+        h = cls.__new__(cls)
+        h.ts, h.apps, h.keys, h.clicks, h.mouse = ts[:], apps[:], keys[:], clicks[:], mouse[:]
         return h
 
     def __len__(self) -> int:

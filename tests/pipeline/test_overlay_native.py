@@ -200,3 +200,19 @@ def test_the_dispatcher_takes_the_c_result_or_falls_back(monkeypatch: pytest.Mon
     w2 = make_window(bucket_start_ts="2026-04-06T10:01:00Z", _drop=("bucket_end_ts",))
     w2.values["keys_per_min"] = True  # declined: the Python version answers (float(True))
     assert push_window(st, w2)[5] == 1.0 - 78.0 and len(calls) == 2  # keys 78.0 before
+
+
+def test_an_undone_batch_takes_back_an_in_place_push() -> None:
+    """Once the history is full the C push shifts its columns in place: a snapshot taken before
+    must hold copies, and restoring it (twice: restore copies again) gives the state back."""
+    st = UserState(3)
+    ws = [make_window(bucket_start_ts=f"2026-04-06T10:{i:02d}:00Z", _drop=("bucket_end_ts",), keys_per_min=float(i)) for i in range(16)]
+    for w in ws[:15]:
+        assert native_push(st, w, 300.0) is not NotImplemented
+    before = _state_bits(st)
+    snap = st.snapshot()
+    for _ in range(2):
+        assert native_push(st, ws[15], 300.0) is not NotImplemented  # full: shifted in place
+        assert _state_bits(st) != before
+        st.restore(snap)
+        assert _state_bits(st) == before
