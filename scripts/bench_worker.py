@@ -59,6 +59,17 @@ def _load(package: str) -> tuple[Any, Any, Any]:
     return art.build_pipeline, shard.PipelineShard, shard.RawBatch
 
 
+def _native(package: str) -> str:
+    """The C accelerators a version runs with (``native.in_force()``); a tree's copy has the
+    compiled modules only if that tree was built (copy its ``.so`` files in to compare two native
+    builds)."""
+    try:
+        mod = importlib.import_module(f"{package}.native")
+    except ImportError:
+        return "[] (no native.py)"
+    return str(mod.in_force())
+
+
 def baseline_package(tree: Path, into: Path) -> str:
     """Copy ``tree``'s package as ``taskclf_daemon_baseline`` (its own imports renamed) into
     ``into``, so both versions run in one process, batch by batch."""
@@ -152,6 +163,7 @@ def main() -> int:
     tmp.cleanup()
     best = {name: {s: min(x[s] for x in rs) for s in STAGES} for name, rs in rounds.items()}
     print(f"windows: {n}, batch {args.batch}, users {args.users}, backend {backend}, rounds {args.rounds}, clock {args.clock} (batches of both versions interleaved)")
+    print("C accelerators in force: " + ", ".join(f"{name} {_native(pkg)}" for name, pkg in packages.items()))
     hdr = f"{'stage':<11}{'current us':>11}"
     if "baseline" in best:
         hdr += f"{'baseline us':>13}{'ratio':>8}"

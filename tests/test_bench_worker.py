@@ -26,6 +26,9 @@ def test_same_code_as_baseline_gives_equal_digests_and_the_result_line(tmp_path:
     assert m is not None, last
     assert float(m.group(1)) > 0 and float(m.group(2)) > 0
     assert "stage" in r.stdout and "baseline us" in r.stdout
+    # the copy of the built tree carries its compiled modules: both versions run all four
+    four = "['overlay', 'output', 'timestamps', 'matrix']"
+    assert f"C accelerators in force: current {four}, baseline {four}" in r.stdout
 
 
 def test_a_baseline_with_other_outputs_fails(tmp_path: Path) -> None:

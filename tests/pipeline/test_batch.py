@@ -143,6 +143,31 @@ def test_batch_size_does_not_change_output(bundle: ModelBundle, store: Calibrato
         assert _run_values(pipe, windows, size) == whole, f"batch size {size}"
 
 
+@pytest.mark.parametrize("native", ["off", "declining"])
+def test_the_python_overlay_serves_where_the_c_one_is_absent_or_declines(
+    native: str, monkeypatch: pytest.MonkeyPatch, bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]
+) -> None:
+    """``push_window_py`` (the reference) runs where the C overlay is not built, and for each window
+    it declines: the same outputs as the golden run either way."""
+    from taskclf_daemon.pipeline import features
+
+    want = _golden_run(bundle, store, windows, 5)  # before the patch (cached runs are with the C overlay)
+    real = features.NATIVE_PUSH
+    calls: list[FeatureWindow] = []
+    if native == "off":
+        monkeypatch.setattr(features, "NATIVE_PUSH", None)
+    else:
+        assert real is not None
+
+        def declining(st: Any, w: FeatureWindow, gap: float) -> Any:
+            calls.append(w)
+            return NotImplemented if len(calls) % 2 else real(st, w, gap)
+
+        monkeypatch.setattr(features, "NATIVE_PUSH", declining)
+    assert _run_values(_pipe(bundle, store, 5), windows) == want
+    assert len(calls) == (0 if native == "off" else len(windows))
+
+
 def test_identical_inputs_identical_outputs(bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]) -> None:
     a = _run_values(_pipe(bundle, store, 3), windows[:500])
     b = _run_values(_pipe(bundle, store, 3), windows[:500])
