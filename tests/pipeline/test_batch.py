@@ -148,10 +148,14 @@ def test_the_python_overlay_serves_where_the_c_one_is_absent_or_declines(
     native: str, monkeypatch: pytest.MonkeyPatch, bundle: ModelBundle, store: CalibratorStore, windows: list[FeatureWindow]
 ) -> None:
     """``push_window_py`` (the reference) runs where the C overlay is not built, and for each window
-    it declines: the same outputs as the golden run either way."""
+    it declines, with the pipeline's idle gap: the same outputs as with the C overlay either way."""
     from taskclf_daemon.pipeline import features
 
-    want = _golden_run(bundle, store, windows, 5)  # before the patch (cached runs are with the C overlay)
+    # an idle gap other than the default (the overlay's session length depends on it): both runs
+    # with it, the reference before the patch (with the C overlay)
+    cfg = PipelineConfig(smooth_window=5, reject_threshold=0.55, idle_gap_seconds=90.0)
+    want = _run_values(InferencePipeline(bundle, store, cfg), windows)
+    assert want != _golden_run(bundle, store, windows, 5)  # the gap shows in the outputs
     real = features.NATIVE_PUSH
     calls: list[FeatureWindow] = []
     if native == "off":
@@ -164,7 +168,7 @@ def test_the_python_overlay_serves_where_the_c_one_is_absent_or_declines(
             return NotImplemented if len(calls) % 2 else real(st, w, gap)
 
         monkeypatch.setattr(features, "NATIVE_PUSH", declining)
-    assert _run_values(_pipe(bundle, store, 5), windows) == want
+    assert _run_values(InferencePipeline(bundle, store, cfg), windows) == want
     assert len(calls) == (0 if native == "off" else len(windows))
 
 
