@@ -35,3 +35,17 @@ def test_load_names_what_it_finds() -> None:
     assert native.load("_no_such_module") is None
     got = native.load("_timestamps", "parse_utc")
     assert got is not None and got[0]("1970-01-01T00:00:01Z") == 1_000_000
+
+
+def test_a_build_with_other_constants_is_left_out_and_named() -> None:
+    from taskclf_daemon import _overlay
+    from taskclf_daemon.labels import HISTORY_ROWS
+
+    assert _overlay.HISTORY_ROWS == HISTORY_ROWS and _overlay.LOOKBACK_US == 15 * 60 * 1_000_000
+    native.STALE.discard("_overlay")
+    try:
+        assert native.load("_overlay", "push_window", constants={"HISTORY_ROWS": HISTORY_ROWS + 1}) is None
+        assert "_overlay" in native.STALE and "overlay" not in native.in_force()
+    finally:
+        native.STALE.discard("_overlay")
+    assert native.load("_overlay", "push_window", constants={"HISTORY_ROWS": HISTORY_ROWS}) is not None

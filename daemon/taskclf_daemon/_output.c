@@ -320,5 +320,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "taskclf_daemon._outp
 
 PyMODINIT_FUNC PyInit__output(void)
 {
-    return PyModule_Create(&module);
+    /* the constants it was compiled with: native.load leaves a build out whose constants differ */
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL || PyModule_AddIntConstant(m, "MAX_TS_US", (long)MAX_TS_US) < 0) {
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

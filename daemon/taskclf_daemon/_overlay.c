@@ -188,6 +188,7 @@ static PyObject *decline(void)
 
 static PyObject *push_window(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    (void)self;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "push_window(state, window, idle_gap_seconds)");
         return NULL;
@@ -461,7 +462,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "taskclf_daemon._overlay", "The history overlay in C (see _overlay.c).", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "taskclf_daemon._overlay", "The history overlay in C (see _overlay.c).", -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__overlay(void)
 {
@@ -490,5 +491,11 @@ PyMODINIT_FUNC PyInit__overlay(void)
     NAME(k_clicks, "clicks_per_min");
     NAME(k_mouse, "mouse_distance");
     NAME(k_app, "app_id");
-    return PyModule_Create(&module);
+    /* the constants it was compiled with: native.load leaves a build out whose constants differ */
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL || PyModule_AddIntConstant(m, "HISTORY_ROWS", (long)HISTORY_ROWS) < 0 || PyModule_AddIntConstant(m, "ROLLING_SHORT", (long)ROLLING_SHORT) < 0 || PyModule_AddIntConstant(m, "ROLLING_LONG", (long)ROLLING_LONG) < 0 || PyModule_AddIntConstant(m, "LOOKBACK_US", (long)LOOKBACK_US) < 0) {
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -1,1 +1,3 @@
 def parse_utc(s: str, /) -> int | None: ...
+
+MAX_TS_US: int

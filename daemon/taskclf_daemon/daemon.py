@@ -205,6 +205,8 @@ class Daemon:
         self._started = True
         # native: the C accelerators in force (native.py); [] = the pure-Python reference everywhere
         self.log.info("daemon_started", input_topic=s.input_topic, output_topic=s.output_topic, native=native.in_force())
+        if native.STALE:  # compiled from an older source than the Python code: left out, loudly
+            self.log.warning("native_stale", modules=sorted(native.STALE), fix="reinstall the package (pip install .) to rebuild its C modules")
 
     def _swapped(self, pipeline: InferencePipeline, description: dict[str, Any]) -> None:
         """A hot reload put new artifacts in force in every shard."""

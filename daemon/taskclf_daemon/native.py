@@ -16,24 +16,33 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from typing import Any
 
 MODULES = ("_overlay", "_output", "_timestamps", "_matrix")
 #: ``TASKCLF_DAEMON_NO_NATIVE`` set (not empty, not ``0``): every accelerator off
 DISABLED = os.environ.get("TASKCLF_DAEMON_NO_NATIVE", "") not in ("", "0")
+#: accelerators left out because they were compiled with other constants than the Python code
+STALE: set[str] = set()
 
 
-def load(module: str, *names: str) -> tuple[Any, ...] | None:
-    """The functions ``names`` of the accelerator ``module``; None when it is not built or off."""
+def load(module: str, *names: str, constants: Mapping[str, int] | None = None) -> tuple[Any, ...] | None:
+    """The functions ``names`` of the accelerator ``module``; None when it is not built, off, or
+    was compiled with other ``constants`` than the Python code's (a stale build of an older
+    source: the Python code serves, and :data:`STALE` names it)."""
     if DISABLED:
         return None
     try:
         mod = importlib.import_module(f"taskclf_daemon.{module}")
     except ImportError:  # not built: no compiler at install time
         return None
+    for k, v in (constants or {}).items():
+        if getattr(mod, k, None) != v:
+            STALE.add(module)
+            return None
     return tuple(getattr(mod, n) for n in names)
 
 
 def in_force() -> list[str]:
     """The accelerators that serve in this process (for the start-up log line)."""
-    return [m.lstrip("_") for m in MODULES if load(m) is not None]
+    return [m.lstrip("_") for m in MODULES if m not in STALE and load(m) is not None]

@@ -24,7 +24,7 @@ MAX_TS_CHARS = 64
 #: ``parse_ts_us`` of the one form agents send, ``YYYY-MM-DDTHH:MM:SSZ``, in C (``_timestamps.c``,
 #: see ``native.py``; ~10x faster than ``fromisoformat``); None for anything else, then the Python
 #: code below decides. None: not built, or turned off.
-_c = native.load("_timestamps", "parse_utc")
+_c = native.load("_timestamps", "parse_utc", constants={"MAX_TS_US": MAX_TS_US})
 NATIVE_PARSE: Callable[[str], int | None] | None = None if _c is None else _c[0]
 
 

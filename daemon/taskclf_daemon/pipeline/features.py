@@ -26,6 +26,7 @@ from taskclf_daemon import native
 from taskclf_daemon.labels import (
     APP_SWITCH_LOOKBACK_SECONDS,
     DEFAULT_IDLE_GAP_SECONDS,
+    HISTORY_ROWS,
     ROLLING_LONG,
     ROLLING_SHORT,
 )
@@ -34,13 +35,14 @@ from taskclf_daemon.state import NULL, UserState
 
 Overlay = tuple[float | None, ...]  # 9 values in schema.OVERLAY_COLUMNS order (the first an int)
 
+_LOOKBACK_US = APP_SWITCH_LOOKBACK_SECONDS * 1_000_000
+
 #: the C version of :func:`push_window_py` (``_overlay.c``, see ``native.py``): the same values
 #: and state changes, ~4x faster; it declines anything but the plain case (NotImplemented,
-#: nothing changed) and the Python version runs. None: not built, or turned off.
-_c = native.load("_overlay", "push_window")
+#: nothing changed) and the Python version runs. None: not built, turned off, or compiled with
+#: other constants than these (a stale build).
+_c = native.load("_overlay", "push_window", constants={"HISTORY_ROWS": HISTORY_ROWS, "ROLLING_SHORT": ROLLING_SHORT, "ROLLING_LONG": ROLLING_LONG, "LOOKBACK_US": _LOOKBACK_US})
 NATIVE_PUSH: Callable[[UserState, FeatureWindow, float], Any] | None = None if _c is None else _c[0]
-
-_LOOKBACK_US = APP_SWITCH_LOOKBACK_SECONDS * 1_000_000
 
 
 def _round_to(x: float, scale: float, ndigits: int) -> float:

@@ -29,14 +29,14 @@ import orjson
 
 from taskclf_daemon import native
 from taskclf_daemon.labels import LABELS
-from taskclf_daemon.timeutil import format_ts_us
+from taskclf_daemon.timeutil import MAX_TS_US, format_ts_us
 
 #: the C splice of :meth:`OutputEncoder.encode`'s rows (``_output.c``, see ``native.py``), and
 #: its splice of the identity ``mapped_probs`` (each row's numbers into the ``{label: p}`` text);
-#: None: not built, or turned off (the Python loop, the reference, serves)
+#: None: not built, turned off or stale (the Python loop, the reference, serves)
 NATIVE_ROWS: Callable[..., Any] | None
 NATIVE_FIELDS: Callable[[tuple[bytes, ...], list[bytes]], Any] | None
-NATIVE_ROWS, NATIVE_FIELDS = native.load("_output", "encode_rows", "splice_fields") or (None, None)
+NATIVE_ROWS, NATIVE_FIELDS = native.load("_output", "encode_rows", "splice_fields", constants={"MAX_TS_US": MAX_TS_US}) or (None, None)
 
 #: record keys in taskclf's order (``WindowPrediction`` field order)
 RECORD_KEYS = (
@@ -110,14 +110,13 @@ class OutputEncoder:
 
         self._template = head + tail
         #: the template's literal text around its 13 slots (``%%`` back to ``%``), for the C splice
-        parts = re.split(rb"(%%|%b|%d)", self._template)
         pieces, cur = [], b""
-        for i, part in enumerate(parts):
-            if i % 2 == 0 or part == b"%%":
-                cur += b"%" if part == b"%%" and i % 2 else part
-            else:
+        for tok in re.split(rb"(%%|%[bd])", self._template):  # text, directive, text, ...
+            if tok in (b"%b", b"%d"):
                 pieces.append(cur)
                 cur = b""
+            else:
+                cur += b"%" if tok == b"%%" else tok
         self._pieces = (*pieces, cur)
         assert len(self._pieces) == 14, self._pieces
         self._identity_probs = b"{" + b",".join(orjson.dumps(n) + b":%b" for n in LABELS) + b"}"
