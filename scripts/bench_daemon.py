@@ -6,8 +6,7 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
 
 (a) **pass-through**: raw aiokafka consume -> produce -> commit with the daemon's own client
     factories, batch sink, batch sizes and offset tracking, no decode/model (a worker process,
-    ``scripts/benchlib.py passthrough``), draining the pre-loaded backlog; its drain takes only
-    about a second, so it runs ``--passthrough-rounds`` times (default 3) and the median counts;
+    ``scripts/benchlib.py passthrough``), draining the pre-loaded backlog;
 (b) **daemon**: ``taskclf-daemon run --policy <golden policy>`` as a subprocess draining the same
     pre-loaded backlog (>= 100k windows of >= 1,000 users cloned from the golden inputs);
     peak RSS (VmHWM), the backend in force and the daemon's own per-stage timings from
@@ -16,16 +15,22 @@ One run, one broker (its own in-memory Tansu unless ``--bootstrap-servers`` is g
     measures a normal start; ``--cold-cache`` skips that (a first start: LightGBM until the
     background compile is swapped in); the ``daemon_cpu:`` line: µs of CPU per window of the
     daemon process, its workers and the broker from the first output to the last
-    (``benchlib.DrainCpu``), and the machine's busy cores meanwhile;
+    (``benchlib.DrainCpu``), and the machine's busy cores meanwhile.
+    (a) and (b) run in ``--rounds`` rounds (default 3), each a pass-through drain and a daemon
+    drain next to each other, the order flipped every round: a shared machine's speed drifts
+    by tens of percent over minutes (seen: the same pass-through at 42k and 77k windows/s in
+    one session), far more than between two neighbouring drains. ``io_ratio`` is the median
+    of the rounds' daemon/pass-through ratios; ``daemon_eps``/``passthrough_eps`` the medians;
 (p) **stage profile** (offline, in this process): µs per record of decode, features, encode,
     predict, calibrate, decide, serialize on the same rows, and ``R_model``;
 (c) **naive**: one message at a time (``InferencePipeline.process([window])``,
     ``send_and_wait``, a commit per message), in this process, on a smaller slice;
 (d) **latency** at half of (b)'s throughput (``--latency-rate``: a fixed rate instead, to compare
     builds whose drain rates differ): an open-loop generator (``taskclf-daemon produce
-    --rate``, ``linger_ms=1``) against the daemon with ``fetch_max_wait_ms=5``, then against the
-    pass-through at the same rate; latency = output CreateTime - input CreateTime, joined on
-    the ``taskclf-source`` header.
+    --rate``, ``linger_ms=1``) against the daemon with ``fetch_max_wait_ms=5``, and against the
+    pass-through at the same rate, in ``--latency-rounds`` rounds (default 2, the order flipped
+    every round; the percentiles are the medians over the rounds); latency = output CreateTime
+    - input CreateTime, joined on the ``taskclf-source`` header.
 
 Throughput = records / (last output CreateTime - first output CreateTime), the same for (a),
 (b) and (c): the group join is excluded. Every output topic is read back with confluent-kafka
@@ -91,6 +96,18 @@ def _out(line: str) -> None:
 def _daemon_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("taskclf-daemon")
     return [str(exe)] if exe.is_file() and os.access(exe, os.X_OK) else [sys.executable, "-m", "taskclf_daemon"]
+
+
+def _median(xs: list[float]) -> float:
+    """The median (of an even count: the mean of the middle two)."""
+    v = sorted(xs)
+    k = len(v) // 2
+    return float(v[k]) if len(v) % 2 else (v[k - 1] + v[k]) / 2.0
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput (of an even count: the lower middle one)."""
+    return sorted(rounds, key=lambda r: r["eps"])[(len(rounds) - 1) // 2]
 
 
 class Bench:
@@ -300,6 +317,119 @@ class Bench:
         _out(f"daemon_labels_cpu: {self.cpu_str(R['daemon_labels']['cpu'])}")
         R["daemon_labels"]["values"] = self.verify_values("daemon_labels", read, wl.records)
 
+    def passthrough_drain(self, i: int, t_in: str, t_pt: str, expect: int) -> dict[str, Any]:
+        """(a), round ``i``: the raw aiokafka pass-through drains the backlog into its own topic."""
+        a = self.a
+        t_out = t_pt if i == 1 else self.topic(f"pt-out-{i}")
+        if i > 1:
+            bl.run_async(bl.create_topics(self.bootstrap, [t_out], a.partitions), 60)
+        bl.log(f"(a) pass-through round {i}/{a.rounds}: draining the backlog with raw aiokafka (daemon settings, no model)")
+        name = "passthrough" if a.rounds == 1 else f"passthrough_{i}"
+        self.mon.begin(name)
+        p, events = self.start_passthrough(f"a{i}", t_in, t_out, expect, fetch_max_wait_ms=50)
+        done = self.wait_event(p, events, "drained", self.timeout_for(expect, 1000), "pass-through")
+        noise = self.mon.end()
+        bl.Procs.stop(p, timeout=20.0)
+        read = bl.read_topic(self.bootstrap, t_out, expect=expect, timeout=self.timeout_for(expect, 5000))
+        eps = read.rate()
+        _out(f"{name}: eps={eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
+             f"eps_to_last_ack={done.get('acked_eps')} join_s={done.get('join_s')} {self.noise_str(noise)}")
+        return {"eps": round(eps), **self.verify(name, read, expect), "worker": done, "noise": noise}
+
+    def daemon_drain(self, i: int, t_in: str, t_d: str, t_dlq: str, expect: int) -> tuple[dict[str, Any], bl.TopicRead]:
+        """(b), round ``i``: ``taskclf-daemon run`` (a fresh group) drains the backlog into its own
+        topic; the round's results and its outputs read back (values kept)."""
+        a = self.a
+        if i > 1:
+            t_d, t_dlq = self.topic(f"d-out-{i}"), self.topic(f"d-dlq-{i}")
+            bl.run_async(bl.create_topics(self.bootstrap, [t_d, t_dlq], a.partitions), 60)
+        name = "daemon" if a.rounds == 1 else f"daemon_{i}"
+        bl.log(f"(b) daemon round {i}/{a.rounds}: taskclf-daemon run draining the same backlog")
+        self.mon.begin(name)
+        p, port, dlog = self.start_daemon(f"b{i}", t_in, t_d, t_dlq, {})
+        try:
+            ready_s = self.wait_daemon_ready(p, port, dlog)
+            cpu = self.drain_cpu(p)
+            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), name, cpu)
+            rss = bl.vm_hwm_mb(p.pid)
+            noise = self.mon.end()
+        finally:
+            rc = self.stop_daemon(p, dlog)
+        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000), keep_values=True)
+        d_eps = read.rate()
+        emitted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"')
+        stages = {}
+        for st in ("features", "encode", "predict", "calibrate", "decide", "serialize"):
+            sec = bl.prom_sum(body, "taskclf_stage_duration_seconds_sum", f'stage="{st}"')
+            stages[st] = round(sec / emitted * 1e6, 2) if emitted else None
+        calls = bl.prom_sum(body, "taskclf_predict_batch_size_records_count")
+        in_force = [b for b in ("lightgbm", "lleaves") if bl.prom_sum(body, "taskclf_model_backend_info", f'backend="{b}"') == 1.0]
+        res = {"eps": round(d_eps), **self.verify(name, read, expect), "ready_s": round(ready_s, 2), "exit_code": rc,
+               "rss_mb": round(rss) if rss else None, "stage_us_per_record": stages,
+               "mean_batch": round(emitted / calls, 1) if calls else None,
+               "dlq": bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"'),
+               "commits_ok": bl.prom_sum(body, "taskclf_offset_commits_total", 'result="ok"'),
+               "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise,
+               "backend_in_force": in_force[0] if in_force else None, "cpu": cpu.result()}
+        daemon_cpu = noise.get(f"daemon_b{i}_cores")
+        if daemon_cpu is not None and noise.get("wall_s"):
+            res["daemon_cpu_s"] = round(daemon_cpu * noise["wall_s"], 2)
+        _out(f"{name}: eps={d_eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
+             f"rss_mb={res['rss_mb']} mean_batch={res['mean_batch']} backend={res['backend_in_force']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
+             f"{self.noise_str(noise)}")
+        _out(f"{name}_cpu: {self.cpu_str(res['cpu'])}")
+        return res, read
+
+    def latency_run(self, who: str, rnd: int, rate: float, n_lat: int, lat_file: Path, records: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        """(d), round ``rnd``: ``n_lat`` records offered at ``rate`` (open loop) to ``who`` (the
+        daemon or the pass-through); latency percentiles of output CreateTime - input CreateTime."""
+        a = self.a
+        sfx = f"{who}-{rnd}"
+        name = f"latency_{who}" if a.latency_rounds == 1 else f"latency_{who}_{rnd}"
+        t_lin, t_lout, t_ldlq = self.topic(f"lat-{sfx}-in"), self.topic(f"lat-{sfx}-out"), self.topic(f"lat-{sfx}-dlq")
+        bl.run_async(bl.create_topics(self.bootstrap, [t_lin, t_lout, t_ldlq], a.partitions), 60)
+        bl.log(f"(d) latency, {who} round {rnd}/{a.latency_rounds}: {n_lat} records offered at {rate:.0f}/s (open loop, linger_ms=1, fetch_max_wait_ms=5)")
+        if who == "daemon":
+            p, port, dlog = self.start_daemon(f"d{rnd}", t_lin, t_lout, t_ldlq, {"TASKCLF_FETCH_MAX_WAIT_MS": "5"})
+            self.wait_daemon_ready(p, port, dlog)
+        else:
+            p, events = self.start_passthrough(f"d{rnd}", t_lin, t_lout, n_lat, fetch_max_wait_ms=5)
+            self.wait_event(p, events, "assigned", 90.0, "latency pass-through")
+        time.sleep(0.5)
+        try:
+            self.mon.begin(name)
+            gen = self.procs.spawn([*_daemon_cmd(), "produce", "--bootstrap-servers", self.bootstrap, "--topic", t_lin, "--input", str(lat_file),
+                                    "--rate", f"{rate:.3f}"], env=bl.bench_env({"TASKCLF_LINGER_MS": "1"}), log_path=self.tmp / f"generator-{sfx}.log")
+            self.mon.tag(f"generator_{sfx}", gen.pid)
+            try:
+                grc = gen.wait(timeout=a.latency_seconds * 3 + 60)
+            except Exception as exc:  # noqa: BLE001
+                raise BenchError(f"load generator did not finish: {exc}") from None
+            if grc != 0:
+                raise BenchError(f"load generator exited with {grc}:\n{self.tail(self.tmp / f'generator-{sfx}.log')}")
+            if who == "daemon":
+                self.wait_daemon_done(p, port, dlog, n_lat, self.timeout_for(n_lat, 200), "latency daemon")
+            else:
+                self.wait_event(p, events, "drained", self.timeout_for(n_lat, 200), "latency pass-through")
+            noise = self.mon.end()
+        finally:
+            if who == "daemon":
+                self.stop_daemon(p, dlog)
+            else:
+                bl.Procs.stop(p, timeout=20.0)
+        rin = bl.read_topic(self.bootstrap, t_lin, expect=n_lat, dedupe=False, keep_positions=True, timeout=self.timeout_for(n_lat, 5000))
+        rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000), keep_values=who == "daemon")
+        lat = bl.join_latencies(rout, rin, t_lin)
+        pct = bl.percentiles(lat, (50, 90, 99))
+        achieved = rin.rate()
+        res = {**{k: round(v, 1) for k, v in pct.items()}, "max": round(max(lat), 1) if lat else None, "events": len(lat),
+               "achieved_eps": round(achieved), **self.verify(f"latency {who}", rout, n_lat), "noise": noise}
+        if who == "daemon":
+            res["values"] = self.verify_values(name, rout, records)
+        _out(f"{name}: offered_eps={rate:.0f} achieved_eps={achieved:.0f} events={len(lat)} p50_ms={pct['p50']:.1f} "
+             f"p90_ms={pct['p90']:.1f} p99_ms={pct['p99']:.1f} {self.noise_str(noise)}")
+        return res
+
     def noise_str(self, noise: dict[str, Any]) -> str:
         return f"others_cores={noise.get('others_cores')} own_cores={noise.get('own_cores')} state={noise.get('state')}"
 
@@ -333,71 +463,36 @@ class Bench:
             raise BenchError(f"pre-load acknowledged {n} of {len(wl)} records")
         expect = len(wl)
 
-        # ---- (a) pass-through: its drain lasts only about a second, so take the median of rounds
-        rounds = []
-        for i in range(1, a.passthrough_rounds + 1):
-            t_out = t_pt if i == 1 else self.topic(f"pt-out-{i}")
-            if i > 1:
-                bl.run_async(bl.create_topics(self.bootstrap, [t_out], a.partitions), 60)
-            bl.log(f"(a) pass-through round {i}/{a.passthrough_rounds}: draining the backlog with raw aiokafka (daemon settings, no model)")
-            name = "passthrough" if a.passthrough_rounds == 1 else f"passthrough_{i}"
-            self.mon.begin(name)
-            p, events = self.start_passthrough(f"a{i}", t_in, t_out, expect, fetch_max_wait_ms=50)
-            done = self.wait_event(p, events, "drained", self.timeout_for(expect, 1000), "pass-through")
-            noise = self.mon.end()
-            bl.Procs.stop(p, timeout=20.0)
-            read = bl.read_topic(self.bootstrap, t_out, expect=expect, timeout=self.timeout_for(expect, 5000))
-            eps = read.rate()
-            rounds.append({"eps": round(eps), **self.verify(name, read, expect), "worker": done, "noise": noise})
-            _out(f"{name}: eps={eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
-                 f"eps_to_last_ack={done.get('acked_eps')} join_s={done.get('join_s')} {self.noise_str(noise)}")
-        ordered = sorted(rounds, key=lambda r: r["eps"])
-        med = ordered[len(ordered) // 2]
-        pt_eps = float(med["eps"])
-        R["passthrough"] = {**med, "count_ok": all(r["count_ok"] for r in rounds), "rounds_eps": [r["eps"] for r in rounds], "rounds": rounds}
-        if len(rounds) > 1:
-            _out(f"passthrough: eps={pt_eps:.0f} (median of {len(rounds)} rounds: {', '.join(str(r['eps']) for r in rounds)})")
-
-        # ---- (b) daemon
+        # ---- (a) + (b): pass-through and daemon drains of the same backlog, interleaved in
+        # --rounds rounds (the order flipped every round), so each daemon drain is compared with
+        # the pass-through drain next to it in time: a shared machine's speed drifts by tens of
+        # percent over minutes, far more than between two neighbouring drains
         R["compile_cache"] = self.warm_compile_cache()
-        bl.log("(b) daemon: taskclf-daemon run draining the same backlog")
-        self.mon.begin("daemon")
-        p, port, dlog = self.start_daemon("b", t_in, t_d, t_dlq, {})
-        try:
-            ready_s = self.wait_daemon_ready(p, port, dlog)
-            cpu = self.drain_cpu(p)
-            body = self.wait_daemon_done(p, port, dlog, expect, self.timeout_for(expect, 300), "daemon", cpu)
-            rss = bl.vm_hwm_mb(p.pid)
-            noise = self.mon.end()
-        finally:
-            rc = self.stop_daemon(p, dlog)
-        read = bl.read_topic(self.bootstrap, t_d, expect=expect, timeout=self.timeout_for(expect, 5000), keep_values=True)
-        d_eps = read.rate()
-        emitted = bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="emitted"')
-        stages = {}
-        for st in ("features", "encode", "predict", "calibrate", "decide", "serialize"):
-            sec = bl.prom_sum(body, "taskclf_stage_duration_seconds_sum", f'stage="{st}"')
-            stages[st] = round(sec / emitted * 1e6, 2) if emitted else None
-        calls = bl.prom_sum(body, "taskclf_predict_batch_size_records_count")
-        in_force = [b for b in ("lightgbm", "lleaves") if bl.prom_sum(body, "taskclf_model_backend_info", f'backend="{b}"') == 1.0]
-        R["daemon"] = {"eps": round(d_eps), **self.verify("daemon", read, expect), "ready_s": round(ready_s, 2), "exit_code": rc,
-                       "rss_mb": round(rss) if rss else None, "stage_us_per_record": stages,
-                       "mean_batch": round(emitted / calls, 1) if calls else None,
-                       "dlq": bl.prom_sum(body, "taskclf_records_processed_total", 'outcome="dlq"'),
-                       "commits_ok": bl.prom_sum(body, "taskclf_offset_commits_total", 'result="ok"'),
-                       "backpressure_pauses": bl.prom_sum(body, "taskclf_backpressure_pauses_total"), "noise": noise,
-                       "backend_in_force": in_force[0] if in_force else None, "cpu": cpu.result()}
-        daemon_cpu = noise.get("daemon_b_cores")
-        if daemon_cpu is not None and noise.get("wall_s"):
-            R["daemon"]["daemon_cpu_s"] = round(daemon_cpu * noise["wall_s"], 2)
-        _out(f"daemon: eps={d_eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
-             f"rss_mb={R['daemon']['rss_mb']} mean_batch={R['daemon']['mean_batch']} backend={R['daemon']['backend_in_force']} in_daemon_us/rec={json.dumps(stages, separators=(',', ':'))} "
-             f"{self.noise_str(noise)}")
-        _out(f"daemon_cpu: {self.cpu_str(R['daemon']['cpu'])}")
-        _out(f"io_ratio: {d_eps / pt_eps:.3f} (daemon/passthrough)")
-        bl.log("(b) values: the drained outputs against an offline replay of the same backlog")
-        R["daemon"]["values"] = self.verify_values("daemon", read, wl.records)
-        del read
+        pts: list[dict[str, Any]] = []
+        ds: list[dict[str, Any]] = []
+        reference: dict[bv.Key, bytes] | None = None
+        for i in range(1, a.rounds + 1):
+            for who in ("passthrough", "daemon") if i % 2 else ("daemon", "passthrough"):
+                if who == "passthrough":
+                    pts.append(self.passthrough_drain(i, t_in, t_pt, expect))
+                    continue
+                d_round, read = self.daemon_drain(i, t_in, t_d, t_dlq, expect)
+                if reference is None:
+                    bl.log("(b) values: the offline replay of the backlog (the reference for every drain)")
+                    reference = bv.reference_values(self.settings, wl.records)
+                d_round["values"] = self.verify_values("daemon" if a.rounds == 1 else f"daemon_{i}", read, wl.records, reference)
+                del read
+                ds.append(d_round)
+        ratios = [round(d["eps"] / p["eps"], 3) for p, d in zip(pts, ds)]
+        io_ratio = _median(ratios)
+        pt_eps, d_eps = _median([float(r["eps"]) for r in pts]), _median([float(r["eps"]) for r in ds])
+        R["passthrough"] = {**_median_round(pts), "count_ok": all(r["count_ok"] for r in pts), "rounds_eps": [r["eps"] for r in pts], "rounds": pts}
+        R["daemon"] = {**_median_round(ds), "count_ok": all(r["count_ok"] for r in ds), "rounds_eps": [r["eps"] for r in ds], "rounds": ds, "pair_ratios": ratios}
+        R["daemon"]["values"] = {**R["daemon"]["values"], "ok": all(r["values"]["ok"] for r in ds)}
+        if a.rounds > 1:
+            _out(f"passthrough: eps={pt_eps:.0f} (median of {len(pts)} rounds: {', '.join(str(r['eps']) for r in pts)})")
+            _out(f"daemon: eps={d_eps:.0f} (median of {len(ds)} rounds: {', '.join(str(r['eps']) for r in ds)})")
+        _out(f"io_ratio: {io_ratio:.3f} (daemon/passthrough, median of the rounds' ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
 
         # ---- (b') daemon with labels flowing: the same backlog, a feedback topic pre-loaded with
         # one-window label spans for --labels-fraction of the windows
@@ -442,54 +537,25 @@ class Bench:
         lat_wl = bl.build_workload(n_lat, min(a.users, n_lat))
         lat_file = bl.write_jsonl(lat_wl.records, self.tmp / "latency.jsonl")
         R["latency"] = {"offered_eps": round(rate), "records": n_lat}
-        for who in ("daemon", "passthrough"):
-            t_lin, t_lout, t_ldlq = self.topic(f"lat-{who}-in"), self.topic(f"lat-{who}-out"), self.topic(f"lat-{who}-dlq")
-            bl.run_async(bl.create_topics(self.bootstrap, [t_lin, t_lout, t_ldlq], a.partitions), 60)
-            bl.log(f"(d) latency, {who}: {n_lat} records offered at {rate:.0f}/s (open loop, linger_ms=1, fetch_max_wait_ms=5)")
+        lat_rounds: dict[str, list[dict[str, Any]]] = {"daemon": [], "passthrough": []}
+        for rnd in range(1, a.latency_rounds + 1):  # interleaved like (a)/(b): the order flipped every round
+            for who in ("daemon", "passthrough") if rnd % 2 else ("passthrough", "daemon"):
+                lat_rounds[who].append(self.latency_run(who, rnd, rate, n_lat, lat_file, lat_wl.records))
+        for who, rs in lat_rounds.items():
+            R["latency"][who] = {**sorted(rs, key=lambda r: r["p99"])[(len(rs) - 1) // 2], "count_ok": all(r["count_ok"] for r in rs), "rounds": rs}
+            for k in ("p50", "p90", "p99"):
+                R["latency"][who][k] = round(_median([r[k] for r in rs]), 1)
             if who == "daemon":
-                p, port, dlog = self.start_daemon("d", t_lin, t_lout, t_ldlq, {"TASKCLF_FETCH_MAX_WAIT_MS": "5"})
-                self.wait_daemon_ready(p, port, dlog)
-            else:
-                p, events = self.start_passthrough("d", t_lin, t_lout, n_lat, fetch_max_wait_ms=5)
-                self.wait_event(p, events, "assigned", 90.0, "latency pass-through")
-            time.sleep(0.5)
-            try:
-                self.mon.begin(f"latency_{who}")
-                gen = self.procs.spawn([*_daemon_cmd(), "produce", "--bootstrap-servers", self.bootstrap, "--topic", t_lin, "--input", str(lat_file),
-                                        "--rate", f"{rate:.3f}"], env=bl.bench_env({"TASKCLF_LINGER_MS": "1"}), log_path=self.tmp / f"generator-{who}.log")
-                self.mon.tag(f"generator_{who}", gen.pid)
-                try:
-                    grc = gen.wait(timeout=a.latency_seconds * 3 + 60)
-                except Exception as exc:  # noqa: BLE001
-                    raise BenchError(f"load generator did not finish: {exc}") from None
-                if grc != 0:
-                    raise BenchError(f"load generator exited with {grc}:\n{self.tail(self.tmp / f'generator-{who}.log')}")
-                if who == "daemon":
-                    self.wait_daemon_done(p, port, dlog, n_lat, self.timeout_for(n_lat, 200), "latency daemon")
-                else:
-                    self.wait_event(p, events, "drained", self.timeout_for(n_lat, 200), "latency pass-through")
-                noise = self.mon.end()
-            finally:
-                if who == "daemon":
-                    self.stop_daemon(p, dlog)
-                else:
-                    bl.Procs.stop(p, timeout=20.0)
-            rin = bl.read_topic(self.bootstrap, t_lin, expect=n_lat, dedupe=False, keep_positions=True, timeout=self.timeout_for(n_lat, 5000))
-            rout = bl.read_topic(self.bootstrap, t_lout, expect=n_lat, keep_sources=True, timeout=self.timeout_for(n_lat, 5000), keep_values=who == "daemon")
-            lat = bl.join_latencies(rout, rin, t_lin)
-            pct = bl.percentiles(lat, (50, 90, 99))
-            achieved = rin.rate()
-            R["latency"][who] = {**{k: round(v, 1) for k, v in pct.items()}, "max": round(max(lat), 1) if lat else None, "events": len(lat),
-                                 "achieved_eps": round(achieved), **self.verify(f"latency {who}", rout, n_lat), "noise": noise}
-            if who == "daemon":
-                R["latency"][who]["values"] = self.verify_values("latency_daemon", rout, lat_wl.records)
-            _out(f"latency_{who}: offered_eps={rate:.0f} achieved_eps={achieved:.0f} events={len(lat)} p50_ms={pct['p50']:.1f} "
-                 f"p90_ms={pct['p90']:.1f} p99_ms={pct['p99']:.1f} {self.noise_str(noise)}")
+                R["latency"][who]["values"] = {**rs[0]["values"], "ok": all(r["values"]["ok"] for r in rs)}
+        if a.latency_rounds > 1:
+            for who, rs in lat_rounds.items():
+                _out(f"latency_{who}: p50_ms={R['latency'][who]['p50']:.1f} p99_ms={R['latency'][who]['p99']:.1f} "
+                     f"(medians of {len(rs)} rounds; p99_ms: {', '.join(format(r['p99'], '.1f') for r in rs)})")
 
         # ---- summary
         ld, lp = R["latency"]["daemon"], R["latency"]["passthrough"]
         R["summary"] = {
-            "daemon_eps": round(d_eps), "passthrough_eps": round(pt_eps), "io_ratio": round(d_eps / pt_eps, 3),
+            "daemon_eps": round(d_eps), "passthrough_eps": round(pt_eps), "io_ratio": round(io_ratio, 3), "io_pair_ratios": ratios,
             "naive_eps": round(n_eps, 1), "naive_ratio": round(d_eps / n_eps, 2), "p50_ms": ld["p50"], "p99_ms": ld["p99"],
             "passthrough_p50_ms": lp["p50"], "passthrough_p99_ms": lp["p99"], "rss_mb": R["daemon"]["rss_mb"],
             "contended_phases": [k for k, v in self.mon.phases.items() if v.get("contended")],
@@ -526,7 +592,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-seconds", type=float, default=None, help="seconds of offered load per latency run (default 20; --quick 3)")
     ap.add_argument("--latency-rate", type=float, default=None,
                     help="windows/s offered in the latency runs (default: half of (b)'s drain rate); a fixed rate compares builds whose drain rates differ")
-    ap.add_argument("--passthrough-rounds", type=int, default=None, help="pass-through drains; the median counts (default 3; --quick 1)")
+    ap.add_argument("--rounds", "--passthrough-rounds", type=int, default=None,
+                    help="drain rounds, each a pass-through and a daemon drain next to each other (order flipped every round); io_ratio is the median of the rounds' ratios (default 3; --quick 1)")
+    ap.add_argument("--latency-rounds", type=int, default=None, help="latency rounds, each the daemon and the pass-through at the same rate, interleaved; the medians count (default 2; --quick 1)")
     ap.add_argument("--profile-records", type=int, default=None, help="records for the offline stage profile, 0 = skip (default 20000; --quick 1000)")
     add_run_args(ap, "default 1800; --quick 240")
     ap.add_argument("--labels-fraction", type=float, default=0.0, help="also drain with the learning loop fed: one-window label spans for this share of the windows on a feedback topic (issue 12: 0.1); 0 = skip")
@@ -541,12 +609,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = a.quick
     for name, full, quick in (("records", 100_000, 3000), ("users", 1000, 100), ("naive_records", 3000, 300), ("latency_seconds", 20.0, 3.0),
                               ("profile_records", 20_000, 1000), ("timeout", 1800.0, 240.0),
-                              ("passthrough_rounds", 3, 1)):
+                              ("rounds", 3, 1), ("latency_rounds", 2, 1)):
         if getattr(a, name) is None:
             setattr(a, name, quick if q else full)
     if a.policy is None:
         a.policy = str(Path(a.golden) / "models" / "inference_policy.json")
-    for name in ("records", "users", "partitions", "naive_records", "passthrough_rounds"):
+    for name in ("records", "users", "partitions", "naive_records", "rounds", "latency_rounds"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.latency_seconds <= 0:

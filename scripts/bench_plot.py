@@ -45,6 +45,12 @@ def _panel(x0: float, width: float, title: str, subtitle: str, groups: list[tupl
     return out
 
 
+def _pairs(s: dict[str, Any]) -> str:
+    """`` (median of N rounds)`` when io_ratio is the median of paired rounds' ratios."""
+    n = len(s.get("io_pair_ratios") or [])
+    return f" (median of {n} rounds)" if n > 1 else ""
+
+
 def render_svg(res: dict[str, Any]) -> str:
     """The SVG text for one benchmark result (``bench_daemon.py --json``)."""
     s = res["summary"]
@@ -62,7 +68,7 @@ def render_svg(res: dict[str, Any]) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">',
              '<rect width="100%" height="100%" fill="white"/>',
              f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>']
-    parts += _panel(40, 380, "drain throughput, windows/s", f"io_ratio {s['io_ratio']}, naive_ratio {s['naive_ratio']}", thr, "")
+    parts += _panel(40, 380, "drain throughput, windows/s", f"io_ratio {s['io_ratio']}{_pairs(s)}, naive_ratio {s['naive_ratio']}", thr, "")
     parts += _panel(480, 380, "end-to-end latency, ms", f"at {lat.get('offered_eps', '?')} windows/s offered", pct, "")
     legend_y = H - 30
     for i, (name, color) in enumerate((("daemon", COLORS["daemon"]), ("pass-through", COLORS["passthrough"]), ("naive daemon", COLORS["naive"]))):

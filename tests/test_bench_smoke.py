@@ -31,7 +31,7 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     out_json = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLF_") or k == "TASKCLF_TANSU_BIN"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--golden", str(golden), "--json", str(out_json), "--plot", str(tmp_path / "bench.svg"), "--latency-rate", "3000"],
+        [sys.executable, str(BENCH), "--quick", "--bootstrap-servers", kafka_bootstrap, "--golden", str(golden), "--json", str(out_json), "--plot", str(tmp_path / "bench.svg"), "--latency-rate", "3000", "--rounds", "2"],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -55,13 +55,20 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     for values in (res["daemon"]["values"], res["naive"]["values"], res["latency"]["daemon"]["values"]):
         assert values["ok"] and values["differing"] == 0 and values["conflicts"] == 0 and values["compared"] > 0, values
     assert res["daemon"]["values"]["compared"] == res["workload"]["records"]
+    # --rounds 2: two pass-through and two daemon drains, interleaved; every daemon drain's values
+    # checked; io_ratio is the median (here: the mean) of the two rounds' ratios
+    d_rounds, p_rounds = res["daemon"]["rounds"], res["passthrough"]["rounds"]
+    assert len(d_rounds) == len(p_rounds) == 2 and all(r["values"]["ok"] and r["values"]["compared"] == res["workload"]["records"] for r in d_rounds)
+    pairs = [round(d["eps"] / p["eps"], 3) for p, d in zip(p_rounds, d_rounds)]
+    assert res["summary"]["io_pair_ratios"] == pairs
+    assert res["summary"]["io_ratio"] == round((pairs[0] + pairs[1]) / 2, 3)
     # --latency-rate: the latency runs offer that rate (3 s in --quick), not half the drain rate
     assert res["latency"]["offered_eps"] == 3000 and res["latency"]["records"] == 9000, res["latency"]
     # every drain says where its CPU went ("na" when it was over before the first poll saw an output)
-    assert any(line.startswith("daemon_cpu: cpu_us_per_window=") for line in lines), lines
+    assert sum(bool(re.match(r"^daemon_[12]_cpu: cpu_us_per_window=", line)) for line in lines) == 2, lines
     for who in ("daemon", "passthrough"):
         assert res["latency"][who]["count_ok"], res["latency"][who]
         assert res["latency"][who]["events"] == res["latency"]["records"]
-    assert "others_cores" in res["noise"]["daemon"]
+    assert "others_cores" in res["noise"]["daemon_1"] and "others_cores" in res["noise"]["daemon_2"]
     svg = (tmp_path / "bench.svg").read_text()
     assert svg.startswith("<svg") and f"io_ratio {res['summary']['io_ratio']}" in svg
