@@ -327,14 +327,20 @@ class Bench:
         name = "passthrough" if a.rounds == 1 else f"passthrough_{i}"
         self.mon.begin(name)
         p, events = self.start_passthrough(f"a{i}", t_in, t_out, expect, fetch_max_wait_ms=50)
+        self.wait_event(p, events, "assigned", 90.0, "pass-through")
+        broker = sorted(self.mon.tagged("broker"))
+        cpu = bl.ProcessCpu({"passthrough_process": [p.pid], "broker": broker[:1]})
         done = self.wait_event(p, events, "drained", self.timeout_for(expect, 1000), "pass-through")
+        cpu_res = cpu.per_window(expect)
         noise = self.mon.end()
         bl.Procs.stop(p, timeout=20.0)
         read = bl.read_topic(self.bootstrap, t_out, expect=expect, timeout=self.timeout_for(expect, 5000))
         eps = read.rate()
         _out(f"{name}: eps={eps:.0f} records={read.unique} duplicates={read.duplicates} span_s={read.span_s():.2f} "
              f"eps_to_last_ack={done.get('acked_eps')} join_s={done.get('join_s')} {self.noise_str(noise)}")
-        return {"eps": round(eps), **self.verify(name, read, expect), "worker": done, "noise": noise}
+        _out(f"{name}_cpu: cpu_us_per_window={{passthrough_process:{cpu_res['passthrough_process_us']},broker:{cpu_res['broker_us']},"
+             f"total:{cpu_res['total_us']}}} machine_busy_cores={cpu_res['machine_busy_cores']}")
+        return {"eps": round(eps), **self.verify(name, read, expect), "worker": done, "noise": noise, "cpu": cpu_res}
 
     def daemon_drain(self, i: int, t_in: str, t_d: str, t_dlq: str, expect: int) -> tuple[dict[str, Any], bl.TopicRead]:
         """(b), round ``i``: ``taskclf-daemon run`` (a fresh group) drains the backlog into its own
@@ -493,6 +499,12 @@ class Bench:
             _out(f"passthrough: eps={pt_eps:.0f} (median of {len(pts)} rounds: {', '.join(str(r['eps']) for r in pts)})")
             _out(f"daemon: eps={d_eps:.0f} (median of {len(ds)} rounds: {', '.join(str(r['eps']) for r in ds)})")
         _out(f"io_ratio: {io_ratio:.3f} (daemon/passthrough, median of the rounds' ratios: {', '.join(f'{x:.3f}' for x in ratios)})")
+        # CPU per window, daemon (process + workers + broker) over pass-through (process + broker),
+        # per round: an efficiency ratio that a slower or faster host moves far less than io_ratio
+        cpu_ratios = [round(d["cpu"]["total_us"] / p["cpu"]["total_us"], 2) for p, d in zip(pts, ds) if d.get("cpu") and p["cpu"]["total_us"]]
+        if cpu_ratios:
+            R["daemon"]["cpu_ratios"] = cpu_ratios
+            _out(f"cpu_ratio: {_median(cpu_ratios):.2f} (daemon/passthrough CPU per window, median of the rounds': {', '.join(f'{x:.2f}' for x in cpu_ratios)})")
 
         # ---- (b') daemon with labels flowing: the same backlog, a feedback topic pre-loaded with
         # one-window label spans for --labels-fraction of the windows
@@ -555,7 +567,7 @@ class Bench:
         # ---- summary
         ld, lp = R["latency"]["daemon"], R["latency"]["passthrough"]
         R["summary"] = {
-            "daemon_eps": round(d_eps), "passthrough_eps": round(pt_eps), "io_ratio": round(io_ratio, 3), "io_pair_ratios": ratios,
+            "daemon_eps": round(d_eps), "passthrough_eps": round(pt_eps), "io_ratio": round(io_ratio, 3), "io_pair_ratios": ratios, "cpu_ratio": _median(cpu_ratios) if cpu_ratios else None,
             "naive_eps": round(n_eps, 1), "naive_ratio": round(d_eps / n_eps, 2), "p50_ms": ld["p50"], "p99_ms": ld["p99"],
             "passthrough_p50_ms": lp["p50"], "passthrough_p99_ms": lp["p99"], "rss_mb": R["daemon"]["rss_mb"],
             "contended_phases": [k for k, v in self.mon.phases.items() if v.get("contended")],

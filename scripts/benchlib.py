@@ -270,6 +270,40 @@ class DrainCpu:
         return {**per, "windows": n, "seconds": round(t1 - t0, 2), "machine_busy_cores": round(busy / total * cores, 2) if total else None}
 
 
+class ProcessCpu:
+    """CPU per window of named groups of processes (each pid with its descendants), from
+    ``/proc`` ticks taken at construction and at :meth:`per_window`, and the machine's busy cores
+    meanwhile -- :class:`DrainCpu` for a process that reports its own progress (the pass-through:
+    from its ``assigned`` event to its ``drained`` one; what it did before the first sample is
+    not counted). Resolution: one tick (10 ms) per process."""
+
+    def __init__(self, groups: Mapping[str, Sequence[int]]) -> None:
+        self.groups = {k: list(v) for k, v in groups.items()}
+        self._t0 = time.monotonic()
+        self._k0 = self._ticks()
+        self._m0 = _proc_stat_busy()
+
+    def _ticks(self) -> dict[str, int]:
+        out = {}
+        for name, pids in self.groups.items():
+            total = 0
+            for pid in pids:
+                for q in (pid, *_descendants(pid)):
+                    t = _pid_ticks(q)
+                    total += t[0] if t else 0
+            out[name] = total
+        return out
+
+    def per_window(self, n: int) -> dict[str, Any]:
+        """``{"<group>_us": .., "total_us": .., "machine_busy_cores": ..}`` for ``n`` windows."""
+        k1, m1 = self._ticks(), _proc_stat_busy()
+        per = {f"{k}_us": round((k1[k] - self._k0[k]) / _CLK_TCK / max(1, n) * 1e6, 1) for k in k1}
+        per["total_us"] = round(sum(per.values()), 1)
+        busy, total = m1[0] - self._m0[0], m1[1] - self._m0[1]
+        cores = os.cpu_count() or 1
+        return {**per, "windows": n, "seconds": round(time.monotonic() - self._t0, 2), "machine_busy_cores": round(busy / total * cores, 2) if total else None}
+
+
 class CpuMonitor:
     """Samples machine CPU and the CPU of this process tree (plus named pids) in a thread.
 

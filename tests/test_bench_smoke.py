@@ -66,6 +66,8 @@ def test_bench_daemon_quick_runs_and_prints_the_result_line(kafka_bootstrap: str
     assert res["latency"]["offered_eps"] == 3000 and res["latency"]["records"] == 9000, res["latency"]
     # every drain says where its CPU went ("na" when it was over before the first poll saw an output)
     assert sum(bool(re.match(r"^daemon_[12]_cpu: cpu_us_per_window=", line)) for line in lines) == 2, lines
+    assert sum(bool(re.match(r"^passthrough_[12]_cpu: cpu_us_per_window=\{passthrough_process:", line)) for line in lines) == 2, lines
+    assert all(r["cpu"]["windows"] == res["workload"]["records"] for r in p_rounds)
     for who in ("daemon", "passthrough"):
         assert res["latency"][who]["count_ok"], res["latency"][who]
         assert res["latency"][who]["events"] == res["latency"]["records"]
